@@ -1,0 +1,138 @@
+"""Bounds and log-scaled parameters by a smooth change of variables.
+
+The solvers work on unconstrained internal variables ``u``; the user's parameter is
+``p = T(u)``, elementwise, so every iterate satisfies the bounds exactly:
+
+- two-sided ``[l, h]``:  ``p = l + (h − l)(1 + sin u)/2``       (MINUIT's transform)
+- lower only ``[l, ∞)``: ``p = l − 1 + √(u² + 1)``
+- upper only ``(−∞, h]``: ``p = h + 1 − √(u² + 1)``
+- unbounded:             ``p = u``
+
+With ``log_scale`` a parameter is fitted as ``u = log p`` (bounds, if any, apply to
+``log p``), which keeps it positive and lets steps act on relative changes, the right
+geometry for rate constants spanning decades.
+
+A bound is reached at a finite ``u`` where ``dp/du = 0``, so an optimum on a bound is
+found (the solver's gradient in ``u`` vanishes there).  The price: at an active bound
+the Jacobian in ``u`` loses that column, so uncertainties are always computed in the
+user's parameters ``p`` (``Result.jac`` is ∂r/∂p), never in ``u``; a parameter on its
+bound has no meaningful standard error there, as with any bound-constrained fit.
+A start exactly on a bound is moved inside by a relative 100·eps (as scipy's ``trf``
+does with 1e-10), since ``dp/du = 0`` would otherwise pin it.
+"""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Bounds(eqx.Module):
+    """Elementwise ``p = T(u)`` on flat vectors; see the module docstring."""
+
+    lower: Any
+    upper: Any
+    log: Any  # bool mask
+
+    def to_params(self, u):
+        lo, hi = self.lower, self.upper
+        fin_lo, fin_hi = jnp.isfinite(lo), jnp.isfinite(hi)
+        lo0, hi0 = jnp.where(fin_lo, lo, 0), jnp.where(fin_hi, hi, 0)
+        root = jnp.sqrt(u * u + 1)
+        v = jnp.where(
+            fin_lo & fin_hi,
+            lo0 + (hi0 - lo0) * (1 + jnp.sin(u)) / 2,
+            jnp.where(fin_lo, lo0 - 1 + root, jnp.where(fin_hi, hi0 + 1 - root, u)),
+        )
+        return jnp.where(self.log, jnp.exp(v), v)
+
+    def to_internal(self, p):
+        v = jnp.where(self.log, jnp.log(jnp.where(self.log, p, 1)), p)
+        lo, hi = self.lower, self.upper
+        fin_lo, fin_hi = jnp.isfinite(lo), jnp.isfinite(hi)
+        lo0, hi0 = jnp.where(fin_lo, lo, 0), jnp.where(fin_hi, hi, 1)
+        width = jnp.where(fin_lo & fin_hi, hi0 - lo0, 1)
+        two_sided = jnp.arcsin(jnp.clip(2 * (v - lo0) / width - 1, -1, 1))
+        one_sided_lo = jnp.sqrt(jnp.maximum((v - lo0 + 1) ** 2 - 1, 0))
+        one_sided_hi = jnp.sqrt(jnp.maximum((hi0 - v + 1) ** 2 - 1, 0))
+        return jnp.where(
+            fin_lo & fin_hi, two_sided, jnp.where(fin_lo, one_sided_lo, jnp.where(fin_hi, one_sided_hi, v))
+        )
+
+
+def make_bounds(bounds, log_scale, x0_flat, x0):
+    """Validate ``bounds``/``log_scale`` against the flat start; return a ``Bounds``.
+
+    Runs in Python on concrete values when possible, so an infeasible start is a clear
+    ``ValueError`` before compilation.  Returns ``None`` when nothing is constrained.
+    """
+    n = x0_flat.shape[0]
+    dtype = x0_flat.dtype
+    log = _flat_option(log_scale, n, x0, "log_scale", bool)
+    if bounds is None:
+        lo = np.full(n, -np.inf)
+        hi = np.full(n, np.inf)
+    else:
+        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+            raise ValueError("`bounds` must be a pair (lower, upper) of scalars, arrays or pytrees like x0.")
+        lo = _flat_option(bounds[0], n, x0, "bounds[0] (lower)", float)
+        hi = _flat_option(bounds[1], n, x0, "bounds[1] (upper)", float)
+    if not np.any(log) and np.all(np.isinf(lo)) and np.all(np.isinf(hi)):
+        return None
+    if np.any(lo >= hi):
+        raise ValueError("`bounds`: every lower bound must be strictly below its upper bound.")
+    if np.any(log & (lo <= 0) & np.isfinite(lo)) or np.any(log & (hi <= 0)):
+        raise ValueError("`bounds` of a log_scale parameter must be positive (they bound p, not log p).")
+    try:
+        x = np.asarray(x0_flat)
+    except Exception:  # traced start (under vmap/jit): checked by the caller's data
+        x = None
+    if x is not None:
+        if np.any(~np.isfinite(x)):
+            raise ValueError("`x0` must be finite.")
+        if np.any((x < lo) | (x > hi)):
+            bad = np.flatnonzero((x < lo) | (x > hi))
+            raise ValueError(
+                f"`x0` is outside `bounds` at flat index {bad.tolist()}: start inside [lower, upper]."
+            )
+        if np.any(log & (x <= 0)):
+            raise ValueError("`x0` must be positive where log_scale is set.")
+    lo_v = np.where(log, np.log(np.where(log & (lo > 0), lo, 1)), lo)
+    lo_v = np.where(log & ~(lo > 0), -np.inf, lo_v)
+    hi_v = np.where(log, np.log(np.where(log & np.isfinite(hi), hi, 1)), hi)
+    hi_v = np.where(log & ~np.isfinite(hi), np.inf, hi_v)
+    return Bounds(jnp.asarray(lo_v, dtype), jnp.asarray(hi_v, dtype), jnp.asarray(log))
+    return b
+
+
+def strictly_inside(b, x0_flat):
+    """Move a start that sits on a bound inside by a relative 100·eps (scipy's rstep)."""
+    v = jnp.where(b.log, jnp.log(jnp.where(b.log, x0_flat, 1)), x0_flat)
+    step = 100 * jnp.finfo(x0_flat.dtype).eps * jnp.maximum(1, jnp.abs(v))
+    v = jnp.where(v <= b.lower, b.lower + step, v)
+    v = jnp.where(v >= b.upper, b.upper - step, v)
+    return jnp.where(b.log, jnp.exp(v), v).astype(x0_flat.dtype)
+
+
+def _flat_option(value, n, x0, name, kind):
+    """A scalar, a flat array of length n, or a pytree like x0 (leaves broadcast to
+    x0's leaves) -> flat numpy array of length n."""
+    try:
+        if np.ndim(value) == 0 and not isinstance(value, (dict, list, tuple)):
+            return np.full(n, value, dtype=kind)
+        if jax.tree_util.tree_structure(value) == jax.tree_util.tree_structure(x0):
+            leaves = jax.tree_util.tree_map(
+                lambda v, x: np.broadcast_to(np.asarray(v, dtype=kind), np.shape(x)).ravel(), value, x0
+            )
+            flat = np.concatenate(jax.tree_util.tree_leaves(leaves))
+        else:
+            flat = np.asarray(value, dtype=kind).ravel()
+    except Exception as e:
+        raise ValueError(
+            f"`{name}` must be a scalar, an array with x0's {n} entries, or a pytree like x0: {e}"
+        ) from e
+    if flat.size != n:
+        raise ValueError(f"`{name}` has {flat.size} entries but x0 has {n} parameters.")
+    return flat

@@ -1,0 +1,101 @@
+"""The front door: ``least_squares(fun, x0, args, ...) -> Result``."""
+
+import equinox as eqx
+
+from . import _driver, _problem
+from ._solvers import make_solver
+
+
+def least_squares(
+    fun,
+    x0,
+    args=(),
+    *,
+    method="lm",
+    jac="auto",
+    ftol=1e-8,
+    xtol=1e-8,
+    gtol=1e-8,
+    max_steps=None,
+    sigma=None,
+    bounds=None,
+    log_scale=False,
+    loss="linear",
+    f_scale=1.0,
+    learning_rate=None,
+    initial_damping=1e-3,
+):
+    """Minimise ½‖fun(params, *args)‖² over ``params``, starting from ``x0``.
+
+    Args:
+        fun: ``fun(params, *args)`` returning the residuals, a floating array of any
+            shape (treated as flat), written in ``jax.numpy``.
+        x0: starting parameters, an array or a pytree of arrays.  Its dtype sets the
+            precision of the fit (float32 or float64); integers become floats.
+        args: a tuple of extra arguments to ``fun`` (arrays or pytrees of arrays),
+            traced, so new data of the same shape does not recompile.
+        method: ``"lm"`` (Levenberg-Marquardt, the default), ``"gn"`` (Gauss-Newton
+            with backtracking), ``"adam"`` or ``"sgd"`` (optax baselines), or any
+            ``optax.GradientTransformation``.
+        jac: ``"auto"`` (forward mode when there are no more parameters than residuals,
+            else reverse mode), ``"fwd"``, ``"rev"``, or a callable
+            ``jac(params, *args)`` returning the (m, n) Jacobian (or the pytree
+            ``jax.jacfwd`` would return).
+        ftol: stop when an accepted step reduces the cost F by ``F_old - F_new <= ftol·F_old``
+            and the reduction agreed with the model's (ratio > 1/4).
+        xtol: stop when the proposed step satisfies ``‖δ‖ <= xtol·(xtol + ‖p‖)``.
+        gtol: stop when ``max_j |(Jᵀr)_j| / (‖J_j‖·‖r‖) <= gtol`` (the cosine between the
+            residual and each Jacobian column; for optax methods ``‖Jᵀr‖∞ <= gtol``).
+            A tolerance of 0 disables its test.
+        max_steps: iteration budget; default ``100·(n+1)`` for lm/gn, 10,000 for optax.
+        sigma: measurement uncertainties: one standard deviation per residual, or an
+            (m, m) covariance matrix.  The residual is whitened, ``r/σ`` or ``L⁻¹r`` with
+            ``LLᵀ = sigma``, and ``Result.residual``/``cost``/``jac`` refer to it.
+        bounds: ``(lower, upper)``, each a scalar, an array like the flat parameters or a
+            pytree like ``x0``; ``±inf`` for no bound.  Enforced by a smooth change of
+            variables, so every iterate is feasible (see ``fitfleet._bounds``).
+        log_scale: bool, or per-parameter (array or pytree like ``x0``): fit ``log p``,
+            which keeps ``p`` positive; for rate constants spanning decades.
+        loss: robust loss, one of ``"linear"``, ``"soft_l1"``, ``"huber"``, ``"cauchy"``,
+            ``"arctan"`` (scipy's definitions), with residual scale ``f_scale``.
+        learning_rate: for ``"adam"``/``"sgd"`` (default 1e-3).
+        initial_damping: Levenberg-Marquardt's initial damping τ, relative to the
+            (unit) diagonal of the scaled JᵀJ.
+
+    Returns:
+        A :class:`Result`.  A fit that fails does not raise: its ``status`` says why.
+
+    Raises:
+        TypeError, ValueError: for bad arguments, before anything is compiled.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import fitfleet as ff
+        >>> S = jnp.linspace(0.1, 30.0, 20)
+        >>> v = 29.0 * S / (6.0 + S)
+        >>> def residual(p, S, v):
+        ...     return p[0] * S / (p[1] + S) - v
+        >>> res = ff.least_squares(residual, jnp.array([10.0, 10.0]), (S, v))
+        >>> res.params.round(2).tolist(), res.message
+        ([29.0, 6.0], 'gtol: the gradient is orthogonal to the residual to within gtol')
+    """
+    spec = _problem.check(
+        fun, x0, args, jac, sigma=sigma, bounds=bounds, log_scale=log_scale, loss=loss, f_scale=f_scale
+    )
+    solver = make_solver(
+        method,
+        n_params=spec.n_params,
+        ftol=ftol,
+        xtol=xtol,
+        gtol=gtol,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        initial_damping=initial_damping,
+    )
+    return _solve(fun, spec, solver)
+
+
+@eqx.filter_jit
+def _solve(fun, spec, solver):
+    problem, u0 = _problem.make_problem(fun, spec)
+    return _driver.to_result(problem, _driver.run(solver, problem, u0))

@@ -1,0 +1,45 @@
+"""Solvers: each is an ``equinox.Module`` with ``init(problem, p) -> State`` and
+``step(problem, state) -> State``; the loop around them lives in ``_driver``."""
+
+import jax.numpy as jnp
+import optax
+
+from .._problem import check_tolerance
+from ._common import State, Tolerances
+from .gauss_newton import GaussNewton
+from .levenberg_marquardt import LevenbergMarquardt
+from .optax_baseline import OptaxSolver
+
+METHODS = ("lm", "gn", "adam", "sgd")
+DEFAULT_LEARNING_RATE = {"adam": 1e-3, "sgd": 1e-3}
+
+
+def make_solver(method, *, n_params, ftol, xtol, gtol, max_steps, learning_rate, initial_damping):
+    """Validate the options and build the solver; hyper-parameters become arrays."""
+    for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
+        check_tolerance(name, value)
+    is_optax = isinstance(method, optax.GradientTransformation)
+    if not is_optax and method not in METHODS:
+        raise ValueError(
+            f"`method` must be one of {METHODS} or an optax.GradientTransformation; got {method!r}."
+        )
+    if max_steps is None:
+        max_steps = 100 * (n_params + 1) if method in ("lm", "gn") else 10_000
+    check_tolerance("max_steps", max_steps)
+    tol = Tolerances(
+        ftol=jnp.asarray(ftol), xtol=jnp.asarray(xtol), gtol=jnp.asarray(gtol), max_steps=jnp.asarray(max_steps, jnp.int32)
+    )
+    if method == "lm":
+        check_tolerance("initial_damping", initial_damping)
+        return LevenbergMarquardt(tol=tol, initial_damping=jnp.asarray(initial_damping))
+    if method == "gn":
+        return GaussNewton(tol=tol)
+    if is_optax:
+        return OptaxSolver(tol=tol, learning_rate=None, name="optax", transform=method)
+    if learning_rate is None:
+        learning_rate = DEFAULT_LEARNING_RATE[method]
+    check_tolerance("learning_rate", learning_rate)
+    return OptaxSolver(tol=tol, learning_rate=jnp.asarray(learning_rate), name=method)
+
+
+__all__ = ["METHODS", "GaussNewton", "LevenbergMarquardt", "OptaxSolver", "State", "Tolerances", "make_solver"]

@@ -1,0 +1,109 @@
+"""The state every solver carries, and the stopping tests they share.
+
+Stopping tests (scipy's meaning, written out; ``F`` is the cost ½‖r‖², ``p`` the flat
+parameter vector, ``δ`` the proposed step, ``g = Jᵀr``):
+
+- ``gtol``: ``max_j |g_j| / (‖J_j‖ · ‖r‖) <= gtol`` at an accepted point, the cosine of
+  the angle between the residual and each Jacobian column (MINPACK's test, used by
+  scipy's ``method="lm"``).  It is invariant to the scale of parameters and data; a
+  zero residual counts as converged.
+- ``ftol``: ``F_old - F_new <= ftol · F_old`` for an accepted step whose actual
+  reduction agreed with the model's prediction (ratio > 1/4).
+- ``xtol``: ``‖δ‖ <= xtol · (xtol + ‖p‖)`` for the proposed step, accepted or not: a
+  step that small cannot change the answer at the requested precision.
+
+A tolerance of 0 disables its test.
+"""
+
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+
+from .._status import Status
+
+
+class State(eqx.Module):
+    """Solver state shared by all methods; ``inner`` holds a method's own variables."""
+
+    params: Any  # flat parameter vector p
+    residual: Any
+    cost: Any
+    jac: Any  # (m, n), or None for methods that never form it
+    grad: Any  # Jᵀr
+    status: Any
+    n_steps: Any
+    n_fev: Any
+    n_jev: Any
+    inner: Any
+
+
+class Tolerances(eqx.Module):
+    """Arrays, so that changing or vmapping a tolerance never recompiles."""
+
+    ftol: Any
+    xtol: Any
+    gtol: Any
+    max_steps: Any
+
+
+def counter(value=0):
+    return jnp.asarray(value, dtype=jnp.int32)
+
+
+def gradient_cosine(grad, col_norm_sq, residual_norm_sq):
+    """``max_j |g_j| / (‖J_j‖ ‖r‖)``, 0 where a column or the residual vanishes."""
+    denom = jnp.sqrt(col_norm_sq * residual_norm_sq)
+    safe = jnp.where(denom > 0, denom, 1)
+    return jnp.max(jnp.where(denom > 0, jnp.abs(grad) / safe, 0))
+
+
+def start_status(cost, jac, cosine, tol):
+    """Status of a fresh state: a non-finite start, an optimum already, or running."""
+    status = jnp.where(cosine <= tol.gtol, Status.GTOL, Status.RUNNING)
+    if jac is not None:
+        status = jnp.where(jnp.all(jnp.isfinite(jac)), status, Status.NONFINITE_JACOBIAN)
+    status = jnp.where(jnp.isfinite(cost), status, Status.NONFINITE_RESIDUAL)
+    return status.astype(jnp.int32)
+
+
+def step_status(*, accepted, jac_finite, cosine, reduction, cost_old, ratio, step, params, tol):
+    """Status after one proposed step, in priority order (first match wins)."""
+    step_norm = jnp.linalg.norm(step)
+    conditions = [
+        (accepted & ~jac_finite, Status.NONFINITE_JACOBIAN),
+        (accepted & (cosine <= tol.gtol), Status.GTOL),
+        (accepted & (ratio > 0.25) & (reduction <= tol.ftol * cost_old), Status.FTOL),
+        (step_norm <= tol.xtol * (tol.xtol + jnp.linalg.norm(params)), Status.XTOL),
+    ]
+    status = jnp.asarray(Status.RUNNING, jnp.int32)
+    for condition, code in reversed(conditions):
+        status = jnp.where(condition, jnp.int32(code), status)
+    return status.astype(jnp.int32)
+
+
+class Linearization(eqx.Module):
+    """Residual, Jacobian and the Gauss-Newton model of the cost at one point."""
+
+    residual: Any
+    jac: Any
+    grad: Any  # Jᵀr of the model
+    jtj: Any  # JᵀJ of the model
+    cosine: Any  # the gtol statistic
+    jac_finite: Any
+
+
+def linearize(problem, p):
+    r, J = problem.residual_and_jac(p)
+    rm, Jm = problem.model(r, J)
+    grad = Jm.T @ rm
+    jtj = Jm.T @ Jm
+    cosine = gradient_cosine(grad, jnp.diagonal(jtj), jnp.sum(rm * rm))
+    return Linearization(r, J, grad, jtj, cosine, jnp.all(jnp.isfinite(J)))
+
+
+def keep_linearization(state, jtj):
+    """The current point's linearization, unchanged: the rejected-step branch."""
+    return Linearization(
+        state.residual, state.jac, state.grad, jtj, jnp.asarray(jnp.inf, state.cost.dtype), jnp.asarray(True)
+    )

@@ -1,0 +1,63 @@
+"""Status codes carried in every solver state.
+
+A status is a small integer so it can live inside ``jax.lax.while_loop`` and be
+``vmap``-ped: one failed fit in a batch gets its own code and never raises.
+Raising only ever happens at the boundary, in Python, before tracing.
+"""
+
+import enum
+
+import jax.numpy as jnp
+
+
+class Status(enum.IntEnum):
+    """Why a fit stopped.
+
+    Example:
+        >>> import fitfleet as ff
+        >>> ff.Status.FTOL.message
+        'ftol: the relative reduction of the cost was below ftol'
+        >>> ff.Status.FTOL.success
+        True
+    """
+
+    RUNNING = 0
+    GTOL = 1
+    FTOL = 2
+    XTOL = 3
+    MAX_STEPS = 4
+    NONFINITE_RESIDUAL = 5
+    NONFINITE_JACOBIAN = 6
+    STEP_FAILED = 7
+
+    @property
+    def message(self) -> str:
+        return MESSAGES[self]
+
+    @property
+    def success(self) -> bool:
+        return self in (Status.GTOL, Status.FTOL, Status.XTOL)
+
+
+MESSAGES = {
+    Status.RUNNING: "running",
+    Status.GTOL: "gtol: the gradient is orthogonal to the residual to within gtol",
+    Status.FTOL: "ftol: the relative reduction of the cost was below ftol",
+    Status.XTOL: "xtol: the relative step size was below xtol",
+    Status.MAX_STEPS: "max_steps reached before any tolerance was met",
+    Status.NONFINITE_RESIDUAL: "the residual is not finite at the starting point",
+    Status.NONFINITE_JACOBIAN: "the Jacobian is not finite at an accepted point",
+    Status.STEP_FAILED: (
+        "failed step: the linear system is singular or no step along it "
+        "decreases the cost"
+    ),
+}
+
+
+def is_success(status):
+    """Traceable version of ``Status(status).success`` for arrays of codes."""
+    return (status >= Status.GTOL) & (status <= Status.XTOL)
+
+
+def as_code(value):
+    return jnp.asarray(int(value), dtype=jnp.int32)
