@@ -70,11 +70,15 @@ def start_status(cost, jac, cosine, tol):
 def step_status(*, accepted, jac_finite, cosine, reduction, cost_old, ratio, step, params, tol):
     """Status after one proposed step, in priority order (first match wins)."""
     step_norm = jnp.linalg.norm(step)
+    params_norm = jnp.linalg.norm(params)
+    relative = lambda t: t * (t + params_norm)  # noqa: E731
+    root_ftol = jnp.sqrt(tol.ftol)
+    parameters_settled = jnp.all(jnp.abs(step) <= root_ftol * (root_ftol + jnp.abs(params)))
     conditions = [
         (accepted & ~jac_finite, Status.NONFINITE_JACOBIAN),
         (accepted & (cosine <= tol.gtol), Status.GTOL),
-        (accepted & (ratio > 0.25) & (reduction <= tol.ftol * cost_old), Status.FTOL),
-        (step_norm <= tol.xtol * (tol.xtol + jnp.linalg.norm(params)), Status.XTOL),
+        (accepted & (ratio > 0.25) & (reduction <= tol.ftol * cost_old) & parameters_settled, Status.FTOL),
+        (step_norm <= relative(tol.xtol), Status.XTOL),
     ]
     status = jnp.asarray(Status.RUNNING, jnp.int32)
     for condition, code in reversed(conditions):
