@@ -281,20 +281,26 @@ class NISTProblem:
         ``b``'s precision. Use it as ``self.residual()(b, self.x, self.y)``.
         The sum of squares of the residual at ``self.certified`` is the
         certified RSS.
+
+        Every call returns the same function object for a given model, so fits of the
+        same problem (in any test module) share one compilation.
         """
-        model = self.model
-
-        def fun(b, x, y):
-            pred = model(b, x)
-            return jnp.asarray(y, pred.dtype) - pred
-
-        return fun
+        return _residual_of(self.model)
 
     def __repr__(self) -> str:
         return (
             f"NISTProblem(name={self.name!r}, difficulty={self.difficulty!r}, "
             f"n_params={self.n_params}, n_obs={self.n_obs})"
         )
+
+
+@functools.cache
+def _residual_of(model: Callable) -> Callable:
+    def fun(b, x, y):
+        pred = model(b, x)
+        return jnp.asarray(y, pred.dtype) - pred
+
+    return fun
 
 
 # --------------------------------------------------------------------------

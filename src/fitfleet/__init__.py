@@ -8,9 +8,15 @@ Example:
     2.0
 """
 
+from ._batch import fit_batch
+from ._curve_fit import curve_fit, curve_fit_batch
+from ._identifiability import Identifiability, identifiability
 from ._least_squares import least_squares
+from ._multistart import MultiStartResult, Optimum, multistart
+from ._profile import Profile, profile
 from ._result import Result
 from ._status import Status
+from ._uncertainty import Uncertainty, covariance, uncertainty
 
-__all__ = ["Result", "Status", "least_squares"]
+__all__ = ["Result", "Status", "fit_batch", "least_squares", "Uncertainty", "covariance", "uncertainty", "Identifiability", "identifiability", "Profile", "profile", "curve_fit", "curve_fit_batch", "MultiStartResult", "Optimum", "multistart"]
 __version__ = "0.1.0"

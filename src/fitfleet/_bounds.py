@@ -54,7 +54,9 @@ class Bounds(eqx.Module):
         fin_lo, fin_hi = jnp.isfinite(lo), jnp.isfinite(hi)
         lo0, hi0 = jnp.where(fin_lo, lo, 0), jnp.where(fin_hi, hi, 1)
         width = jnp.where(fin_lo & fin_hi, hi0 - lo0, 1)
-        two_sided = jnp.arcsin(jnp.clip(2 * (v - lo0) / width - 1, -1, 1))
+        # (2v − l − h)/(h − l) rather than 2(v − l)/(h − l) − 1: the middle of the box
+        # (scipy's default start) maps to exactly u = 0 however XLA fuses the arithmetic.
+        two_sided = jnp.arcsin(jnp.clip((2 * v - lo0 - hi0) / width, -1, 1))
         one_sided_lo = jnp.sqrt(jnp.maximum((v - lo0 + 1) ** 2 - 1, 0))
         one_sided_hi = jnp.sqrt(jnp.maximum((hi0 - v + 1) ** 2 - 1, 0))
         return jnp.where(
@@ -81,10 +83,16 @@ def make_bounds(bounds, log_scale, x0_flat, x0):
         hi = _flat_option(bounds[1], n, x0, "bounds[1] (upper)", float)
     if not np.any(log) and np.all(np.isinf(lo)) and np.all(np.isinf(hi)):
         return None
+    if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
+        raise ValueError("`bounds` contain NaN: use -inf/inf for a missing bound.")
     if np.any(lo >= hi):
         raise ValueError("`bounds`: every lower bound must be strictly below its upper bound.")
-    if np.any(log & (lo <= 0) & np.isfinite(lo)) or np.any(log & (hi <= 0)):
-        raise ValueError("`bounds` of a log_scale parameter must be positive (they bound p, not log p).")
+    # A lower bound of 0 on a log_scale parameter only restates its positivity: allowed.
+    if np.any(log & (lo < 0) & np.isfinite(lo)) or np.any(log & (hi <= 0)):
+        raise ValueError(
+            "`bounds` of a log_scale parameter must be positive, or 0 for the lower one "
+            "(they bound p, not log p)."
+        )
     try:
         x = np.asarray(x0_flat)
     except Exception:  # traced start (under vmap/jit): checked by the caller's data

@@ -2,12 +2,18 @@
 
 A single fit is ``lax.while_loop(running, step)``.  The batch engine reuses the same
 ``step`` and ``finish`` to run rounds of a few steps over compacted batches.
+
+Differentiation (see ``_implicit``): with the default implicit adjoint the loop never
+sees a gradient, and ``to_result`` attaches the derivative of the optimality condition
+to the final state; with ``adjoint.kind == "unroll"`` the loop is a checkpointed,
+reverse-differentiable while loop.
 """
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from . import _implicit
 from ._result import Result
 from ._solvers._common import linearize
 from ._status import Status
@@ -24,30 +30,45 @@ def step(solver, problem, state):
     return finish(solver, solver.step(problem, state))
 
 
-def run(solver, problem, p0):
+def run(solver, problem, p0, adjoint=_implicit.IMPLICIT):
     """Iterate ``solver`` from ``p0`` until its status leaves RUNNING."""
+    if adjoint.kind == "implicit":
+        # Differentiating the loop would be wasted (forward mode) or fail (reverse).
+        solver, problem, p0 = _implicit.no_gradient((solver, problem, p0))
     state = finish(solver, solver.init(problem, p0))
-    return jax.lax.while_loop(
-        lambda s: s.status == Status.RUNNING, lambda s: step(solver, problem, s), state
-    )
+    running = lambda s: s.status == Status.RUNNING  # noqa: E731
+    body = lambda s: step(solver, problem, s)  # noqa: E731
+    if adjoint.kind == "unroll":
+        return eqx.internal.while_loop(running, body, state, kind="checkpointed", checkpoints=adjoint.checkpoints)
+    return jax.lax.while_loop(running, body, state)
 
 
-def to_result(problem, state):
-    """The Result in the user's parameters.
+def to_result(problem, state, adjoint=_implicit.IMPLICIT):
+    """The Result in the user's parameters, differentiable as ``adjoint`` says.
 
     With bounds the solver's Jacobian is in internal variables, and first-order methods
     never form one: then the Jacobian is evaluated once more, at the solution, in the
     user's parameters, so uncertainties never see the change of variables.
     """
-    params = problem.to_params(state.params)
+    implicit = adjoint.kind == "implicit"
+    # Implicit: the primal values come from the undifferentiated solve; attach() gives
+    # them their derivatives.
+    primal_problem = _implicit.no_gradient(problem) if implicit else problem
+    if implicit:
+        state = _implicit.no_gradient(state)
+    params = primal_problem.to_params(state.params)
     jac, grad, n_jev = state.jac, state.grad, state.n_jev
     if problem.bounds is not None or jac is None:
-        lin = linearize(problem.without_bounds(), params)
+        lin = linearize(primal_problem.without_bounds(), params)
         jac, grad, n_jev = lin.jac, lin.grad, n_jev + 1
+    fields = (params, state.residual, state.cost, jac, grad)
+    if implicit:
+        fields = _implicit.attach(state.params, problem, fields[1:])
+    params, residual, cost, jac, grad = _implicit.guard(fields, state.status, adjoint.on_failure)
     return Result(
         params=problem.unravel(params),
-        cost=state.cost,
-        residual=state.residual,
+        cost=cost,
+        residual=residual,
         jac=jac,
         grad=grad,
         status=state.status,

@@ -16,25 +16,50 @@ import jax.scipy.linalg as jsl
 UNROLL_MAX = 8
 
 
-def solve_spd(A, b):
-    """Solve ``A x = b`` for symmetric positive definite ``A`` of shape (n, n)."""
-    n = b.shape[-1]
+def cholesky(A):
+    """Lower Cholesky factor of a symmetric positive definite (n, n) matrix.
+
+    Entries are NaN when ``A`` is not positive definite (``potrf`` and the unrolled
+    version agree on that), which callers turn into a failed step.
+    """
+    n = A.shape[-1]
     if n > UNROLL_MAX:
-        return jsl.cho_solve(jsl.cho_factor(A, lower=True), b)
+        return jnp.linalg.cholesky(A)
     a = [[A[i, j] for j in range(n)] for i in range(n)]
-    L = [[None] * n for _ in range(n)]
+    L = [[jnp.zeros_like(A[0, 0])] * n for _ in range(n)]
     for j in range(n):
-        diag = a[j][j] - sum(L[j][k] * L[j][k] for k in range(j))
-        L[j][j] = jnp.sqrt(diag)  # NaN when A is not positive definite: a failed step
+        L[j][j] = jnp.sqrt(a[j][j] - sum(L[j][k] * L[j][k] for k in range(j)))
         for i in range(j + 1, n):
             L[i][j] = (a[i][j] - sum(L[i][k] * L[j][k] for k in range(j))) / L[j][j]
-    z = [None] * n
+    return jnp.stack([jnp.stack(row) for row in L])
+
+
+def solve_lower(L, b):
+    """``L⁻¹ b`` for lower-triangular ``L``."""
+    n = b.shape[-1]
+    if n > UNROLL_MAX:
+        return jsl.solve_triangular(L, b, lower=True)
+    z = []
     for i in range(n):
-        z[i] = (b[i] - sum(L[i][k] * z[k] for k in range(i))) / L[i][i]
+        z.append((b[i] - sum(L[i, k] * z[k] for k in range(i))) / L[i, i])
+    return jnp.stack(z)
+
+
+def solve_upper_transposed(L, b):
+    """``L⁻ᵀ b`` for lower-triangular ``L``."""
+    n = b.shape[-1]
+    if n > UNROLL_MAX:
+        return jsl.solve_triangular(L, b, lower=True, trans="T")
     x = [None] * n
     for i in reversed(range(n)):
-        x[i] = (z[i] - sum(L[k][i] * x[k] for k in range(i + 1, n))) / L[i][i]
+        x[i] = (b[i] - sum(L[k, i] * x[k] for k in range(i + 1, n))) / L[i, i]
     return jnp.stack(x)
+
+
+def solve_spd(A, b):
+    """Solve ``A x = b`` for symmetric positive definite ``A`` of shape (n, n)."""
+    L = cholesky(A)
+    return solve_upper_transposed(L, solve_lower(L, b))
 
 
 def solve_scaled(jtj, rhs, scale, damping):

@@ -166,7 +166,15 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
     try:
         out = jax.eval_shape(fun, x0, *args)
     except Exception as e:
-        raise type(e)(f"calling fun(x0, *args) failed while checking the problem: {e}") from e
+        context = "calling fun(x0, *args) failed while checking the problem"
+        try:
+            wrapped = type(e)(f"{context}: {e}")
+        except Exception:  # a type with its own constructor, e.g. jax's tracer errors
+            wrapped = None
+        if wrapped is None:
+            e.add_note(context)
+            raise
+        raise wrapped from e
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(
             "`fun` must return a single array of residuals; got a "

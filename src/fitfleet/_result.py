@@ -22,8 +22,10 @@ class Result(eqx.Module):
         grad: the gradient Jᵀr of the cost (n,), same ordering.
         status: integer :class:`Status` code; ``success`` and ``message`` derive from it.
         n_steps: solver iterations (each proposes one trial point).
-        n_fev: residual evaluations (including those inside Jacobian evaluations).
-        n_jev: Jacobian evaluations (one per accepted point).
+        n_fev: residual evaluations at trial points (the residual a Jacobian evaluation
+            yields with it is not counted again).
+        n_jev: Jacobian evaluations: one per accepted point, plus one at the solution
+            when bounds or a first-order method require it in the user's parameters.
 
     Example:
         >>> import jax.numpy as jnp

@@ -45,11 +45,14 @@ MESSAGES = {
     Status.FTOL: "ftol: the relative reduction of the cost was below ftol",
     Status.XTOL: "xtol: the relative step size was below xtol",
     Status.MAX_STEPS: "max_steps reached before any tolerance was met",
-    Status.NONFINITE_RESIDUAL: "the residual is not finite at the starting point",
+    Status.NONFINITE_RESIDUAL: (
+        "the residual is not finite at the starting point (or, for a first-order "
+        "method, at an iterate: the last finite one is returned)"
+    ),
     Status.NONFINITE_JACOBIAN: "the Jacobian is not finite at an accepted point",
     Status.STEP_FAILED: (
-        "failed step: the linear system is singular or no step along it "
-        "decreases the cost"
+        "no step reduces the cost: the step shrank to round-off or the linear "
+        "system is singular (tolerances tighter than the problem's precision?)"
     ),
 }
 

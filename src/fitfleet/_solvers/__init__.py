@@ -26,12 +26,19 @@ def make_solver(method, *, n_params, ftol, xtol, gtol, max_steps, learning_rate,
     if max_steps is None:
         max_steps = 100 * (n_params + 1) if method in ("lm", "gn") else 10_000
     check_tolerance("max_steps", max_steps)
+    if isinstance(max_steps, float) and not float(max_steps).is_integer():
+        raise TypeError(f"`max_steps` must be a whole number; got {max_steps!r}.")
+    # One dtype whatever the Python type of the value, so a new value never recompiles.
+    real = jnp.result_type(float)
     tol = Tolerances(
-        ftol=jnp.asarray(ftol), xtol=jnp.asarray(xtol), gtol=jnp.asarray(gtol), max_steps=jnp.asarray(max_steps, jnp.int32)
+        ftol=jnp.asarray(ftol, real),
+        xtol=jnp.asarray(xtol, real),
+        gtol=jnp.asarray(gtol, real),
+        max_steps=jnp.asarray(max_steps, jnp.int32),
     )
     if method == "lm":
         check_tolerance("initial_damping", initial_damping)
-        return LevenbergMarquardt(tol=tol, initial_damping=jnp.asarray(initial_damping))
+        return LevenbergMarquardt(tol=tol, initial_damping=jnp.asarray(initial_damping, real))
     if method == "gn":
         return GaussNewton(tol=tol)
     if is_optax:
@@ -39,7 +46,7 @@ def make_solver(method, *, n_params, ftol, xtol, gtol, max_steps, learning_rate,
     if learning_rate is None:
         learning_rate = DEFAULT_LEARNING_RATE[method]
     check_tolerance("learning_rate", learning_rate)
-    return OptaxSolver(tol=tol, learning_rate=jnp.asarray(learning_rate), name=method)
+    return OptaxSolver(tol=tol, learning_rate=jnp.asarray(learning_rate, real), name=method)
 
 
 __all__ = ["METHODS", "GaussNewton", "LevenbergMarquardt", "OptaxSolver", "State", "Tolerances", "make_solver"]

@@ -9,10 +9,16 @@ parameter vector, ``δ`` the proposed step, ``g = Jᵀr``):
   zero residual counts as converged.
 - ``ftol``: ``F_old - F_new <= ftol · F_old`` for an accepted step whose actual
   reduction agreed with the model's prediction (ratio > 1/4).
+- ``ftol`` also requires every parameter to have settled:
+  ``|δ_j| <= √ftol · (√ftol + |p_j|)``.  At a quadratic minimum a relative cost change
+  of ε goes with a relative parameter change of √ε; a step much larger than that while
+  the cost barely moves means a flat valley is being crossed, not that the fit is done.
 - ``xtol``: ``‖δ‖ <= xtol · (xtol + ‖p‖)`` for the proposed step, accepted or not: a
   step that small cannot change the answer at the requested precision.
 
-A tolerance of 0 disables its test.
+A tolerance of 0 disables its test (``gtol = 0`` still stops at an exactly stationary
+point).  A positive tolerance below the machine epsilon of the parameters' dtype acts
+as that epsilon, as in scipy, so float32 fits with the default tolerances stop cleanly.
 """
 
 from typing import Any
@@ -46,6 +52,33 @@ class Tolerances(eqx.Module):
     gtol: Any
     max_steps: Any
 
+    def at_precision(self, dtype):
+        """Positive tolerances raised to at least the dtype's epsilon; 0 stays 0."""
+        eps = jnp.finfo(dtype).eps
+        clamp = lambda t: jnp.where(t > 0, jnp.maximum(t, eps), 0).astype(dtype)  # noqa: E731
+        return Tolerances(clamp(self.ftol), clamp(self.xtol), clamp(self.gtol), self.max_steps)
+
+
+ROUND_OFF = 2  # safety factor on the estimated round-off of the computed cost
+
+
+def below_round_off(reduction, predicted, cost, jtj, params):
+    """True where a step is too small for the computed cost to judge.
+
+    The computed cost carries round-off from the residual's own evaluation: each rᵢ is
+    a difference of model and data terms, wrong by about eps times their size, which is
+    of the order of ``(Jp)ᵢ``.  So ``F`` is uncertain by about
+    ``eps·(F + ‖r‖·‖Dp‖)`` with ``D = diag(‖J_j‖)``.  Near an optimum the predicted and
+    the actual reduction of a step fall below that.  Such a step, if it did not raise
+    the cost by more than the round-off, is taken as agreeing with the model: the
+    iteration then reaches the Gauss-Newton fixed point, limited by the accuracy of
+    ``Jᵀr`` (about cond(J)·eps), instead of stalling at the cost's resolution (√eps).
+    """
+    scaled_params_norm = jnp.linalg.norm(jnp.sqrt(jnp.diagonal(jtj)) * params)
+    eps = jnp.finfo(cost.dtype).eps
+    noise = ROUND_OFF * eps * (cost + jnp.sqrt(2 * cost) * scaled_params_norm)
+    return (predicted <= noise) & (reduction >= -noise)
+
 
 def counter(value=0):
     return jnp.asarray(value, dtype=jnp.int32)
@@ -60,6 +93,7 @@ def gradient_cosine(grad, col_norm_sq, residual_norm_sq):
 
 def start_status(cost, jac, cosine, tol):
     """Status of a fresh state: a non-finite start, an optimum already, or running."""
+    tol = tol.at_precision(cost.dtype)
     status = jnp.where(cosine <= tol.gtol, Status.GTOL, Status.RUNNING)
     if jac is not None:
         status = jnp.where(jnp.all(jnp.isfinite(jac)), status, Status.NONFINITE_JACOBIAN)
@@ -69,6 +103,7 @@ def start_status(cost, jac, cosine, tol):
 
 def step_status(*, accepted, jac_finite, cosine, reduction, cost_old, ratio, step, params, tol):
     """Status after one proposed step, in priority order (first match wins)."""
+    tol = tol.at_precision(params.dtype)
     step_norm = jnp.linalg.norm(step)
     params_norm = jnp.linalg.norm(params)
     relative = lambda t: t * (t + params_norm)  # noqa: E731

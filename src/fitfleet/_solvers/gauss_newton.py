@@ -10,15 +10,18 @@ sufficiently (Armijo's condition, c = 1e-4):
 
     F(p + α δ) <= F(p) + c · α · gᵀδ,        g = Jᵀr,
 
-so every accepted step decreases the cost.  A rejected trial halves α for the next step;
+so every accepted step decreases the cost (or, at the Gauss-Newton fixed point, changes
+it by less than the round-off of F: ``_common.below_round_off``).  A rejected trial halves α for the next step;
 one loop step is one residual evaluation, so under vmap fits in a line search and fits
 taking full steps advance in lockstep.  The Jacobian and the next direction are computed
 only at accepted points.
 
 A direction that is not finite (a singular JᵀJ: a parameter the residual does not depend
 on, or an exactly rank-deficient Jacobian) or not a descent direction stops the fit with
-``STEP_FAILED``; Levenberg-Marquardt's damping is the cure for such problems.
-Stopping tests: see ``_common``.
+``STEP_FAILED``, and so does a line search that shrinks the step to round-off without
+decreasing the cost; Levenberg-Marquardt's damping is the cure for such problems.
+Stopping tests: see ``_common``; they judge full Gauss-Newton steps: ``xtol`` applies to
+the Gauss-Newton step δ (not the shortened α·δ) and ``ftol`` only to steps with α = 1.
 
 Reference: J. Nocedal & S. Wright, "Numerical Optimization", 2nd ed., §3.1 and §10.3.
 """
@@ -31,7 +34,16 @@ import jax.numpy as jnp
 
 from .._linalg import solve_scaled
 from .._status import Status
-from ._common import State, Tolerances, counter, keep_linearization, linearize, start_status, step_status
+from ._common import (
+    State,
+    Tolerances,
+    below_round_off,
+    counter,
+    keep_linearization,
+    linearize,
+    start_status,
+    step_status,
+)
 
 ARMIJO = 1e-4
 
@@ -71,7 +83,10 @@ class GaussNewton(eqx.Module):
         trial_cost = problem.cost(problem.residual(trial))
         reduction = state.cost - trial_cost
         slope = state.grad @ step  # < 0 for a descent direction
-        accepted = jnp.isfinite(trial_cost) & (reduction >= -ARMIJO * slope) & (reduction > 0)
+        predicted = -slope - 0.5 * step @ (s.jtj @ step)  # Gauss-Newton model reduction
+        at_round_off = below_round_off(reduction, predicted, state.cost, s.jtj, state.params)
+        armijo = (reduction >= -ARMIJO * slope) & (reduction > 0)
+        accepted = jnp.isfinite(trial_cost) & (armijo | at_round_off)
 
         params = jnp.where(accepted, trial, state.params)
 
@@ -84,8 +99,7 @@ class GaussNewton(eqx.Module):
             at_new_point,
             lambda: (keep_linearization(state, s.jtj), s.direction, jnp.asarray(True)),
         )
-        predicted = -slope - 0.5 * step @ (s.jtj @ step)  # Gauss-Newton model reduction
-        ratio = reduction / jnp.where(predicted > 0, predicted, jnp.inf)
+        ratio = jnp.where(at_round_off, 1, reduction / jnp.where(predicted > 0, predicted, jnp.inf))
         status = step_status(
             accepted=accepted,
             jac_finite=lin.jac_finite,
@@ -93,11 +107,17 @@ class GaussNewton(eqx.Module):
             reduction=reduction,
             cost_old=state.cost,
             ratio=ratio,
-            step=step,
+            step=s.direction,
             params=state.params,
             tol=self.tol,
         )
-        status = jnp.where((status == Status.RUNNING) & ~usable, Status.STEP_FAILED, status)
+        # Convergence is judged on full Gauss-Newton steps: a step shortened by the line
+        # search says nothing about the distance to the minimum.
+        full_step = s.step_length == 1
+        status = jnp.where((status == Status.FTOL) & ~full_step, Status.RUNNING, status)
+        eps = jnp.finfo(step.dtype).eps
+        search_collapsed = ~accepted & (jnp.linalg.norm(step) <= eps * (eps + jnp.linalg.norm(state.params)))
+        status = jnp.where((status == Status.RUNNING) & (~usable | search_collapsed), Status.STEP_FAILED, status)
         inner = _Inner(lin.jtj, direction, jnp.where(accepted, 1, s.step_length / 2).astype(s.step_length.dtype))
         return State(
             params=params,

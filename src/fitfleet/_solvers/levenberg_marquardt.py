@@ -1,37 +1,54 @@
-"""Levenberg-Marquardt with Marquardt's diagonal scaling and Nielsen's damping update.
+"""Levenberg-Marquardt as a trust-region method, with Marquardt's diagonal scaling.
 
-Each step solves the damped, scaled normal equations
+Each step minimises the Gauss-Newton model of the cost ``F = ½‖r‖²`` in a scaled ball,
 
-    (JᵀJ + damping · D²) δ = -Jᵀr,        D² = diag(max over past iterates of JᵀJ),
+    min_δ  gᵀδ + ½ δᵀJᵀJδ    subject to  ‖Dδ‖ <= radius,      g = Jᵀr,
 
-the scaling of MINPACK's ``lmder`` (Moré 1978): ``D`` grows with the columns of ``J`` and
-never shrinks, which makes the method invariant to the units of each parameter.  The
-solve is done in the scaled variables ``Dδ`` by Cholesky (``_linalg.solve_scaled``).
+whose solution is the damped Gauss-Newton step (Moré 1978, the algorithm of MINPACK's
+``lmder`` and of scipy's ``trf`` without bounds):
 
-Acceptance.  With the cost ``F = ½‖r‖²``, the gain ratio is
+    (JᵀJ + damping · D²) δ = -g,    damping >= 0,  damping · (‖Dδ‖ - radius) = 0.
 
-    ρ = (F(p) - F(p + δ)) / (½‖Jδ‖² + damping · ‖Dδ‖²),
+Scaling.  ``D = diag(max over past iterates of ‖J_j‖)``, MINPACK's choice: it makes the
+method invariant to the units of each parameter, and because ``D`` never shrinks a
+parameter whose influence fades (a saturating exponential, a vanishing amplitude)
+cannot take an unbounded step and "evaporate".  The linear algebra happens in the
+scaled variables ``y = Dδ``, where ``D⁻¹JᵀJD⁻¹`` has a diagonal of at most 1.
 
-the actual reduction over the reduction predicted by the Gauss-Newton model.  The step
-is accepted when ρ > 1e-4 (MINPACK's threshold); a non-finite trial residual or step
-counts as ρ = -∞.
+The damping.  If the Gauss-Newton step (damping 0) lies inside the ball it is taken.
+Otherwise the damping solving ``‖Dδ(damping)‖ = radius`` is found to 10% by Hebden's
+Newton iteration on ``1/‖Dδ‖ − 1/radius`` with Moré's bracketing safeguards, warm
+started from the previous step's damping (Moré 1978, §5; one Cholesky per iteration).
 
-Damping update (Nielsen 1999; Madsen, Nielsen & Tingleff 2004, eq. 3.16).  On
-acceptance ``damping *= max(1/3, 1 - (2ρ - 1)³)`` and ``ν = 2``; on rejection
-``damping *= ν`` and ``ν *= 2``.  The update is smooth in ρ, so a good step relaxes
-the damping in proportion to how good it was, instead of the jumps of Marquardt's
-original ×10/÷10 rule, and repeated rejections grow the damping super-exponentially,
-so a stalled fit reaches the ``xtol`` test in a few steps.  The initial damping is
-``initial_damping`` (τ = 1e-3 by default) in scaled units, where diag(JᵀJ)/D² = 1.
+The radius (scipy ``trf``'s rule).  With the gain ratio
+
+    ρ = (F(p) − F(p + δ)) / (−gᵀδ − ½ δᵀJᵀJδ),
+
+the radius becomes ``¼‖Dδ‖`` when ρ < ¼ and doubles when ρ > ¾ and the step reached the
+boundary.  The step is accepted when ρ > 1e-4; a non-finite trial residual counts as
+ρ = −∞.  A step too small for the computed cost to judge (predicted and actual
+reduction within the cost's round-off, ``_common.below_round_off``) counts as ρ = 1, so
+the iteration reaches the Gauss-Newton fixed point instead of stalling at the cost's
+resolution.  The first radius is ``‖D p₀‖`` (1 if that is 0): a step may at first change
+the parameters by about their own size, the conservative start that keeps hard
+problems from leaping into a far, flat region.
+
+Reasoning about the step through a radius rather than updating the damping directly
+(Nielsen's rule, say) is what makes the step length, not only its direction, respond
+to how well the model predicted the last step.
 
 The Jacobian is evaluated once per accepted point, never at a rejected trial point.
-Stopping tests: see ``_common``; additionally the fit stops with ``STEP_FAILED`` when
-the damping exceeds 1/eps², where no representable step can decrease the cost.
+Stopping tests: see ``_common``.  The ``xtol`` test also holds when the radius itself
+falls to ``radius <= xtol · ‖D p‖`` (MINPACK's form of it), which ends a fit whose every
+step is rejected.  With ``xtol = 0`` such a fit stops with ``STEP_FAILED`` once the
+radius is below ``eps · (‖D p‖ + ‖r‖)``, where no representable step can change the
+cost.
 
 References: K. Levenberg (1944); D. Marquardt (1963); J. J. Moré, "The Levenberg-Marquardt
-algorithm: implementation and theory" (1978); H. B. Nielsen, "Damping parameter in
-Marquardt's method", IMM-REP-1999-05; K. Madsen, H. B. Nielsen, O. Tingleff, "Methods for
-non-linear least squares problems" (2004).
+algorithm: implementation and theory", Lecture Notes in Mathematics 630 (1978);
+M. A. Branch, T. F. Coleman, Y. Li, "A subspace, interior, and conjugate gradient method
+for large-scale bound-constrained minimization problems", SIAM J. Sci. Comput. 21 (1999)
+(scipy's ``trf``); J. Nocedal & S. Wright, "Numerical Optimization" (2006), §4.3.
 """
 
 from typing import Any
@@ -40,18 +57,29 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._linalg import solve_scaled
+from .._linalg import cholesky, solve_lower, solve_upper_transposed
 from .._status import Status
-from ._common import State, Tolerances, counter, keep_linearization, linearize, start_status, step_status
+from ._common import (
+    State,
+    Tolerances,
+    below_round_off,
+    counter,
+    keep_linearization,
+    linearize,
+    start_status,
+    step_status,
+)
 
 ACCEPT_RATIO = 1e-4
+RADIUS_RTOL = 0.1  # Moré's tolerance on ‖Dδ‖ = radius
+MAX_DAMPING_ITERATIONS = 10
 
 
 class _Inner(eqx.Module):
     jtj: Any
     scale: Any  # D: running max of the column norms of J
+    radius: Any
     damping: Any
-    nu: Any
 
 
 class LevenbergMarquardt(eqx.Module):
@@ -63,45 +91,45 @@ class LevenbergMarquardt(eqx.Module):
     def init(self, problem, p):
         lin = linearize(problem, p)
         cost = problem.cost(lin.residual)
+        scale = jnp.sqrt(jnp.diagonal(lin.jtj))
+        radius = jnp.linalg.norm(_positive(scale) * p)
         inner = _Inner(
             jtj=lin.jtj,
-            scale=jnp.sqrt(jnp.diagonal(lin.jtj)),
+            scale=scale,
+            radius=jnp.where(radius > 0, radius, 1),
             damping=jnp.asarray(self.initial_damping, p.dtype),
-            nu=jnp.asarray(2, p.dtype),
         )
         status = start_status(cost, lin.jac, lin.cosine, self.tol)
         return State(p, lin.residual, cost, lin.jac, lin.grad, status, counter(), counter(1), counter(1), inner)
 
     def step(self, problem, state):
         s = state.inner
-        # A column that has never moved the residual gets unit scale rather than 0/0.
-        scale = jnp.where(s.scale > 0, s.scale, 1)
-        step = solve_scaled(s.jtj, -state.grad, scale, s.damping)
-        step_finite = jnp.all(jnp.isfinite(step))
-        step = jnp.where(step_finite, step, 0)
+        d = _positive(s.scale)
+        scaled_step, damping = trust_region_step(s.jtj / (d[:, None] * d[None, :]), state.grad / d, s.radius, s.damping)
+        step_finite = jnp.all(jnp.isfinite(scaled_step))
+        scaled_step = jnp.where(step_finite, scaled_step, 0)
+        step = scaled_step / d
 
         trial = state.params + step
         trial_cost = problem.cost(problem.residual(trial))
         reduction = state.cost - trial_cost
-        predicted = 0.5 * step @ (s.jtj @ step) + s.damping * jnp.sum((scale * step) ** 2)
+        predicted = -(state.grad @ step) - 0.5 * step @ (s.jtj @ step)
         valid = step_finite & jnp.isfinite(trial_cost) & (predicted > 0)
         ratio = jnp.where(valid, reduction / jnp.where(valid, predicted, 1), -jnp.inf)
+        ratio = jnp.where(valid & below_round_off(reduction, predicted, state.cost, s.jtj, state.params), 1, ratio)
         accepted = ratio > ACCEPT_RATIO
+
+        step_norm = jnp.linalg.norm(scaled_step)
+        on_boundary = step_norm > 0.95 * s.radius
+        radius = jnp.where(ratio < 0.25, 0.25 * step_norm, jnp.where((ratio > 0.75) & on_boundary, 2 * s.radius, s.radius))
 
         params = jnp.where(accepted, trial, state.params)
         # Under vmap this cond becomes a select; alone it skips the Jacobian on rejection.
         lin = jax.lax.cond(
             accepted, lambda: linearize(problem, params), lambda: keep_linearization(state, s.jtj)
         )
-        damping = jnp.where(
-            accepted, s.damping * jnp.maximum(1 / 3, 1 - (2 * ratio - 1) ** 3), s.damping * s.nu
-        )
-        inner = _Inner(
-            jtj=lin.jtj,
-            scale=jnp.maximum(s.scale, jnp.sqrt(jnp.diagonal(lin.jtj))),
-            damping=damping,
-            nu=jnp.where(accepted, 2, 2 * s.nu).astype(s.nu.dtype),
-        )
+        scale = jnp.maximum(s.scale, jnp.sqrt(jnp.diagonal(lin.jtj)))
+        inner = _Inner(jtj=lin.jtj, scale=scale, radius=radius, damping=damping)
 
         status = step_status(
             accepted=accepted,
@@ -114,8 +142,12 @@ class LevenbergMarquardt(eqx.Module):
             params=state.params,
             tol=self.tol,
         )
-        no_step_can_help = ~(damping <= 1 / jnp.finfo(damping.dtype).eps ** 2)  # NaN too
-        status = jnp.where((status == Status.RUNNING) & no_step_can_help, Status.STEP_FAILED, status)
+        scaled_params_norm = jnp.linalg.norm(_positive(scale) * params)
+        xtol = self.tol.at_precision(radius.dtype).xtol
+        eps = jnp.finfo(radius.dtype).eps
+        collapsed = ~(radius > eps * (scaled_params_norm + jnp.linalg.norm(lin.residual)))  # NaN too
+        status = jnp.where((status == Status.RUNNING) & (radius <= xtol * scaled_params_norm), Status.XTOL, status)
+        status = jnp.where((status == Status.RUNNING) & collapsed, Status.STEP_FAILED, status)
         return State(
             params=params,
             residual=lin.residual,
@@ -128,3 +160,51 @@ class LevenbergMarquardt(eqx.Module):
             n_jev=state.n_jev + accepted,
             inner=inner,
         )
+
+
+def _positive(scale):
+    """A column that has never moved the residual gets unit scale rather than 0/0."""
+    return jnp.where(scale > 0, scale, 1)
+
+
+def trust_region_step(A, b, radius, damping_guess):
+    """Approximately solve ``min bᵀy + ½yᵀAy`` s.t. ``‖y‖ <= radius``, A symmetric PSD.
+
+    Returns the step ``y`` and the damping ``λ >= 0`` with ``(A + λI) y = −b``: ``λ = 0``
+    when the Newton step fits, else ``‖y‖`` within 10% of ``radius`` (Moré 1978, §5).
+    One loop, so the factorisation is traced (and compiled) once.
+    """
+    eye = jnp.eye(A.shape[0], dtype=A.dtype)
+    # At damping ‖b‖/radius the step is already no longer than the radius.
+    upper = jnp.linalg.norm(b) / radius
+    guess = jnp.where(damping_guess > 0, jnp.minimum(damping_guess, upper), 1e-3 * upper)
+
+    def body(carry):
+        i, damping, lower, upper, _, _ = carry
+        L = cholesky(A + damping * eye)
+        y = -solve_upper_transposed(L, solve_lower(L, b))
+        norm = jnp.linalg.norm(y)
+        ok = jnp.isfinite(norm)
+        newton_fits = (damping == 0) & (norm <= (1 + RADIUS_RTOL) * radius)
+        converged = ok & (newton_fits | (jnp.abs(norm - radius) <= RADIUS_RTOL * radius))
+        too_long = ~ok | (norm > radius)
+        lower = jnp.where(too_long, damping, lower)
+        upper = jnp.where(too_long, upper, damping)
+        q_norm = jnp.linalg.norm(solve_lower(L, y))
+        hebden = damping + (norm / q_norm) ** 2 * (norm - radius) / radius
+        safe = jnp.maximum(jnp.sqrt(lower * upper), lower + 1e-3 * (upper - lower))
+        hebden = jnp.where(ok & (hebden > lower) & (hebden < upper), hebden, safe)
+        following = jnp.where(i == 0, jnp.clip(guess, lower, upper), hebden)
+        return i + 1, jnp.where(converged, damping, following), lower, upper, y, converged
+
+    def cond(carry):
+        i, *_, converged = carry
+        return (i < MAX_DAMPING_ITERATIONS) & ~converged
+
+    zero = jnp.zeros_like(upper)
+    init = (jnp.int32(0), zero, zero, upper, jnp.zeros_like(b), jnp.asarray(False))
+    _, damping, _, _, y, _ = jax.lax.while_loop(cond, body, init)
+    # A damped solve that failed (round-off at a huge condition number) falls back to
+    # the steepest-descent step of length radius, the limit of damping → ∞.
+    steepest = -b * (radius / jnp.maximum(jnp.linalg.norm(b), jnp.finfo(b.dtype).tiny))
+    return jnp.where(jnp.all(jnp.isfinite(y)), y, steepest), damping

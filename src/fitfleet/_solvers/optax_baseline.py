@@ -46,7 +46,7 @@ class OptaxSolver(eqx.Module):
     def init(self, problem, p):
         r, cost, grad = problem.residual_cost_grad(p)
         status = jnp.where(jnp.isfinite(cost), Status.RUNNING, Status.NONFINITE_RESIDUAL)
-        status = jnp.where((status == Status.RUNNING) & (jnp.max(jnp.abs(grad)) <= self.tol.gtol), Status.GTOL, status)
+        status = jnp.where((status == Status.RUNNING) & (jnp.max(jnp.abs(grad)) <= self.tol.at_precision(p.dtype).gtol), Status.GTOL, status)
         opt_state = self._optimiser().init(p)
         return State(p, r, cost, None, grad, status.astype(jnp.int32), counter(), counter(1), counter(0), opt_state)
 
@@ -55,11 +55,12 @@ class OptaxSolver(eqx.Module):
         params = optax.apply_updates(state.params, updates)
         r, cost, grad = problem.residual_cost_grad(params)
         finite = jnp.isfinite(cost) & jnp.all(jnp.isfinite(grad))
+        tol = self.tol.at_precision(params.dtype)
         conditions = [
             (~finite, Status.NONFINITE_RESIDUAL),
-            (jnp.max(jnp.abs(grad)) <= self.tol.gtol, Status.GTOL),
-            (jnp.abs(state.cost - cost) <= self.tol.ftol * state.cost, Status.FTOL),
-            (jnp.linalg.norm(updates) <= self.tol.xtol * (self.tol.xtol + jnp.linalg.norm(params)), Status.XTOL),
+            (jnp.max(jnp.abs(grad)) <= tol.gtol, Status.GTOL),
+            (jnp.abs(state.cost - cost) <= tol.ftol * state.cost, Status.FTOL),
+            (jnp.linalg.norm(updates) <= tol.xtol * (tol.xtol + jnp.linalg.norm(params)), Status.XTOL),
         ]
         status = jnp.asarray(Status.RUNNING, jnp.int32)
         for condition, code in reversed(conditions):

@@ -1,0 +1,391 @@
+"""scipy-compatible front door: ``curve_fit(f, xdata, ydata, ...)`` and its batched twin.
+
+A scipy user changes one import.  What is the same: the signature, ``f(x, *params)``,
+``p0`` defaulting to ones (or the middle of two-sided bounds, as scipy), ``sigma`` as
+standard deviations or a covariance, ``absolute_sigma``, ``bounds`` (a pair or an object
+with ``lb``/``ub``), ``pcov`` (scipy's ``trf`` convention: a pseudo-inverse, ``inf`` when
+it cannot be estimated), a ``RuntimeError`` when the fit fails, and ``full_output``.
+
+What differs, and why:
+
+- Every ``method`` (``None``, ``"lm"``, ``"trf"``, ``"dogbox"``) runs fitfleet's
+  Levenberg-Marquardt; bounds work with all of them (a smooth change of variables, see
+  ``docs/fitting_guide.md``), so ``method="lm"`` with bounds is allowed.  fitfleet's own
+  methods (``"gn"``, ``"adam"``, ``"sgd"``) may be named too.
+- Derivatives are exact (automatic differentiation): ``jac=None`` or a finite-difference
+  scheme (``"2-point"``, ``"3-point"``, ``"cs"``) all mean autodiff, and ``diff_step``
+  and ``epsfcn`` are ignored.  ``f`` must be written in ``jax.numpy``.
+- ``maxfev``/``max_nfev`` bound the solver's iterations (one residual evaluation each,
+  plus a Jacobian at accepted points).
+- The outputs are JAX arrays in the precision of ``p0`` (or of ``ydata`` without
+  ``p0``): float32 unless float64 is enabled.
+- ``ier`` uses ``scipy.optimize.least_squares``' status codes for every method: 1
+  (gtol), 2 (ftol), 3 (xtol) are successes, 0 means the step budget ran out, −1 any
+  other failure (see ``infodict["result"].status``).
+- Under ``jit``/``vmap`` nothing can raise or warn: a failed fit returns its result
+  (check ``ier`` with ``full_output=True``), and ``mesg`` is ``None``.
+- ``nan_policy="omit"`` would change the data's shape, so it is not supported; drop
+  the NaN points first.
+"""
+
+import inspect
+import warnings
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._batch import fit_batch
+from ._least_squares import least_squares
+from ._losses import LOSSES
+from ._status import Status
+from ._uncertainty import covariance
+
+_SCIPY_METHODS = (None, "lm", "trf", "dogbox")
+_FITFLEET_METHODS = ("gn", "adam", "sgd")
+_FD_JACOBIANS = (None, "2-point", "3-point", "cs")
+_IGNORED = ("diff_step", "epsfcn", "verbose")  # finite-difference and printing options
+_PASSED = ("ftol", "xtol", "gtol", "loss", "f_scale", "log_scale", "max_steps", "initial_damping", "learning_rate")
+
+
+def curve_fit(
+    f,
+    xdata,
+    ydata,
+    p0=None,
+    sigma=None,
+    absolute_sigma=False,
+    check_finite=None,
+    bounds=(-np.inf, np.inf),
+    method=None,
+    jac=None,
+    *,
+    full_output=False,
+    nan_policy=None,
+    **kwargs,
+):
+    """Fit ``ydata ≈ f(xdata, *params)``; scipy's ``curve_fit``, on fitfleet.
+
+    Args:
+        f: the model ``f(x, p1, p2, ...)``, written in ``jax.numpy``.
+        xdata: the predictors, passed to ``f`` unchanged (any array or pytree).
+        ydata: the observations.
+        p0: the start; default ones (as scipy; the middle of two-sided bounds).
+        sigma: standard deviations of ``ydata`` (a scalar or one per point) or their
+            covariance matrix.
+        absolute_sigma: ``True`` if ``sigma`` are absolute; ``False`` to rescale
+            ``pcov`` by the residual variance (see :func:`fitfleet.uncertainty`).
+        check_finite: raise ``ValueError`` on non-finite ``xdata``/``ydata`` (default
+            ``True`` unless ``nan_policy`` is given; skipped for traced data).
+        bounds: ``(lower, upper)`` scalars or arrays, or an object with ``lb``, ``ub``.
+        method: ``None``, ``"lm"``, ``"trf"``, ``"dogbox"`` (all Levenberg-Marquardt
+            here), or fitfleet's ``"gn"``, ``"adam"``, ``"sgd"``.
+        jac: ``jac(x, *params)`` returning the (m, n) Jacobian of ``f``, or ``None`` /
+            a finite-difference scheme name for automatic differentiation.
+        full_output: also return ``infodict``, ``mesg`` and ``ier``.
+        nan_policy: ``None`` or ``"raise"``.
+        **kwargs: ``ftol``, ``xtol``, ``gtol``, ``maxfev``/``max_nfev``, ``loss``,
+            ``f_scale``, ``x_scale`` (``"jac"`` only); ``diff_step``, ``epsfcn`` and
+            ``verbose`` are ignored; fitfleet's ``log_scale``, ``max_steps``,
+            ``initial_damping``, ``learning_rate``.
+
+    Returns:
+        ``(popt, pcov)``, or ``(popt, pcov, infodict, mesg, ier)`` with ``full_output``;
+        ``infodict`` has ``nfev``, ``njev``, ``nit``, ``fvec`` (the whitened residual)
+        and ``result`` (the :class:`Result`).
+
+    Raises:
+        RuntimeError: the fit failed (outside ``jit``/``vmap`` only), as in scipy.
+        ValueError, TypeError: bad arguments, before anything is compiled.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import fitfleet as ff
+        >>> def model(x, a, k):
+        ...     return a * jnp.exp(-k * x)
+        >>> x = jnp.linspace(0.0, 4.0, 20)
+        >>> y = model(x, 2.5, 1.3) + 0.01 * jnp.sin(7.0 * x)
+        >>> popt, pcov = ff.curve_fit(model, x, y)
+        >>> [round(float(v), 2) for v in popt], pcov.shape
+        ([2.5, 1.3], (2, 2))
+    """
+    fit, p0, opts = _prepare(
+        f, xdata, ydata, p0, sigma, absolute_sigma, check_finite, bounds, method, jac, nan_policy, kwargs
+    )
+    res = least_squares(fit["fun"], p0, fit["args"], **opts)
+    pcov = _pcov(res, absolute_sigma, opts)
+    concrete = not isinstance(res.status, jax.core.Tracer)
+    if concrete and not bool(res.success):
+        raise RuntimeError("Optimal parameters not found: " + res.message)
+    if concrete and not bool(jnp.all(jnp.isfinite(pcov))):
+        warnings.warn("Covariance of the parameters could not be estimated", UserWarning, stacklevel=2)
+    if not full_output:
+        return res.params, pcov
+    return res.params, pcov, _infodict(res), res.message if concrete else None, _ier(res.status)
+
+
+def curve_fit_batch(
+    f,
+    xdata,
+    ydata,
+    p0=None,
+    sigma=None,
+    absolute_sigma=False,
+    check_finite=None,
+    bounds=(-np.inf, np.inf),
+    method=None,
+    jac=None,
+    *,
+    full_output=False,
+    batch_xdata=False,
+    **kwargs,
+):
+    """:func:`curve_fit` of many data sets at once: one fit per row of ``ydata``.
+
+    Runs on :func:`fitfleet.fit_batch` (one compiled program; a slow fit never holds the
+    others back).  A failed row never raises: check ``ier`` (``full_output=True``) or
+    ``infodict["result"].success``.
+
+    Args:
+        ydata: (B, m), one data set per row (or (B, ...) with ``f`` returning (...)).
+        xdata: shared by all rows (anything :func:`curve_fit` takes), or, with
+            ``batch_xdata=True``, an array with a leading axis B: (B, m), or (B, k, m)
+            for k predictors.
+        p0: (n,) shared, or (B, n) one start per row; default as :func:`curve_fit`.
+        sigma: shared, (m,) or (m, m), or per row, (B, m) or (B, m, m).  As in
+            :func:`fitfleet.fit_batch`, a 2-D sigma whose first axis is B is per row,
+            even when B == m; pass a shared covariance as (B, m, m) then.
+        absolute_sigma, check_finite, bounds, method, jac, **kwargs: as :func:`curve_fit`
+            (bounds are shared).
+
+    Returns:
+        ``(popt, pcov)`` with shapes (B, n) and (B, n, n); with ``full_output`` also
+        ``infodict`` (arrays with a leading B axis), ``mesg`` (a list) and ``ier`` (B,).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import fitfleet as ff
+        >>> def model(x, a, k):
+        ...     return a * jnp.exp(-k * x)
+        >>> x = jnp.linspace(0.0, 4.0, 20)
+        >>> rates = jnp.array([0.5, 1.0, 2.0])
+        >>> y = 3.0 * jnp.exp(-rates[:, None] * x)
+        >>> popt, pcov = ff.curve_fit_batch(model, x, y)
+        >>> [round(float(v), 3) for v in popt[:, 1]], pcov.shape
+        ([0.5, 1.0, 2.0], (3, 2, 2))
+    """
+    if not isinstance(batch_xdata, (bool, np.bool_)):
+        raise TypeError(f"`batch_xdata` must be True or False; got {batch_xdata!r}.")
+    y = _as_data(ydata, "ydata")
+    if y.ndim < 2:
+        raise ValueError(
+            f"`ydata` must have a leading batch axis, (B, m); got shape {y.shape}. For one data set use curve_fit."
+        )
+    size = y.shape[0]
+    if batch_xdata:
+        xdata = _as_data(xdata, "xdata")
+        if xdata.ndim < 1 or xdata.shape[0] != size:
+            raise ValueError(
+                f"with batch_xdata=True, `xdata` needs a leading batch axis of size {size} like ydata; "
+                f"got shape {xdata.shape}."
+            )
+    first = lambda t: jax.tree_util.tree_map(lambda a: a[0], t)  # noqa: E731
+    p0_rows = None if p0 is None else _as_data(p0, "p0")
+    per_row_p0 = p0_rows is not None and p0_rows.ndim == 2
+    # As fit_batch: a sigma with two or more axes whose first is B holds one per row.
+    per_row_sigma = sigma is not None and np.ndim(sigma) >= 2 and np.shape(sigma)[0] == size
+    fit, p0_one, opts = _prepare(
+        f, first(xdata) if batch_xdata else xdata, y[0], p0_rows[0] if per_row_p0 else p0_rows,
+        first(sigma) if per_row_sigma else sigma, absolute_sigma, check_finite, bounds, method, jac, None, kwargs,
+        check_data=(xdata, y),
+    )  # fmt: skip
+    dtype = p0_one.dtype
+    x0 = p0_rows.astype(dtype) if per_row_p0 else jnp.broadcast_to(p0_one, (size, p0_one.shape[0]))
+    x = xdata.astype(dtype) if batch_xdata else fit["args"][0]
+    if per_row_sigma:
+        opts["sigma"] = _as_data(sigma, "sigma").astype(dtype)
+    res = fit_batch(fit["fun"], x0, (x, y.astype(dtype)), shared_args=() if batch_xdata else (0,), **opts)
+    pcov = _pcov(res, absolute_sigma, opts)
+    if not full_output:
+        return res.params, pcov
+    concrete = not isinstance(res.status, jax.core.Tracer)
+    return res.params, pcov, _infodict(res), res.message if concrete else None, _ier(res.status)
+
+
+# --------------------------------------------------------------------------- internals
+
+
+class _Model(eqx.Module):
+    """``f(x, *p) − y``; a Module with ``f`` static so the same ``f`` reuses compilations."""
+
+    f: Callable = eqx.field(static=True)
+
+    def __call__(self, p, x, y):
+        pred = jnp.asarray(self.f(x, *p))
+        return pred - y.astype(pred.dtype)
+
+
+class _ModelJac(eqx.Module):
+    jac: Callable = eqx.field(static=True)
+
+    def __call__(self, p, x, y):
+        return jnp.asarray(self.jac(x, *p)).reshape(y.size, p.shape[0])
+
+
+def _n_params(f):
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError) as e:
+        raise ValueError("Unable to determine number of fit parameters: pass `p0`.") from e
+    kinds = [p.kind for p in sig.parameters.values()]
+    positional = [k for k in kinds if k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if inspect.Parameter.VAR_POSITIONAL in kinds or len(positional) < 2:
+        raise ValueError("Unable to determine number of fit parameters from f's signature: pass `p0`.")
+    return len(positional) - 1
+
+
+def _bounds_pair(bounds, n):
+    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
+        lb, ub = bounds.lb, bounds.ub
+    elif isinstance(bounds, (tuple, list)) and len(bounds) == 2:
+        lb, ub = bounds
+    else:
+        raise ValueError("`bounds` must be a pair (lower, upper) or an object with `lb` and `ub`.")
+    try:
+        lb = np.broadcast_to(np.asarray(lb, float), (n,))
+        ub = np.broadcast_to(np.asarray(ub, float), (n,))
+    except ValueError as e:
+        raise ValueError(f"`bounds`: each of lower and upper must be a scalar or have {n} entries.") from e
+    return lb, ub
+
+
+def _initial_point(lb, ub):
+    """scipy's ``_initialize_feasible``: ones, moved inside one- or two-sided bounds."""
+    lo, hi = np.isfinite(lb), np.isfinite(ub)
+    lb0, ub0 = np.where(lo, lb, 0.0), np.where(hi, ub, 0.0)
+    p0 = np.where(lo & hi, 0.5 * (lb0 + ub0), 1.0)
+    p0 = np.where(lo & ~hi, lb0 + 1, p0)
+    return np.where(~lo & hi, ub0 - 1, p0)
+
+
+def _as_x(xdata, dtype):
+    """As scipy: lists, tuples and numpy arrays become float arrays; anything else is f's business."""
+    return jnp.asarray(xdata, dtype) if isinstance(xdata, (list, tuple, np.ndarray)) else xdata
+
+
+def _as_data(a, name):
+    if isinstance(a, jax.core.Tracer) or isinstance(a, jax.Array):
+        arr = a
+    else:
+        try:
+            arr = jnp.asarray(a)
+        except TypeError as e:
+            raise TypeError(f"`{name}` must be an array; got {type(a).__name__}.") from e
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    return arr
+
+
+def _check_finite(tree, name):
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if isinstance(leaf, jax.core.Tracer):
+            continue
+        arr = np.asarray(leaf)
+        if np.issubdtype(arr.dtype, np.number) and not np.all(np.isfinite(arr)):
+            raise ValueError(f"`{name}` must not contain infs or NaNs (check_finite=True).")
+
+
+def _prepare(
+    f, xdata, ydata, p0, sigma, absolute_sigma, check_finite, bounds, method, jac, nan_policy, kwargs, check_data=None
+):
+    """Validate scipy-style arguments; return the residual, the start and least_squares options."""
+    if not callable(f):
+        raise TypeError(f"`f` must be callable as f(x, *params); got {type(f).__name__}.")
+    if not isinstance(absolute_sigma, (bool, np.bool_)):
+        raise TypeError(f"`absolute_sigma` must be True or False; got {absolute_sigma!r}.")
+    if nan_policy not in (None, "raise"):
+        raise ValueError(
+            f"nan_policy={nan_policy!r} is not supported: 'omit' would change the data's shape "
+            "(drop the NaN points before fitting) and scipy rejects 'propagate'. Use None or 'raise'."
+        )
+    if check_finite is None:
+        check_finite = nan_policy is None
+    if method not in _SCIPY_METHODS + _FITFLEET_METHODS:
+        raise ValueError(f"`method` must be one of {_SCIPY_METHODS + _FITFLEET_METHODS}; got {method!r}.")
+    if not (callable(jac) or jac in _FD_JACOBIANS):
+        raise ValueError(f"`jac` must be a callable jac(x, *params), None, or one of {_FD_JACOBIANS[1:]}; got {jac!r}.")
+    if "args" in kwargs:
+        raise ValueError("'args' is not a supported keyword argument: f is called as f(x, *params).")
+
+    opts = {}
+    for key, value in kwargs.items():
+        if key in _PASSED:
+            opts[key] = value
+        elif key in ("maxfev", "max_nfev"):
+            if value is not None:
+                opts["max_steps"] = value
+        elif key == "x_scale":
+            if value not in (None, "jac"):
+                raise ValueError(
+                    "`x_scale`: fitfleet scales parameters by the Jacobian's columns; only 'jac' is supported."
+                )
+        elif key not in _IGNORED:
+            raise TypeError(
+                f"curve_fit got an unsupported keyword argument {key!r}. Supported: "
+                f"{', '.join(_PASSED + ('maxfev', 'max_nfev', 'x_scale') + _IGNORED)}."
+            )
+    if opts.get("loss", "linear") not in LOSSES:
+        raise ValueError(f"`loss` must be one of {LOSSES}; got {opts['loss']!r}.")
+
+    y = _as_data(ydata, "ydata")
+    if y.size == 0:
+        raise ValueError("`ydata` must not be empty.")
+    if check_finite:
+        _check_finite(y if check_data is None else check_data[1], "ydata")
+        _check_finite(xdata if check_data is None else check_data[0], "xdata")
+
+    n = _n_params(f) if p0 is None else int(np.size(p0))
+    lb, ub = _bounds_pair(bounds, n)
+    if p0 is None:
+        p0 = jnp.asarray(_initial_point(lb, ub), y.dtype)
+    else:
+        p0 = jnp.ravel(_as_data(p0, "p0"))
+    x = _as_x(xdata, p0.dtype)
+    y = y.astype(p0.dtype)
+
+    m = y.size
+    if sigma is not None:
+        sigma = _as_data(sigma, "sigma").astype(p0.dtype)
+        if sigma.size == 1:
+            sigma = jnp.broadcast_to(jnp.reshape(sigma, ()), (m,))
+        elif sigma.shape not in ((m,), (m, m)):
+            raise ValueError(
+                f"`sigma` has incorrect shape {sigma.shape}: use ({m},) standard deviations "
+                f"or an ({m}, {m}) covariance."
+            )
+    bounded = bool(np.any(np.isfinite(lb) | np.isfinite(ub)))
+    opts.update(
+        method="lm" if method in _SCIPY_METHODS else method,
+        jac=_ModelJac(jac) if callable(jac) else "auto",
+        sigma=sigma,
+        bounds=(lb, ub) if bounded else None,
+    )
+    return {"fun": _Model(f), "args": (x, y)}, p0, opts
+
+
+def _pcov(res, absolute_sigma, opts):
+    pcov = covariance(res, absolute_sigma, loss=opts.get("loss", "linear"), f_scale=opts.get("f_scale", 1.0))
+    # scipy reports an indeterminate covariance as inf, never NaN.
+    return jnp.where(jnp.any(jnp.isnan(pcov), axis=(-2, -1), keepdims=True), jnp.inf, pcov)
+
+
+def _infodict(res):
+    return {"nfev": res.n_fev, "njev": res.n_jev, "nit": res.n_steps, "fvec": res.residual, "result": res}
+
+
+def _ier(status):
+    """fitfleet status -> scipy least_squares' status: 1, 2, 3 success, 0 budget, -1 failure."""
+    ier = jnp.where(status == Status.MAX_STEPS, 0, -1)
+    return jnp.where((status >= Status.GTOL) & (status <= Status.XTOL), status, ier).astype(jnp.int32)

@@ -1,0 +1,252 @@
+"""Multi-start: many fits of one model from starts spread over a box, and what they found.
+
+The starts come from ``_samplers``; the fits from ``fit_batch``, so a start that needs
+many steps does not slow the others.  Afterwards, on the host:
+
+- the fits are sorted by cost;
+- fits that reached the same optimum are grouped: in cost order, a fit joins the first
+  group whose best member agrees with it in cost and in every parameter, to a relative
+  ``rtol`` (plus an absolute floor of machine epsilon times the largest cost, or the
+  largest parameter magnitude, for values at round-off level such as a zero residual);
+  otherwise it opens a group.  Only converged fits (``success``) count: a fit that ran
+  out of steps or failed has not shown that where it stopped is an optimum;
+- ``p_star``, the fraction of all starts that reached the best optimum, estimates the
+  chance that one random start finds it, so ``1 - (1 - p*)^M`` estimates the chance
+  that M starts find it at least once (independent starts; Latin hypercube and Sobol
+  starts are more even than that, so it is a conservative estimate).
+"""
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ._batch import fit_batch
+from ._result import Result
+from ._samplers import SAMPLERS, check_box, to_box, unit_cube
+
+
+class Optimum(NamedTuple):
+    """A distinct optimum found by :func:`multistart`.
+
+    Attributes:
+        params: the parameters of its best fit (same structure as a single fit's, as
+            numpy arrays).
+        cost: that fit's cost.
+        n_starts: how many starts reached it.
+        fraction: ``n_starts`` over all starts.
+        index: position of its best fit in ``MultiStartResult.results``.
+    """
+
+    params: Any
+    cost: float
+    n_starts: int
+    fraction: float
+    index: int
+
+
+class MultiStartResult(NamedTuple):
+    """The outcome of :func:`multistart`.
+
+    Attributes:
+        results: a :class:`Result` with one entry per start, sorted by cost (best first).
+        starts: the starting points, in the same order, with the batch axis first.
+        best: the :class:`Result` of the best fit (no batch axis).
+        optima: the distinct :class:`Optimum` s found, best first.
+        p_star: the fraction of starts that reached the best optimum.
+        n_starts: the number of starts.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import fitfleet as ff
+        >>> def residual(p):                       # minima at p = +1 (best) and p = -1
+        ...     return jnp.array([p[0] ** 2 - 1.0, 1e-2 * (p[0] - 1.0)])
+        >>> ms = ff.multistart(residual, -3.0, 1.0, n_starts=64, sampler="lhs")
+        >>> [round(float(o.params[0]), 3) for o in ms.optima]
+        [1.0, -1.0]
+        >>> round(ms.p_star, 2), round(ms.prob_found(10), 3)
+        (0.25, 0.944)
+    """
+
+    results: Result
+    starts: Any
+    best: Result
+    optima: list
+    p_star: float
+    n_starts: int
+
+    def prob_found(self, n_starts=None):
+        """Estimated chance that ``n_starts`` random starts (default: as many as were
+        run) find the best optimum at least once: ``1 - (1 - p*)^M``."""
+        m = self.n_starts if n_starts is None else n_starts
+        return 1.0 - (1.0 - self.p_star) ** m
+
+    def starts_needed(self, confidence=0.99):
+        """Starts needed to find the best optimum with probability ``confidence``
+        (by the same estimate); ``inf`` when no start found it twice."""
+        if self.p_star >= 1:
+            return 1
+        if self.p_star <= 0:
+            return math.inf
+        return math.ceil(math.log1p(-confidence) / math.log1p(-self.p_star))
+
+
+def multistart(
+    fun,
+    lower,
+    upper,
+    n_starts=256,
+    args=(),
+    *,
+    sampler="lhs",
+    log_scale=False,
+    key=None,
+    dtype=None,
+    rtol=1e-3,
+    fit_log_scale=False,
+    progress=False,
+    **options,
+):
+    """Fit ``fun`` from ``n_starts`` points drawn in the box ``[lower, upper]``.
+
+    Args:
+        fun: ``fun(params, *args)``, as for :func:`least_squares`.
+        lower, upper: the box of starting points: scalars, flat arrays or pytrees like
+            the parameters (their structure sets the structure of ``params``).  Finite.
+        n_starts: number of starts.
+        args: extra arguments, shared by every fit.
+        sampler: ``"uniform"``, ``"lhs"`` (Latin hypercube, the default) or ``"sobol"``
+            (scrambled, needs scipy; best with a power of two ``n_starts``).
+        log_scale: bool, or per parameter: sample ``|p|`` log-uniformly (the box must not
+            contain 0 there; negative boxes keep their sign), for rate constants
+            spanning decades.  This is about the starts; ``fit_log_scale`` is
+            :func:`least_squares`' ``log_scale`` option for the fits.
+        key: a ``jax.random`` key; default ``jax.random.key(0)``.  Pass a new key for new
+            starts.
+        dtype: precision of the fits; default: float64 if enabled, else float32.
+        rtol: relative tolerance in cost and parameters for grouping fits into optima.
+        progress: show a progress bar (needs ``tqdm``).
+        **options: any other :func:`fit_batch` option (``method``, ``ftol``, ``max_steps``,
+            ``bounds``, ``sigma``, ``loss``, ``chunk_size``, ...), the same for every start.
+
+    Returns:
+        A :class:`MultiStartResult`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import fitfleet as ff
+        >>> t = jnp.linspace(0.0, 10.0, 40)
+        >>> y = jnp.exp(-0.3 * t) + jnp.exp(-3.0 * t)
+        >>> def residual(k, t, y):                 # two decay rates, spanning decades
+        ...     return jnp.exp(-k[0] * t) + jnp.exp(-k[1] * t) - y
+        >>> ms = ff.multistart(residual, [1e-3, 1.0], [1.0, 1e3], 64, (t, y), log_scale=True)
+        >>> [round(k, 3) for k in ms.best.params.tolist()], ms.p_star > 0.5
+        ([0.3, 3.0], True)
+    """
+    if _is_traced((lower, upper, args, key)):
+        raise TypeError(
+            "multistart groups optima on the host, so it cannot run under jit/grad/vmap; "
+            "draw starts yourself and call fit_batch, which can."
+        )
+    if sampler not in SAMPLERS:
+        raise ValueError(f"`sampler` must be one of {SAMPLERS}; got {sampler!r}.")
+    if isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
+        raise ValueError(f"`n_starts` must be a positive integer; got {n_starts!r}.")
+    if not (isinstance(rtol, (int, float)) and rtol > 0):
+        raise ValueError(f"`rtol` must be a positive number; got {rtol!r}.")
+    if "shared_args" in options or "x0" in options:
+        raise TypeError("multistart shares `args` among all starts and draws x0 itself; use fit_batch for per-fit data.")
+    dtype = jnp.dtype(dtype or jnp.result_type(float))
+    template = _structure(lower, upper)
+    flat0, unravel = ravel_pytree(jax.tree_util.tree_map(lambda a: jnp.zeros(np.shape(a), dtype), template))
+    n = flat0.size
+    lo, hi = (_flatten_like(v, template, n, name) for v, name in ((lower, "lower"), (upper, "upper")))
+    log = _flatten_like(log_scale, template, n, "log_scale").astype(bool)
+    lo, hi, log = check_box(lo, hi, log, n)
+
+    key = jax.random.key(0) if key is None else key
+    starts_flat = to_box(unit_cube(sampler, key, int(n_starts), n), lo, hi, log).astype(dtype)
+    x0 = jax.vmap(unravel)(jnp.asarray(starts_flat))
+    results = fit_batch(fun, x0, args, shared_args=True, log_scale=fit_log_scale, progress=progress, **options)
+    return summarise(results, x0, rtol)
+
+
+def summarise(results, starts, rtol=1e-3):
+    """Sort a batch of fits of one model by cost and group them into optima."""
+    cost = np.asarray(results.cost, np.float64)
+    order = np.argsort(np.where(np.isfinite(cost), cost, np.inf), kind="stable")
+    results, starts = _reorder((results, starts), order)
+    cost = cost[order]
+    params = jax.tree_util.tree_map(np.asarray, results.params)
+    flat = np.concatenate([leaf.reshape(cost.size, -1) for leaf in jax.tree_util.tree_leaves(params)], 1).astype(np.float64)
+
+    converged = np.asarray(results.success) & np.isfinite(cost) & np.all(np.isfinite(flat), axis=1)
+    eps = float(jnp.finfo(results.cost.dtype).eps)
+    cost_atol = eps * max(1.0, float(np.max(cost[converged], initial=0.0)))
+    best_of, counts = [], []  # per optimum: index of its best fit, number of fits
+    for i in np.flatnonzero(converged):
+        if best_of:
+            rep_cost, rep = cost[best_of], flat[best_of]
+            scale = np.maximum(np.abs(flat[i]), np.abs(rep))
+            param_atol = eps * np.maximum(1.0, np.max(scale, axis=1, keepdims=True))
+            same = (cost[i] - rep_cost <= rtol * cost[i] + cost_atol) & np.all(
+                np.abs(flat[i] - rep) <= rtol * scale + param_atol, axis=1
+            )
+            if same.any():
+                counts[int(np.argmax(same))] += 1
+                continue
+        best_of.append(i)
+        counts.append(1)
+    n_total = cost.size
+    optima = [
+        Optimum(jax.tree_util.tree_map(lambda a, j=j: a[j], params), float(cost[j]), c, c / n_total, int(j))
+        for j, c in zip(best_of, counts)
+    ]
+    best = _first(results)
+    p_star = optima[0].fraction if optima else 0.0
+    return MultiStartResult(results, starts, best, optima, p_star, n_total)
+
+
+@jax.jit
+def _first(tree):
+    return jax.tree_util.tree_map(lambda a: a[0], tree)
+
+
+@jax.jit
+def _reorder(tree, order):
+    return jax.tree_util.tree_map(lambda a: a[order], tree)
+
+
+def _is_traced(tree):
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _structure(lower, upper):
+    """The parameters' structure: a pytree bound's, else a flat vector of the bounds' size."""
+    for bound in (lower, upper):
+        if isinstance(bound, (dict, list, tuple)) and not _is_flat_sequence(bound):
+            return jax.tree_util.tree_map(np.asarray, bound)
+    size = max(np.size(lower), np.size(upper))
+    return np.zeros(size)
+
+
+def _is_flat_sequence(value):
+    return isinstance(value, (list, tuple)) and all(np.ndim(v) == 0 for v in value)
+
+
+def _flatten_like(value, template, n, name):
+    if np.ndim(value) == 0 and not isinstance(value, (dict, list, tuple)):
+        return np.full(n, value, dtype=np.float64)
+    if isinstance(value, (dict, list, tuple)) and not _is_flat_sequence(value):
+        try:
+            leaves = jax.tree_util.tree_map(lambda v, t: np.broadcast_to(np.asarray(v, np.float64), np.shape(t)).ravel(), value, template)
+        except ValueError as e:
+            raise ValueError(f"`{name}` must be a scalar, a flat array of {n} values or a pytree like the parameters: {e}") from e
+        return np.concatenate(jax.tree_util.tree_leaves(leaves))
+    flat = np.asarray(value, np.float64).ravel()
+    if flat.size != n:
+        raise ValueError(f"`{name}` has {flat.size} values but the parameters have {n}.")
+    return flat

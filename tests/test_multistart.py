@@ -1,0 +1,121 @@
+"""multistart and its samplers.
+
+References: exact properties of the designs (every start inside the box, one start per
+Latin-hypercube stratum, also in log space for log-uniform sampling; Sobol balance for
+a power of two), a problem whose basins of attraction are known analytically, and
+NIST's certified values.
+"""
+
+import jax
+import jax.numpy as jnp
+import nist
+import numpy as np
+import pytest
+
+import fitfleet as ff
+from fitfleet._samplers import to_box, unit_cube
+
+
+def strata(u, n):
+    """Per coordinate, the sorted stratum indices of n points in [0, 1)."""
+    return np.sort(np.floor(u * n).astype(int), axis=0)
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "lhs", "sobol"])
+def test_samplers_stay_in_the_box(sampler):
+    if sampler == "sobol":
+        pytest.importorskip("scipy")
+    lo, hi = np.array([-2.0, 1e-3, -5.0]), np.array([3.0, 1e3, -1e-2])
+    log = np.array([False, True, True])
+    u = unit_cube(sampler, jax.random.key(3), 128, 3)
+    x = to_box(u, lo, hi, log)
+    assert u.shape == (128, 3) and np.all((u >= 0) & (u < 1))
+    assert np.all((x >= lo) & (x <= hi))
+    assert np.all(x[:, 2] < 0)  # a negative log-scale box keeps its sign
+
+
+def test_lhs_fills_every_stratum_and_log_scale_is_uniform_in_log():
+    n = 240
+    u = unit_cube("lhs", jax.random.key(0), n, 4)
+    np.testing.assert_array_equal(strata(u, n), np.tile(np.arange(n)[:, None], (1, 4)))
+    x = to_box(u, [1e-4] * 4, [1e2] * 4, np.ones(4, bool))
+    # log-uniform: the decades [1e-4, 1e-3), ..., [1e1, 1e2) hold n/6 starts each (±1
+    # for a start within round-off of a decade's edge).
+    counts = np.stack([np.histogram(np.log10(x[:, j]), bins=6, range=(-4, 2))[0] for j in range(4)])
+    assert np.all(np.abs(counts - n / 6) <= 1)
+    np.testing.assert_array_equal(strata((np.log10(x) + 4) / 6, n), strata(u, n))
+
+
+def test_sobol_is_balanced_for_a_power_of_two():
+    pytest.importorskip("scipy")
+    n = 256
+    u = unit_cube("sobol", jax.random.key(1), n, 5)
+    np.testing.assert_array_equal(strata(u, n), np.tile(np.arange(n)[:, None], (1, 5)))
+    v = unit_cube("sobol", jax.random.key(2), n, 5)
+    assert not np.allclose(u, v)  # a new key scrambles anew
+
+
+def double_well(p):
+    # p² = 1 has roots ±1; the small second residual makes +1 the better one (cost 0)
+    # and -1 a local minimum (cost ≈ 2ε²).  Each damped Gauss-Newton step for p ≠ 0
+    # keeps the sign of p (away from a sliver of width ~ε² at 0), so the basins are p > 0
+    # and p < 0.
+    return jnp.stack([p[0] ** 2 - 1.0, 1e-3 * (p[0] - 1.0)])
+
+
+def test_p_star_on_known_basins(x64):
+    ms = ff.multistart(double_well, -2.0, 3.0, n_starts=300, sampler="uniform", key=jax.random.key(7))
+    starts = np.asarray(ms.starts)[:, 0]
+    expected = np.mean(starts > 1e-5)  # fraction of starts in the basin of +1
+    assert 0.4 < expected < 0.8
+    assert ms.p_star == pytest.approx(expected, abs=1e-12)
+    assert len(ms.optima) == 2
+    best, other = ms.optima
+    assert float(best.params[0]) == pytest.approx(1.0, abs=1e-8)
+    assert float(other.params[0]) == pytest.approx(-1.0, abs=1e-5)
+    assert best.n_starts + other.n_starts == 300
+    assert other.cost == pytest.approx(2e-6, rel=1e-2)
+    assert ms.prob_found(5) == pytest.approx(1 - (1 - expected) ** 5)
+    assert ms.prob_found() == pytest.approx(1 - (1 - expected) ** 300)
+    needed = ms.starts_needed(0.999)
+    assert ms.prob_found(needed) >= 0.999 > ms.prob_found(needed - 1)
+    # sorted by cost, and the best Result is the first
+    assert np.all(np.diff(np.asarray(ms.results.cost)) >= 0)
+    assert float(ms.best.cost) == float(ms.results.cost[0])
+
+
+def test_multistart_finds_nist_certified_optimum(x64):
+    prob = nist.load("BoxBOD")
+    fun = prob.residual()
+    s1 = prob.start1
+    lower, upper = np.abs(s1) / 30, np.abs(s1) * 30
+    ms = ff.multistart(fun, lower, upper, 64, (prob.x, prob.y), log_scale=True, key=jax.random.key(0))
+    assert np.min(nist.lre(np.asarray(ms.best.params), prob.certified)) >= 4
+    assert 2 * float(ms.best.cost) == pytest.approx(prob.certified_rss, rel=1e-8)
+    assert 0 < ms.p_star <= 1 and ms.optima[0].n_starts >= 1
+
+
+def test_pytree_box_and_float32():
+    def fun(p):
+        return jnp.stack([p["a"] - 2.0, 10 * (p["b"][0] - p["a"] ** 2), p["b"][1] + 1.0])
+
+    ms = ff.multistart(fun, {"a": 0.5, "b": [-1.0, -3.0]}, {"a": 3.0, "b": [8.0, 2.0]}, n_starts=16, ftol=1e-6, xtol=1e-6, gtol=1e-6)
+    assert ms.results.params["a"].shape == (16,) and ms.results.params["a"].dtype == jnp.float32
+    np.testing.assert_allclose(ms.best.params["a"], 2.0, rtol=1e-4)
+    np.testing.assert_allclose(ms.best.params["b"], [4.0, -1.0], rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(lower=[1.0, -1.0], upper=[2.0, 1.0], log_scale=True), "log_scale.*excludes 0"),
+        (dict(lower=[1.0, 3.0], upper=[2.0, 1.0]), "must not exceed"),
+        (dict(lower=[1.0, -np.inf], upper=[2.0, 1.0]), "finite"),
+        (dict(lower=[1.0, 1.0], upper=[2.0, 2.0, 3.0]), "values but the parameters have 3"),
+        (dict(lower=[1.0, 1.0], upper=[2.0, 2.0], sampler="grid"), "sampler"),
+        (dict(lower=[1.0, 1.0], upper=[2.0, 2.0], n_starts=0), "n_starts"),
+    ],
+)
+def test_bad_box_is_named(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ff.multistart(lambda p: p, **kwargs)
