@@ -386,9 +386,11 @@ def section_multistart(report, sizes, n_scipy):
             ff_found = found(ms.results.params)
 
             k = min(m, n_scipy)
+            # ms.starts is sorted by fitfleet's final cost: time scipy on a random subset.
+            subset = np.random.default_rng(0).permutation(m)[:k]
             t0 = time.perf_counter()
             sp = []
-            for s in starts[:k]:
+            for s in starts[subset]:
                 with np.errstate(all="ignore"):
                     try:
                         sp.append(scipy_least_squares(resid_np, s, args=(prob.x, prob.y), method="lm").x)
@@ -435,15 +437,27 @@ def section_scaling(report, sizes, repeats):
 def compile_times(report):
     report.add("## Compile time per model (first call minus a second call, same shapes)", "")
     rows = []
+    # 2,000 fits: a shape no other section used, so the first call compiles afresh.
+    g = gauss2d_data(2000, 5, np.float32)
+    p = peak1d_data(2000, 5)
+    prob, y, x0, _ = straggler_data(2000, 5, 0)
+    fun = prob.residual()
     cases = [
-        ("2D Gaussian, 5 params, float32, 1,000 fits", lambda: ff.fit_batch(gauss2d, jnp.asarray(gauss2d_data(1000, 5, np.float32)["x0"]), (jnp.asarray(gauss2d_data(1000, 5, np.float32)["xy"]), jnp.asarray(gauss2d_data(1000, 5, np.float32)["z"])), shared_args=(0,), ftol=1e-4, max_steps=20), False),
-        ("1D Gaussian, 4 params, float64, 1,000 fits", lambda: ff.fit_batch(peak1d, peak1d_data(1000, 5)["x0"], (peak1d_data(1000, 5)["x"], peak1d_data(1000, 5)["y"]), shared_args=(0,)), True),
+        ("2D Gaussian, 5 params, float32", lambda: ff.fit_batch(gauss2d, g["x0"], (g["xy"], g["z"]), shared_args=(0,), ftol=1e-4, max_steps=20), False),
+        ("1D Gaussian, 4 params, float64", lambda: ff.fit_batch(peak1d, p["x0"], (p["x"], p["y"]), shared_args=(0,)), True),
+        ("NIST MGH10, 3 params, float64", lambda: ff.fit_batch(fun, x0, (prob.x, y), shared_args=(0,)), True),
     ]  # fmt: skip
     for name, fn, x64 in cases:
         with jax.enable_x64(x64):
-            first, run, _ = timed(fn, 2)
+            first, run, _ = timed(fn, 3)
         rows.append([name, f"{first - run:.2f}", f"{run * 1e3:.1f}"])
-    report.table(["model", "compile (s)", "run (ms)"], rows)
+    report.add(
+        "A first call of `fit_batch` on a new model or shape compiles the first round's program, one program per "
+        "smaller bucket (two here) and a light one for the results; the buckets' programs compile on a worker thread "
+        "while the first round compiles and runs.",
+        "",
+    )
+    report.table(["model (2,000 fits)", "compile (s)", "run (ms)"], rows)
 
 
 def main():

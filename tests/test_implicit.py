@@ -166,14 +166,15 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_matches_central_differences(x64, case):
     fit, y, scale, check = CASES[case]()
-    # Truncation error ~(h/scale)², refit noise ~δ/h with δ ~1e-9·|p|: h = 1e-3·scale
-    # puts both near 1e-6, well inside the 1e-4 tolerance.
     params, vjp = jax.vjp(fit, y)
     J = jax.vmap(vjp)(jnp.eye(params.size, dtype=y.dtype))[0]
+    # Truncation error ~(h/scale)², refit noise ~δ/h with δ ~1e-9·|p|: h = 1e-3·scale
+    # puts both near 1e-6, well inside the 1e-4 tolerance.
+    differences = central_differences(fit, y, 1e-3 * scale)
     # Sensitivities below an elasticity (dp/p)/(dy/|y|) of 1e-6 are refit noise (a
     # parameter pinned on its bound has none at all).
     floor = 1e-6 * np.abs(np.asarray(params)) / float(jnp.max(jnp.abs(y)))
-    assert_rows_close(J, central_differences(fit, y, 1e-3 * scale), 1e-4, floor)
+    assert_rows_close(J, differences, 1e-4, floor)
     if check is not None:
         check(params, J)
 

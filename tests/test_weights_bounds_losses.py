@@ -207,13 +207,8 @@ def test_traced_start_in_the_middle_of_the_box(x64):
     np.testing.assert_allclose(res.params, scipy_ls(y, truth).x, rtol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug, reported: LM's first trust radius is ‖D u₀‖, ~0 for an internal start "
-    "near 0 (a start 1e-12 off the middle of a box, or near a one-sided bound), and a "
-    "rounding-level step is then accepted as FTOL success at the start",
-)
 def test_start_just_off_the_middle_of_the_box(x64):
+    """The middle of a box is internal u = 0: the first trust radius must not vanish there."""
     truth, y, _ = sample(0)
     lb, ub = np.array([0.0, 0.0, -1.0]), np.array([10.0, 5.0, 1.0])
     res = ff.least_squares(decay, jnp.asarray((lb + ub) / 2 + 1e-12), (jnp.asarray(T), jnp.asarray(y)), bounds=(lb, ub))

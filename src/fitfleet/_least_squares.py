@@ -62,8 +62,9 @@ def least_squares(
         loss: robust loss, one of ``"linear"``, ``"soft_l1"``, ``"huber"``, ``"cauchy"``,
             ``"arctan"`` (scipy's definitions), with residual scale ``f_scale``.
         learning_rate: for ``"adam"``/``"sgd"`` (default 1e-3).
-        initial_damping: Levenberg-Marquardt's initial damping τ, relative to the
-            (unit) diagonal of the scaled JᵀJ.
+        initial_damping: Levenberg-Marquardt's first guess of the damping (relative to
+            the unit diagonal of the scaled JᵀJ) where its trust-region search starts; it
+            affects only how fast that search converges, not the steps taken.
         adjoint: how ``jax.grad``/``jvp``/``vmap``-ed derivatives of the Result with
             respect to ``args``, ``sigma``, ``f_scale`` (any floating array the fit
             depends on) are computed.  ``"implicit"`` (default) differentiates the

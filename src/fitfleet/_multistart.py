@@ -169,7 +169,7 @@ def multistart(
 
     key = jax.random.key(0) if key is None else key
     starts_flat = to_box(unit_cube(sampler, key, int(n_starts), n), lo, hi, log).astype(dtype)
-    x0 = jax.vmap(unravel)(jnp.asarray(starts_flat))
+    x0 = jnp.asarray(starts_flat) if isinstance(template, np.ndarray) else jax.vmap(unravel)(jnp.asarray(starts_flat))
     results = fit_batch(fun, x0, args, shared_args=True, log_scale=fit_log_scale, progress=progress, **options)
     return summarise(results, x0, rtol)
 
@@ -186,24 +186,27 @@ def summarise(results, starts, rtol=1e-3):
     converged = np.asarray(results.success) & np.isfinite(cost) & np.all(np.isfinite(flat), axis=1)
     eps = float(jnp.finfo(results.cost.dtype).eps)
     cost_atol = eps * max(1.0, float(np.max(cost[converged], initial=0.0)))
-    best_of, counts = [], []  # per optimum: index of its best fit, number of fits
-    for i in np.flatnonzero(converged):
-        if best_of:
-            rep_cost, rep = cost[best_of], flat[best_of]
-            scale = np.maximum(np.abs(flat[i]), np.abs(rep))
-            param_atol = eps * np.maximum(1.0, np.max(scale, axis=1, keepdims=True))
-            same = (cost[i] - rep_cost <= rtol * cost[i] + cost_atol) & np.all(
-                np.abs(flat[i] - rep) <= rtol * scale + param_atol, axis=1
-            )
-            if same.any():
-                counts[int(np.argmax(same))] += 1
-                continue
-        best_of.append(i)
-        counts.append(1)
+    # Greedy in cost order; each new optimum claims every later fit that agrees with it,
+    # which is the same as each fit joining the first optimum it agrees with.
+    idx = np.flatnonzero(converged)
+    c, f = cost[idx], flat[idx]
+    owner = np.full(idx.size, -1)
+    best_of = []
+    for k in range(idx.size):
+        if owner[k] >= 0:
+            continue
+        owner[k] = len(best_of)
+        rest = k + 1 + np.flatnonzero(owner[k + 1 :] < 0)
+        scale = np.maximum(np.abs(f[rest]), np.abs(f[k]))
+        param_atol = eps * np.maximum(1.0, np.max(scale, axis=1, keepdims=True, initial=0.0))
+        same = (c[rest] - c[k] <= rtol * c[rest] + cost_atol) & np.all(np.abs(f[rest] - f[k]) <= rtol * scale + param_atol, axis=1)
+        owner[rest[same]] = len(best_of)
+        best_of.append(int(idx[k]))
+    counts = np.bincount(owner, minlength=len(best_of)).tolist()
     n_total = cost.size
     optima = [
-        Optimum(jax.tree_util.tree_map(lambda a, j=j: a[j], params), float(cost[j]), c, c / n_total, int(j))
-        for j, c in zip(best_of, counts)
+        Optimum(jax.tree_util.tree_map(lambda a, j=j: a[j], params), float(cost[j]), count, count / n_total, j)
+        for j, count in zip(best_of, counts)
     ]
     best = _first(results)
     p_star = optima[0].fraction if optima else 0.0

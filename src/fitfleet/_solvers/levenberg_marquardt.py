@@ -29,9 +29,10 @@ boundary.  The step is accepted when ρ > 1e-4; a non-finite trial residual coun
 ρ = −∞.  A step too small for the computed cost to judge (predicted and actual
 reduction within the cost's round-off, ``_common.below_round_off``) counts as ρ = 1, so
 the iteration reaches the Gauss-Newton fixed point instead of stalling at the cost's
-resolution.  The first radius is ``‖D p₀‖`` (1 if that is 0): a step may at first change
-the parameters by about their own size, the conservative start that keeps hard
-problems from leaping into a far, flat region.
+resolution.  The first radius is ``‖D·max(|p₀|, 1)‖``: a step may at first change each parameter by
+about its own size (by about one unit where it is smaller than one: internal variables
+of bounds are angles), a conservative start that keeps hard problems from leaping into
+a far, flat region, yet never a vanishing radius for a start at or near zero.
 
 Reasoning about the step through a radius rather than updating the damping directly
 (Nielsen's rule, say) is what makes the step length, not only its direction, respond
@@ -92,11 +93,11 @@ class LevenbergMarquardt(eqx.Module):
         lin = linearize(problem, p)
         cost = problem.cost(lin.residual)
         scale = jnp.sqrt(jnp.diagonal(lin.jtj))
-        radius = jnp.linalg.norm(_positive(scale) * p)
+        radius = jnp.linalg.norm(_positive(scale) * jnp.maximum(jnp.abs(p), 1))
         inner = _Inner(
             jtj=lin.jtj,
             scale=scale,
-            radius=jnp.where(radius > 0, radius, 1),
+            radius=radius,
             damping=jnp.asarray(self.initial_damping, p.dtype),
         )
         status = start_status(cost, lin.jac, lin.cosine, self.tol)
@@ -105,7 +106,16 @@ class LevenbergMarquardt(eqx.Module):
     def step(self, problem, state):
         s = state.inner
         d = _positive(s.scale)
-        scaled_step, damping = trust_region_step(s.jtj / (d[:, None] * d[None, :]), state.grad / d, s.radius, s.damping)
+        A, b = s.jtj / (d[:, None] * d[None, :]), state.grad / d
+        # The damping is a choice, not a function to differentiate: search it without
+        # gradients, then take the step with one differentiable solve (adjoint="unroll").
+        damping = trust_region_damping(*jax.lax.stop_gradient((A, b, s.radius, s.damping)))
+        L = cholesky(A + damping * jnp.eye(A.shape[0], dtype=A.dtype))
+        scaled_step = -solve_upper_transposed(L, solve_lower(L, b))
+        # A damped solve that failed (round-off at a huge condition number) falls back to
+        # the steepest-descent step of length radius, the limit of damping → ∞.
+        steepest = -b * (s.radius / jnp.maximum(jnp.linalg.norm(b), jnp.finfo(b.dtype).tiny))
+        scaled_step = jnp.where(jnp.all(jnp.isfinite(scaled_step)), scaled_step, steepest)
         step_finite = jnp.all(jnp.isfinite(scaled_step))
         scaled_step = jnp.where(step_finite, scaled_step, 0)
         step = scaled_step / d
@@ -167,12 +177,13 @@ def _positive(scale):
     return jnp.where(scale > 0, scale, 1)
 
 
-def trust_region_step(A, b, radius, damping_guess):
-    """Approximately solve ``min bᵀy + ½yᵀAy`` s.t. ``‖y‖ <= radius``, A symmetric PSD.
+def trust_region_damping(A, b, radius, damping_guess):
+    """The damping of ``min bᵀy + ½yᵀAy`` s.t. ``‖y‖ <= radius``, A symmetric PSD.
 
-    Returns the step ``y`` and the damping ``λ >= 0`` with ``(A + λI) y = −b``: ``λ = 0``
-    when the Newton step fits, else ``‖y‖`` within 10% of ``radius`` (Moré 1978, §5).
-    One loop, so the factorisation is traced (and compiled) once.
+    Returns ``λ >= 0`` such that ``y`` solving ``(A + λI) y = −b`` is the Newton step
+    (``λ = 0``) when that fits, else has ``‖y‖`` within 10% of ``radius`` (Moré 1978, §5).
+    One loop, so the factorisation is traced (and compiled) once.  Call it on
+    stop-gradient inputs: the damping is a choice, not something to differentiate.
     """
     eye = jnp.eye(A.shape[0], dtype=A.dtype)
     # At damping ‖b‖/radius the step is already no longer than the radius.
@@ -180,7 +191,7 @@ def trust_region_step(A, b, radius, damping_guess):
     guess = jnp.where(damping_guess > 0, jnp.minimum(damping_guess, upper), 1e-3 * upper)
 
     def body(carry):
-        i, damping, lower, upper, _, _ = carry
+        i, damping, lower, upper, _ = carry
         L = cholesky(A + damping * eye)
         y = -solve_upper_transposed(L, solve_lower(L, b))
         norm = jnp.linalg.norm(y)
@@ -195,16 +206,9 @@ def trust_region_step(A, b, radius, damping_guess):
         safe = jnp.maximum(jnp.sqrt(lower * upper), lower + 1e-3 * (upper - lower))
         hebden = jnp.where(ok & (hebden > lower) & (hebden < upper), hebden, safe)
         following = jnp.where(i == 0, jnp.clip(guess, lower, upper), hebden)
-        return i + 1, jnp.where(converged, damping, following), lower, upper, y, converged
-
-    def cond(carry):
-        i, *_, converged = carry
-        return (i < MAX_DAMPING_ITERATIONS) & ~converged
+        return i + 1, jnp.where(converged, damping, following), lower, upper, converged
 
     zero = jnp.zeros_like(upper)
-    init = (jnp.int32(0), zero, zero, upper, jnp.zeros_like(b), jnp.asarray(False))
-    _, damping, _, _, y, _ = jax.lax.while_loop(cond, body, init)
-    # A damped solve that failed (round-off at a huge condition number) falls back to
-    # the steepest-descent step of length radius, the limit of damping → ∞.
-    steepest = -b * (radius / jnp.maximum(jnp.linalg.norm(b), jnp.finfo(b.dtype).tiny))
-    return jnp.where(jnp.all(jnp.isfinite(y)), y, steepest), damping
+    init = (jnp.int32(0), zero, zero, upper, jnp.asarray(False))
+    running = lambda c: (c[0] < MAX_DAMPING_ITERATIONS) & ~c[-1]  # noqa: E731
+    return jax.lax.while_loop(running, body, init)[1]
