@@ -146,3 +146,19 @@ def keep_linearization(state, jtj):
     return Linearization(
         state.residual, state.jac, state.grad, jtj, jnp.asarray(jnp.inf, state.cost.dtype), jnp.asarray(True)
     )
+
+
+def advance(problem, state, *, params, lin, accepted, status, inner):
+    """The state after one step that evaluated one trial point."""
+    return State(
+        params=params,
+        residual=lin.residual,
+        cost=problem.cost(lin.residual),
+        jac=lin.jac,
+        grad=lin.grad,
+        status=status,
+        n_steps=state.n_steps + 1,
+        n_fev=state.n_fev + 1,
+        n_jev=state.n_jev + accepted,
+        inner=inner,
+    )

@@ -36,6 +36,7 @@ from .._linalg import solve_scaled
 from .._status import Status
 from ._common import (
     State,
+    advance,
     Tolerances,
     below_round_off,
     counter,
@@ -119,15 +120,4 @@ class GaussNewton(eqx.Module):
         search_collapsed = ~accepted & (jnp.linalg.norm(step) <= eps * (eps + jnp.linalg.norm(state.params)))
         status = jnp.where((status == Status.RUNNING) & (~usable | search_collapsed), Status.STEP_FAILED, status)
         inner = _Inner(lin.jtj, direction, jnp.where(accepted, 1, s.step_length / 2).astype(s.step_length.dtype))
-        return State(
-            params=params,
-            residual=lin.residual,
-            cost=problem.cost(lin.residual),
-            jac=lin.jac,
-            grad=lin.grad,
-            status=status,
-            n_steps=state.n_steps + 1,
-            n_fev=state.n_fev + 1,
-            n_jev=state.n_jev + accepted,
-            inner=inner,
-        )
+        return advance(problem, state, params=params, lin=lin, accepted=accepted, status=status, inner=inner)

@@ -62,6 +62,7 @@ from .._linalg import cholesky, solve_lower, solve_upper_transposed
 from .._status import Status
 from ._common import (
     State,
+    advance,
     Tolerances,
     below_round_off,
     counter,
@@ -158,18 +159,7 @@ class LevenbergMarquardt(eqx.Module):
         collapsed = ~(radius > eps * (scaled_params_norm + jnp.linalg.norm(lin.residual)))  # NaN too
         status = jnp.where((status == Status.RUNNING) & (radius <= xtol * scaled_params_norm), Status.XTOL, status)
         status = jnp.where((status == Status.RUNNING) & collapsed, Status.STEP_FAILED, status)
-        return State(
-            params=params,
-            residual=lin.residual,
-            cost=problem.cost(lin.residual),
-            jac=lin.jac,
-            grad=lin.grad,
-            status=status,
-            n_steps=state.n_steps + 1,
-            n_fev=state.n_fev + 1,
-            n_jev=state.n_jev + accepted,
-            inner=inner,
-        )
+        return advance(problem, state, params=params, lin=lin, accepted=accepted, status=status, inner=inner)
 
 
 def _positive(scale):
