@@ -112,7 +112,6 @@ def make_bounds(bounds, log_scale, x0_flat, x0):
     hi_v = np.where(log, np.log(np.where(log & np.isfinite(hi), hi, 1)), hi)
     hi_v = np.where(log & ~np.isfinite(hi), np.inf, hi_v)
     return Bounds(jnp.asarray(lo_v, dtype), jnp.asarray(hi_v, dtype), jnp.asarray(log))
-    return b
 
 
 def strictly_inside(b, x0_flat):
