@@ -1,28 +1,33 @@
 """Many independent fits in one compiled program: ``fit_batch``.
 
 Under ``vmap`` a ``while_loop`` runs until its slowest member stops, so one fit that
-needs 500 steps would make a thousand easy fits pay for 500 steps each.  The engine
-therefore runs a chunk of fits in *rounds* over shrinking *buckets*:
+needs 500 steps would make a thousand easy fits pay for 500 steps each.  And a step
+vmapped over a whole batch streams every intermediate (each fit's Jacobian, ``JᵀJ``...)
+through main memory, once per operation.  The engine avoids both by running a chunk of
+fits in *blocks* and *rounds*:
 
-1. ``_start``: initialise every fit of the chunk and step them all (a vmapped
-   ``while_loop``) until no more are running than the next bucket holds;
-2. ``_advance``: gather the running fits into the smallest bucket that holds them
-   (padded with finished fits, which a step leaves unchanged), step that bucket until
-   no more are running than the next smaller bucket holds, scatter it back; repeat.
-   The smallest bucket runs to the end.
+- A *block* is a few hundred fits (as many as keep a step's working set in cache,
+  ``BLOCK_BYTES``) stepped together by a vmapped ``while_loop``.
+- A *round* gathers the fits still running into the first blocks (a stable argsort of
+  their statuses) and runs those blocks one after the other, each until at most a
+  quarter of its fits (``1/SHRINK``) are still running; blocks with no running fit are
+  never touched.  A round on one block runs until at most ``TAIL`` fits run, and the
+  last ones run to the end in blocks of ``TAIL`` fits, so a handful of slow fits never
+  make a full block step with them.
+- The host reads back one count per round (and updates the progress bar), and repeats.
 
-Bucket sizes come from a fixed geometric ladder of at most three sizes (1024, 128 and
-16 for a chunk of 1024), so a chunk compiles three programs once and reuses them; the
-smaller buckets' programs compile on a worker thread while the first round runs.  Every
-fit takes exactly the steps it would take alone, so the results equal a plain vmapped
-loop up to round-off.
+So a chunk compiles few programs: one to initialise, the round for its block size, the
+round for the tail, and one for the results; the latter three compile on worker threads
+while the first runs.  Every fit takes exactly the steps it would take alone (a step
+leaves a finished fit unchanged), so the results equal a plain vmapped loop up to
+round-off.
 
 Chunks bound memory: a batch larger than ``chunk_size`` (by default what fits a memory
-budget) runs chunk by chunk.  With several ``jax.devices()`` the batch axis of a chunk
-is sharded across them (``jax.sharding``), and bucket sizes are multiples of the device
-count.  Under a JAX transformation (``jit``, ``grad``, ``vmap`` of ``fit_batch``) the host
-cannot look at statuses, so the engine falls back to ``vmap(least_squares)``, which is
-traceable and differentiable.
+budget) runs chunk by chunk.  With several ``jax.devices()`` each chunk is split across
+them (``jax.shard_map`` over a sharded batch axis): each device runs its own rounds on
+its own fits.  Under a JAX transformation (``jit``, ``grad``, ``vmap`` of ``fit_batch``)
+the host cannot look at statuses, so the engine falls back to ``vmap(least_squares)``,
+which is traceable and differentiable.
 """
 
 import collections
@@ -30,6 +35,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import math
+import os
 
 import equinox as eqx
 import jax
@@ -42,11 +48,13 @@ from ._least_squares import least_squares
 from ._solvers import make_solver
 from ._status import Status
 
-SHRINK = 4  # each bucket is at least this many times smaller than the one before
-MIN_BUCKET = 16  # below this a smaller bucket saves less than its compilation costs
-LEVELS = 3  # bucket sizes per chunk: each is one more program to compile
-MEMORY_BUDGET = 2**30  # bytes of working memory per device for one chunk
+CPU_BLOCK = 32  # fits per block on CPU: small enough that a few slow fits waste little
+ACCELERATOR_BLOCK = 2**14  # on GPU/TPU a block should fill the device
+BLOCK_BYTES = 2**20  # a CPU block's working set stays within about what a core's cache holds
 WORK_FACTOR = 8  # working memory of a step relative to its state and data
+TAIL = 32  # on accelerators, the last few running fits run in blocks of this size
+SHRINK = 4  # a block's loop stops once at most 1/SHRINK of its fits still run
+MEMORY_BUDGET = 2**30  # bytes of state and data per device for one chunk
 
 
 def fit_batch(
@@ -145,7 +153,7 @@ def fit_batch(
     )  # fmt: skip
     solver = make_solver(
         method, n_params=spec.n_params, ftol=ftol, xtol=xtol, gtol=gtol, max_steps=max_steps,
-        learning_rate=learning_rate, initial_damping=initial_damping,
+        learning_rate=learning_rate, initial_damping=initial_damping, batched=True,
     )  # fmt: skip
     x0 = jax.tree_util.tree_map(lambda a: a.astype(spec.dtype), x0)
     _check_starts(x0, spec.bounds)
@@ -307,144 +315,192 @@ def _iterate(fun, solver, template, mask, sigma_batched, data, state, threshold)
     )
 
 
-def _start(fun, solver, template, mask, sigma_batched, data, threshold):
+def _init(statics, block, data):
+    fun, solver, template, mask, sigma_batched = statics
+
     def init(d):
         problem, u0 = _problem.make_problem(fun, _member(template, mask, sigma_batched, d))
         return _driver.finish(solver, solver.init(problem, u0))
 
-    state = jax.vmap(init)(data)
-    return _iterate(fun, solver, template, mask, sigma_batched, data, state, threshold)
+    return jax.lax.map(init, data, batch_size=block)
 
 
-def _advance(fun, solver, template, mask, sigma_batched, data, state, index, threshold, sharding):
-    take = lambda tree: jax.tree_util.tree_map(lambda a: _shard(a[index], sharding), tree)  # noqa: E731
-    bucket = _iterate(fun, solver, template, mask, sigma_batched, take(data), take(state), threshold)
-    return jax.tree_util.tree_map(lambda a, b: a.at[index].set(b), state, bucket)
+def _round(statics, block, data, state):
+    """One round over this device's fits (see the module docstring); returns the new
+    state and how many fits still run."""
+    running = state.status == Status.RUNNING
+    n_running = jnp.sum(running, dtype=jnp.int32)
+    order = jnp.argsort(~running, stable=True).astype(jnp.int32)  # running fits first
+    n_blocks = -(-n_running // block)
+    tail = min(TAIL, block)
+    threshold = jnp.where(n_blocks > 1, block // SHRINK, tail if block > tail else 0)
+
+    def run_block(i, state):
+        rows = jax.lax.dynamic_slice_in_dim(order, i * block, block)
+        take = lambda tree: jax.tree_util.tree_map(lambda a: a[rows], tree)  # noqa: E731
+        stepped = _iterate(*statics, take(data), take(state), threshold)
+        return jax.tree_util.tree_map(lambda a, b: a.at[rows].set(b, unique_indices=True), state, stepped)
+
+    state = jax.lax.fori_loop(0, n_blocks, run_block, state)
+    return state, jnp.sum(state.status == Status.RUNNING, dtype=jnp.int32)[None]
 
 
-def _results(fun, template, mask, sigma_batched, data, state):
-    def one(d, s):
-        problem, _ = _problem.make_problem(fun, _member(template, mask, sigma_batched, d))
-        return _driver.to_result(problem, s)
+def _results(statics, block, data, state):
+    fun, _, template, mask, sigma_batched = statics
 
-    return jax.vmap(one)(data, state)
+    def one(ds):
+        problem, _ = _problem.make_problem(fun, _member(template, mask, sigma_batched, ds[0]))
+        return _driver.to_result(problem, ds[1])
+
+    return jax.lax.map(one, (data, state), batch_size=block)
 
 
-def _shard(a, sharding):
-    return a if sharding is None else jax.lax.with_sharding_constraint(a, sharding)
+def _program(local, n_args):
+    """A jitted program over a chunk: ``local`` on one device, or under ``shard_map``
+    on each device's share of the batch axis (a ``mesh`` is given)."""
+
+    def program(statics, block, mesh, *arrays):
+        f = functools.partial(local, statics, block)
+        if mesh is not None:
+            specs = (PartitionSpec("batch"),) * n_args
+            f = jax.shard_map(f, mesh=mesh, in_specs=specs, out_specs=PartitionSpec("batch"), check_vma=False)
+        return f(*arrays)
+
+    return program
 
 
 # XLA:CPU spends most of a first call in LLVM; its level-1 pipeline compiles about twice
 # as fast and the step loops run as fast (measured in benchmarks/batch.py).
 _CPU_OPTIONS = {"xla_backend_optimization_level": 1}
-_PROGRAMS = {
-    platform: tuple(eqx.filter_jit(f, **kw) for f in (_start, _advance, _results))
-    for platform, kw in (("cpu", {"compiler_options": _CPU_OPTIONS}), ("other", {}))
-}
-# Smaller buckets compile on this thread while the first round runs on the device.
-_COMPILER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fitfleet-compile")
+_INIT, _ROUND, _RESULTS = (eqx.filter_jit(_program(f, n)) for f, n in ((_init, 1), (_round, 2), (_results, 2)))
+# Compilations run here, on worker threads, while the caller's thread traces the next
+# program or runs the first one.
+_COMPILER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fitfleet-compile")
+# On CPU a chunk is split into one part per core, each part's rounds on its own thread:
+# a block is too small for XLA to spread over cores, but separate executions run in
+# parallel.
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+_RUNNER = concurrent.futures.ThreadPoolExecutor(max_workers=_CORES, thread_name_prefix="fitfleet-run")
 
 
 class _Engine:
-    """Host-side loop over chunks and buckets (see the module docstring)."""
+    """Host-side loop over chunks, parts and rounds (see the module docstring)."""
 
     def __init__(self, fun, solver, template, mask, sigma_batched, devices):
         self.statics = (fun, solver, template, mask, sigma_batched)
         self.n_devices = len(devices)
-        platform = "cpu" if devices[0].platform == "cpu" else "other"
-        self.start, self.advance, self.results = _PROGRAMS[platform]
-        if self.n_devices > 1:
-            mesh = Mesh(np.asarray(devices), ("batch",))
-            self.sharding = NamedSharding(mesh, PartitionSpec("batch"))
+        self.cpu = devices[0].platform == "cpu"
+        self.mesh = Mesh(np.asarray(devices), ("batch",)) if self.n_devices > 1 else None
+        if self.mesh is not None:
+            self.device = NamedSharding(self.mesh, PartitionSpec("batch"))
         else:
-            self.sharding = None
-            # Uncommitted arrays on the default device: programs compiled ahead (lowered
-            # with stand-in arrays, which are uncommitted) then serve the real calls.
             self.device = None if devices[0] == jax.devices()[0] else devices[0]
+        # Compiled executables serve the default device: they carry no tracing state, so
+        # worker threads may call them.  Elsewhere the jitted programs run on this thread.
+        self.precompiled = self.device is None
+        self.n_parts = _CORES if self.cpu and self.precompiled else 1
 
     def run(self, data, size, chunk_size, progress):
-        chunk = self._chunk_size(data, size, chunk_size)
+        chunk, part, block = self._layout(data, size, chunk_size)
         n_chunks = math.ceil(size / chunk)
         bar = _progress_bar(progress, size)
+        programs = self._programs(_take(data, slice(0, 1)), part, block)
         try:
-            parts = []
+            results = []
             for c in range(n_chunks):
                 rows = np.minimum(np.arange(c * chunk, (c + 1) * chunk), size - 1)
-                n_valid = min(chunk, size - c * chunk)
                 chunk_data = data if chunk == size else _take(data, rows)
-                result = self._run_chunk(self._place(chunk_data), n_valid, bar)
-                if n_chunks == 1:
-                    return _take(result, slice(0, n_valid)) if n_valid < chunk else result
-                parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a[:n_valid]), result))
+                n_valid = np.clip(size - c * chunk - np.arange(0, chunk, part), 0, part)
+                # On this thread: device_put follows the caller's (thread-local) enable_x64.
+                parts = [
+                    (jax.device_put(_take(chunk_data, slice(i, i + part)), self.device), n)
+                    for i, n in zip(range(0, chunk, part), n_valid)
+                ]
+                if len(parts) == 1:
+                    results += [self._run_part(programs, block, *parts[0], bar)]
+                else:
+                    futures = [_RUNNER.submit(self._run_part, programs, block, *p, bar) for p in parts]
+                    results += [f.result() for f in futures]
         finally:
             if bar is not None:
                 bar.close()
-        return jax.tree_util.tree_map(lambda *a: jnp.asarray(np.concatenate(a)), *parts)
+        if len(results) == 1:
+            return _take(results[0], slice(0, size)) if size < part else results[0]
+        return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:size], *results)
 
-    def _run_chunk(self, data, n_valid, bar):
-        fun, solver, template, mask, sigma_batched = self.statics
-        ladder = _ladder(_leading(data), self.n_devices)
-        compiled = self._compile_ahead(data, ladder)
-        state = self.start(*self.statics, data, _below(ladder, ladder[0]))
+    def _run_part(self, programs, block, data, n_valid, bar):
+        """Initialise, run rounds until no fit of this part runs, and return its Results."""
+        tail = min(TAIL, block)
+        state = programs["init"].result()(self.statics, block, self.mesh, data)
+        counts = np.sum(np.asarray(state.status) == Status.RUNNING, keepdims=True)
         done_before = 0
         while True:
-            running = np.asarray(state.status) == Status.RUNNING
-            n_running = int(running.sum())
             if bar is not None:
-                done_now = n_valid - int(running[:n_valid].sum())
+                done_now = n_valid - int(np.sum(np.asarray(state.status)[:n_valid] == Status.RUNNING))
                 bar.update(done_now - done_before)
                 done_before = done_now
-            if n_running == 0:
+            if counts.max() == 0:
                 break
-            bucket = min(s for s in ladder if s >= n_running)
-            index = np.concatenate([np.flatnonzero(running), np.full(bucket - n_running, np.argmin(running))])
-            compiled[bucket].result()
-            state = self.advance(*self.statics, data, state, index.astype(np.int32), _below(ladder, bucket), self.sharding)
-        compiled["results"].result()
-        return self.results(fun, template, mask, sigma_batched, data, state)
+            size = tail if counts.max() <= tail else block
+            state, counts = programs[size].result()(self.statics, size, self.mesh, data, state)
+            counts = np.asarray(counts)
+        return programs["results"].result()(self.statics, block, self.mesh, data, state)
 
-    def _compile_ahead(self, data, ladder):
-        """Compile the buckets' and the results' programs on a worker thread while this
-        thread compiles and runs the first round (a no-op once they are cached).
+    def _programs(self, example, part, block):
+        """Futures of the callables that run a part: compiled executables, compiling on
+        worker threads (tracing stays on this thread, under the caller's JAX
+        configuration: ``enable_x64`` and friends are thread-local), or jitted programs."""
+        tail = min(TAIL, block)
+        # The round, the longest to compile, goes first.
+        jitted = {block: _ROUND, tail: _ROUND, "init": _INIT, "results": _RESULTS}
+        if not self.precompiled:
+            return {key: _done(functools.partial(program)) for key, program in jitted.items()}
+        data = jax.tree_util.tree_map(lambda a: np.broadcast_to(np.zeros((), a.dtype), (part, *a.shape[1:])), example)
+        key = _signature((self.statics, data, block))
+        if key not in _EXECUTABLES:
+            state = _abstract_state(self.statics, data)
+            options = _CPU_OPTIONS if self.cpu else None
+            futures = {}
+            for name, program in jitted.items():
+                size = name if isinstance(name, int) else block
+                arrays = (data,) if name == "init" else (data, state)
+                lowered = program.lower(self.statics, size, self.mesh, *arrays)
+                futures[name] = _COMPILER.submit(lowered.compile, options)
+            _remember(_EXECUTABLES, key, futures)
+        return _EXECUTABLES[key]
 
-        Tracing stays on this thread, under the caller's JAX configuration (``enable_x64``
-        and friends are thread-local); only XLA's compilation moves.
-        """
-        fun, solver, template, mask, sigma_batched = self.statics
-        key = _signature((self.statics, data))
-        if not self._compiles_ahead() or key in _COMPILED_AHEAD:
-            done = concurrent.futures.Future()
-            done.set_result(None)
-            return collections.defaultdict(lambda: done)
-        _remember(_COMPILED_AHEAD, key, True)
-        state = _abstract_state(self.statics, data)
-        lowered = {
-            bucket: self.advance.lower(
-                *self.statics, data, state, np.zeros(bucket, np.int32), _below(ladder, bucket), self.sharding
-            )
-            for bucket in ladder[1:]
-        }
-        lowered["results"] = self.results.lower(fun, template, mask, sigma_batched, data, state)
-        return {key: _COMPILER.submit(low.compile) for key, low in lowered.items()}
-
-    def _place(self, data):
-        if self.sharding is None:
-            return jax.device_put(data, self.device)
-        return jax.device_put(data, self.sharding)
-
-    def _compiles_ahead(self):
-        return self.sharding is None and self.device is None
-
-    def _chunk_size(self, data, size, chunk_size):
+    def _layout(self, data, size, chunk_size):
+        """``(chunk, part, block)``: fits per chunk, per part (run by one thread), and per
+        block.  A part is a multiple of the block (and of the device count), a chunk a
+        multiple of the part; the last chunk is padded with copies of the last fit."""
         unit = self.n_devices
+        per_fit = _bytes_per_fit(self.statics, data)
         if chunk_size is not None:
             if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
                 raise ValueError(f"`chunk_size` must be a positive integer or None; got {chunk_size!r}.")
-            return _round_up(min(int(chunk_size), size), unit)
-        per_fit = _bytes_per_fit(self.statics, data)
-        limit = max(unit, MEMORY_BUDGET * unit // (WORK_FACTOR * per_fit))
-        n_chunks = math.ceil(size / limit)
-        return _round_up(math.ceil(size / n_chunks), unit)
+            chunk = min(int(chunk_size), size)
+        else:
+            limit = max(unit, MEMORY_BUDGET * unit // (2 * per_fit))
+            chunk = math.ceil(size / math.ceil(size / limit))
+        per_device = math.ceil(chunk / unit)
+        if self.cpu:
+            largest = min(CPU_BLOCK, 2 ** int(math.log2(max(1, BLOCK_BYTES // (WORK_FACTOR * per_fit)))))
+        else:
+            largest = ACCELERATOR_BLOCK
+        block = min(largest, _next_power_of_two(math.ceil(per_device / self.n_parts)))
+        n_parts = min(self.n_parts, math.ceil(per_device / block))
+        part = _round_up(math.ceil(per_device / n_parts), block) * unit
+        return part * n_parts, part, block
+
+
+def _done(value):
+    future = concurrent.futures.Future()
+    future.set_result(value)
+    return future
+
+
+def _next_power_of_two(n):
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
 def _state_shape(statics, data):
@@ -468,7 +524,7 @@ def _trace_state_shape(statics, data):
 # What a repeated call with the same shapes need not trace again (the programs themselves
 # live in jax's compilation cache).
 _STATE_SHAPES = {}
-_COMPILED_AHEAD = {}
+_EXECUTABLES = {}  # futures of compiled programs, per model, shapes and block
 
 
 def _signature(tree):
@@ -496,28 +552,10 @@ def _abstract_state(statics, data):
 
 
 def _bytes_per_fit(statics, data):
+    """Bytes of one fit's state and data."""
     shapes = (_state_shape(statics, data), data)
     total = sum(math.prod(s.shape) * s.dtype.itemsize for s in jax.tree_util.tree_leaves(shapes))
     return max(1, total // _leading(data))
-
-
-def _ladder(chunk, unit):
-    """Bucket sizes, largest first, multiples of ``unit``: from the chunk down to about
-    MIN_BUCKET in at most LEVELS geometric steps, each at least SHRINK times smaller."""
-    smallest = _round_up(MIN_BUCKET, unit)
-    if chunk <= SHRINK * smallest / 2:
-        return [chunk]
-    ratio = max(SHRINK, (chunk / smallest) ** (1 / (LEVELS - 1)))
-    sizes = [chunk]
-    while sizes[-1] > ratio * smallest / 2 and len(sizes) < LEVELS:
-        sizes.append(max(smallest, _round_up(math.ceil(sizes[-1] / ratio), unit)))
-    return sizes
-
-
-def _below(ladder, bucket):
-    """The stopping threshold for a bucket: the next size down, or 0 for the smallest."""
-    smaller = [s for s in ladder if s < bucket]
-    return np.int32(smaller[0] if smaller else 0)
 
 
 def _round_up(n, unit):

@@ -111,6 +111,7 @@ def least_squares(
     spec = _problem.check(
         fun, x0, args, jac, sigma=sigma, bounds=bounds, log_scale=log_scale, loss=loss, f_scale=f_scale
     )
+    adjoint = _implicit.make_adjoint(adjoint, grad_on_failure, _step_bound(max_steps, method, spec.n_params))
     solver = make_solver(
         method,
         n_params=spec.n_params,
@@ -120,8 +121,8 @@ def least_squares(
         max_steps=max_steps,
         learning_rate=learning_rate,
         initial_damping=initial_damping,
+        differentiable=adjoint.kind == "unroll",
     )
-    adjoint = _implicit.make_adjoint(adjoint, grad_on_failure, _step_bound(max_steps, method, spec.n_params))
     return _solve(fun, spec, solver, adjoint)
 
 

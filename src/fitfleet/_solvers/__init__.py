@@ -14,8 +14,15 @@ METHODS = ("lm", "gn", "adam", "sgd")
 DEFAULT_LEARNING_RATE = {"adam": 1e-3, "sgd": 1e-3}
 
 
-def make_solver(method, *, n_params, ftol, xtol, gtol, max_steps, learning_rate, initial_damping):
-    """Validate the options and build the solver; hyper-parameters become arrays."""
+def make_solver(
+    method, *, n_params, ftol, xtol, gtol, max_steps, learning_rate, initial_damping,
+    differentiable=False, batched=False,
+):  # fmt: skip
+    """Validate the options and build the solver; hyper-parameters become arrays.
+
+    ``differentiable``: the steps themselves carry gradients (``adjoint="unroll"``).
+    ``batched``: the batch engine's mode (see ``LevenbergMarquardt.batched``).
+    """
     for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
         check_tolerance(name, value)
     is_optax = isinstance(method, optax.GradientTransformation)
@@ -38,7 +45,12 @@ def make_solver(method, *, n_params, ftol, xtol, gtol, max_steps, learning_rate,
     )
     if method == "lm":
         check_tolerance("initial_damping", initial_damping)
-        return LevenbergMarquardt(tol=tol, initial_damping=jnp.asarray(initial_damping, real))
+        return LevenbergMarquardt(
+            tol=tol,
+            initial_damping=jnp.asarray(initial_damping, real),
+            differentiable=differentiable,
+            batched=batched,
+        )
     if method == "gn":
         return GaussNewton(tol=tol)
     if is_optax:

@@ -148,8 +148,8 @@ def keep_linearization(state, jtj):
     )
 
 
-def advance(problem, state, *, params, lin, accepted, status, inner):
-    """The state after one step that evaluated one trial point."""
+def advance(problem, state, *, params, lin, n_jev, status, inner):
+    """The state after one step that evaluated one trial point and ``n_jev`` Jacobians."""
     return State(
         params=params,
         residual=lin.residual,
@@ -159,6 +159,6 @@ def advance(problem, state, *, params, lin, accepted, status, inner):
         status=status,
         n_steps=state.n_steps + 1,
         n_fev=state.n_fev + 1,
-        n_jev=state.n_jev + accepted,
+        n_jev=state.n_jev + n_jev,
         inner=inner,
     )

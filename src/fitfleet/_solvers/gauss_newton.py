@@ -120,4 +120,4 @@ class GaussNewton(eqx.Module):
         search_collapsed = ~accepted & (jnp.linalg.norm(step) <= eps * (eps + jnp.linalg.norm(state.params)))
         status = jnp.where((status == Status.RUNNING) & (~usable | search_collapsed), Status.STEP_FAILED, status)
         inner = _Inner(lin.jtj, direction, jnp.where(accepted, 1, s.step_length / 2).astype(s.step_length.dtype))
-        return advance(problem, state, params=params, lin=lin, accepted=accepted, status=status, inner=inner)
+        return advance(problem, state, params=params, lin=lin, n_jev=accepted, status=status, inner=inner)

@@ -52,6 +52,7 @@ for large-scale bound-constrained minimization problems", SIAM J. Sci. Comput. 2
 (scipy's ``trf``); J. Nocedal & S. Wright, "Numerical Optimization" (2006), §4.3.
 """
 
+import dataclasses
 from typing import Any
 
 import equinox as eqx
@@ -89,6 +90,13 @@ class LevenbergMarquardt(eqx.Module):
 
     tol: Tolerances
     initial_damping: Any
+    # adjoint="unroll": re-solve for the step with gradients flowing through J and r.
+    differentiable: bool = eqx.field(static=True, default=False)
+    # The batch engine's mode.  Under vmap a cond evaluates both branches anyway, so the
+    # Jacobian is evaluated at every trial point, together with its residual (one
+    # evaluation per step); and J itself is not carried (only JᵀJ and Jᵀr are needed),
+    # which spares writing it to memory on every step: the Result recomputes it once.
+    batched: bool = eqx.field(static=True, default=False)
 
     def init(self, problem, p):
         lin = linearize(problem, p)
@@ -102,17 +110,19 @@ class LevenbergMarquardt(eqx.Module):
             damping=jnp.asarray(self.initial_damping, p.dtype),
         )
         status = start_status(cost, lin.jac, lin.cosine, self.tol)
-        return State(p, lin.residual, cost, lin.jac, lin.grad, status, counter(), counter(1), counter(1), inner)
+        jac = None if self.batched else lin.jac
+        return State(p, lin.residual, cost, jac, lin.grad, status, counter(), counter(1), counter(1), inner)
 
     def step(self, problem, state):
         s = state.inner
         d = _positive(s.scale)
         A, b = s.jtj / (d[:, None] * d[None, :]), state.grad / d
-        # The damping is a choice, not a function to differentiate: search it without
-        # gradients, then take the step with one differentiable solve (adjoint="unroll").
-        damping = trust_region_damping(*jax.lax.stop_gradient((A, b, s.radius, s.damping)))
-        L = cholesky(A + damping * jnp.eye(A.shape[0], dtype=A.dtype))
-        scaled_step = -solve_upper_transposed(L, solve_lower(L, b))
+        # The damping is a choice, not a function to differentiate: it is searched without
+        # gradients; only adjoint="unroll" needs the step itself differentiable.
+        damping, scaled_step = trust_region_damping(*jax.lax.stop_gradient((A, b, s.radius, s.damping)))
+        if self.differentiable:
+            L = cholesky(A + damping * jnp.eye(A.shape[0], dtype=A.dtype))
+            scaled_step = -solve_upper_transposed(L, solve_lower(L, b))
         # A damped solve that failed (round-off at a huge condition number) falls back to
         # the steepest-descent step of length radius, the limit of damping → ∞.
         steepest = -b * (s.radius / jnp.maximum(jnp.linalg.norm(b), jnp.finfo(b.dtype).tiny))
@@ -122,7 +132,12 @@ class LevenbergMarquardt(eqx.Module):
         step = scaled_step / d
 
         trial = state.params + step
-        trial_cost = problem.cost(problem.residual(trial))
+        if self.batched:
+            trial_lin = dataclasses.replace(linearize(problem, trial), jac=None)
+            trial_residual = trial_lin.residual
+        else:
+            trial_residual = problem.residual(trial)
+        trial_cost = problem.cost(trial_residual)
         reduction = state.cost - trial_cost
         predicted = -(state.grad @ step) - 0.5 * step @ (s.jtj @ step)
         valid = step_finite & jnp.isfinite(trial_cost) & (predicted > 0)
@@ -135,10 +150,13 @@ class LevenbergMarquardt(eqx.Module):
         radius = jnp.where(ratio < 0.25, 0.25 * step_norm, jnp.where((ratio > 0.75) & on_boundary, 2 * s.radius, s.radius))
 
         params = jnp.where(accepted, trial, state.params)
-        # Under vmap this cond becomes a select; alone it skips the Jacobian on rejection.
-        lin = jax.lax.cond(
-            accepted, lambda: linearize(problem, params), lambda: keep_linearization(state, s.jtj)
-        )
+        if self.batched:
+            kept = keep_linearization(state, s.jtj)
+            lin = jax.tree_util.tree_map(lambda new, old: jnp.where(accepted, new, old), trial_lin, kept)
+        else:
+            lin = jax.lax.cond(
+                accepted, lambda: linearize(problem, params), lambda: keep_linearization(state, s.jtj)
+            )
         scale = jnp.maximum(s.scale, jnp.sqrt(jnp.diagonal(lin.jtj)))
         inner = _Inner(jtj=lin.jtj, scale=scale, radius=radius, damping=damping)
 
@@ -159,7 +177,8 @@ class LevenbergMarquardt(eqx.Module):
         collapsed = ~(radius > eps * (scaled_params_norm + jnp.linalg.norm(lin.residual)))  # NaN too
         status = jnp.where((status == Status.RUNNING) & (radius <= xtol * scaled_params_norm), Status.XTOL, status)
         status = jnp.where((status == Status.RUNNING) & collapsed, Status.STEP_FAILED, status)
-        return advance(problem, state, params=params, lin=lin, accepted=accepted, status=status, inner=inner)
+        n_jev = 1 if self.batched else accepted
+        return advance(problem, state, params=params, lin=lin, n_jev=n_jev, status=status, inner=inner)
 
 
 def _positive(scale):
@@ -168,12 +187,13 @@ def _positive(scale):
 
 
 def trust_region_damping(A, b, radius, damping_guess):
-    """The damping of ``min bᵀy + ½yᵀAy`` s.t. ``‖y‖ <= radius``, A symmetric PSD.
+    """The damping of ``min bᵀy + ½yᵀAy`` s.t. ``‖y‖ <= radius``, A symmetric PSD, and its y.
 
-    Returns ``λ >= 0`` such that ``y`` solving ``(A + λI) y = −b`` is the Newton step
-    (``λ = 0``) when that fits, else has ``‖y‖`` within 10% of ``radius`` (Moré 1978, §5).
-    One loop, so the factorisation is traced (and compiled) once.  Call it on
-    stop-gradient inputs: the damping is a choice, not something to differentiate.
+    Returns ``(λ, y)``, ``λ >= 0``, with ``y`` solving ``(A + λI) y = −b``: the Newton
+    step (``λ = 0``) when that fits, else ``‖y‖`` within 10% of ``radius`` (Moré 1978,
+    §5), or the last damping tried after ``MAX_DAMPING_ITERATIONS``.  One loop, so the
+    factorisation is traced (and compiled) once.  Call it on stop-gradient inputs: the
+    damping is a choice, not something to differentiate.
     """
     eye = jnp.eye(A.shape[0], dtype=A.dtype)
     # At damping ‖b‖/radius the step is already no longer than the radius.
@@ -181,7 +201,7 @@ def trust_region_damping(A, b, radius, damping_guess):
     guess = jnp.where(damping_guess > 0, jnp.minimum(damping_guess, upper), 1e-3 * upper)
 
     def body(carry):
-        i, damping, lower, upper, _ = carry
+        i, damping, lower, upper, _, _, _ = carry
         L = cholesky(A + damping * eye)
         y = -solve_upper_transposed(L, solve_lower(L, b))
         norm = jnp.linalg.norm(y)
@@ -196,9 +216,9 @@ def trust_region_damping(A, b, radius, damping_guess):
         safe = jnp.maximum(jnp.sqrt(lower * upper), lower + 1e-3 * (upper - lower))
         hebden = jnp.where(ok & (hebden > lower) & (hebden < upper), hebden, safe)
         following = jnp.where(i == 0, jnp.clip(guess, lower, upper), hebden)
-        return i + 1, jnp.where(converged, damping, following), lower, upper, converged
+        return i + 1, following, lower, upper, converged, damping, y
 
     zero = jnp.zeros_like(upper)
-    init = (jnp.int32(0), zero, zero, upper, jnp.asarray(False))
-    running = lambda c: (c[0] < MAX_DAMPING_ITERATIONS) & ~c[-1]  # noqa: E731
-    return jax.lax.while_loop(running, body, init)[1]
+    init = (jnp.int32(0), zero, zero, upper, jnp.asarray(False), zero, jnp.zeros_like(b))
+    running = lambda c: (c[0] < MAX_DAMPING_ITERATIONS) & ~c[4]  # noqa: E731
+    return jax.lax.while_loop(running, body, init)[5:]
