@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import math
 import os
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -48,7 +49,7 @@ from ._least_squares import least_squares
 from ._solvers import make_solver
 from ._status import Status
 
-CPU_BLOCK = 32  # fits per block on CPU: small enough that a few slow fits waste little
+CPU_BLOCK = 64  # fits per block on CPU: small enough that a few slow fits waste little
 ACCELERATOR_BLOCK = 2**14  # on GPU/TPU a block should fill the device
 BLOCK_BYTES = 2**20  # a CPU block's working set stays within about what a core's cache holds
 WORK_FACTOR = 8  # working memory of a step relative to its state and data
@@ -315,24 +316,18 @@ def _iterate(fun, solver, template, mask, sigma_batched, data, state, threshold)
     )
 
 
-def _init(statics, block, data):
-    fun, solver, template, mask, sigma_batched = statics
-
-    def init(d):
-        problem, u0 = _problem.make_problem(fun, _member(template, mask, sigma_batched, d))
-        return _driver.finish(solver, solver.init(problem, u0))
-
-    return jax.lax.map(init, data, batch_size=block)
+def _init(statics, sizes, data):
+    return jax.lax.map(functools.partial(_init_one, statics), data, batch_size=sizes[0])
 
 
-def _round(statics, block, data, state):
-    """One round over this device's fits (see the module docstring); returns the new
-    state and how many fits still run."""
+def _round(statics, sizes, data, state):
+    """One round over this device's fits in blocks of ``sizes[0]`` (see the module
+    docstring); returns the new state and how many fits still run."""
+    block, tail = sizes
     running = state.status == Status.RUNNING
     n_running = jnp.sum(running, dtype=jnp.int32)
     order = jnp.argsort(~running, stable=True).astype(jnp.int32)  # running fits first
     n_blocks = -(-n_running // block)
-    tail = min(TAIL, block)
     threshold = jnp.where(n_blocks > 1, block // SHRINK, tail if block > tail else 0)
 
     def run_block(i, state):
@@ -345,7 +340,8 @@ def _round(statics, block, data, state):
     return state, jnp.sum(state.status == Status.RUNNING, dtype=jnp.int32)[None]
 
 
-def _results(statics, block, data, state):
+def _results(statics, sizes, data, state):
+    block, _ = sizes
     fun, _, template, mask, sigma_batched = statics
 
     def one(ds):
@@ -359,8 +355,8 @@ def _program(local, n_args):
     """A jitted program over a chunk: ``local`` on one device, or under ``shard_map``
     on each device's share of the batch axis (a ``mesh`` is given)."""
 
-    def program(statics, block, mesh, *arrays):
-        f = functools.partial(local, statics, block)
+    def program(statics, sizes, mesh, *arrays):
+        f = functools.partial(local, statics, sizes)
         if mesh is not None:
             specs = (PartitionSpec("batch"),) * n_args
             f = jax.shard_map(f, mesh=mesh, in_specs=specs, out_specs=PartitionSpec("batch"), check_vma=False)
@@ -402,9 +398,11 @@ class _Engine:
 
     def run(self, data, size, chunk_size, progress):
         chunk, part, block = self._layout(data, size, chunk_size)
-        n_chunks = math.ceil(size / chunk)
+        n_chunks, n_parts = math.ceil(size / chunk), chunk // part
+        # On CPU the block is already small: the tail runs in it (one program fewer).
+        tail = block if self.cpu else min(TAIL, block)
         bar = _progress_bar(progress, size)
-        programs = self._programs(_take(data, slice(0, 1)), part, block)
+        programs = self._programs(data, part, block, tail)
         try:
             results = []
             for c in range(n_chunks):
@@ -412,26 +410,22 @@ class _Engine:
                 chunk_data = data if chunk == size else _take(data, rows)
                 n_valid = np.clip(size - c * chunk - np.arange(0, chunk, part), 0, part)
                 # On this thread: device_put follows the caller's (thread-local) enable_x64.
-                parts = [
-                    (jax.device_put(_take(chunk_data, slice(i, i + part)), self.device), n)
-                    for i, n in zip(range(0, chunk, part), n_valid)
-                ]
-                if len(parts) == 1:
-                    results += [self._run_part(programs, block, *parts[0], bar)]
+                parts = [jax.device_put(p, self.device) for p in _split(chunk_data, n_parts)]
+                if n_parts == 1:
+                    results.append(self._run_part(programs, parts[0], int(n_valid[0]), bar))
                 else:
-                    futures = [_RUNNER.submit(self._run_part, programs, block, *p, bar) for p in parts]
+                    futures = [_RUNNER.submit(self._run_part, programs, *p, bar) for p in zip(parts, n_valid)]
                     results += [f.result() for f in futures]
         finally:
             if bar is not None:
                 bar.close()
-        if len(results) == 1:
-            return _take(results[0], slice(0, size)) if size < part else results[0]
-        return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:size], *results)
+        if len(results) > 1:
+            return _concatenate(results, size)
+        return results[0] if size == part else _take(results[0], slice(0, size))
 
-    def _run_part(self, programs, block, data, n_valid, bar):
+    def _run_part(self, programs, data, n_valid, bar):
         """Initialise, run rounds until no fit of this part runs, and return its Results."""
-        tail = min(TAIL, block)
-        state = programs["init"].result()(self.statics, block, self.mesh, data)
+        state = programs["init"](self.statics, self.mesh, data)
         counts = np.sum(np.asarray(state.status) == Status.RUNNING, keepdims=True)
         done_before = 0
         while True:
@@ -441,32 +435,35 @@ class _Engine:
                 done_before = done_now
             if counts.max() == 0:
                 break
-            size = tail if counts.max() <= tail else block
-            state, counts = programs[size].result()(self.statics, size, self.mesh, data, state)
+            round_ = programs["tail" if counts.max() <= programs["tail"].sizes[0] else "round"]
+            state, counts = round_(self.statics, self.mesh, data, state)
             counts = np.asarray(counts)
-        return programs["results"].result()(self.statics, block, self.mesh, data, state)
+        return programs["results"](self.statics, self.mesh, data, state)
 
-    def _programs(self, example, part, block):
-        """Futures of the callables that run a part: compiled executables, compiling on
-        worker threads (tracing stays on this thread, under the caller's JAX
-        configuration: ``enable_x64`` and friends are thread-local), or jitted programs."""
-        tail = min(TAIL, block)
+    def _programs(self, data, part, block, tail):
+        """The programs that run a part: compiled executables, compiling on worker
+        threads (tracing stays on this thread, under the caller's JAX configuration:
+        ``enable_x64`` and friends are thread-local), or else the jitted programs."""
         # The round, the longest to compile, goes first.
-        jitted = {block: _ROUND, tail: _ROUND, "init": _INIT, "results": _RESULTS}
-        if not self.precompiled:
-            return {key: _done(functools.partial(program)) for key, program in jitted.items()}
-        data = jax.tree_util.tree_map(lambda a: np.broadcast_to(np.zeros((), a.dtype), (part, *a.shape[1:])), example)
-        key = _signature((self.statics, data, block))
-        if key not in _EXECUTABLES:
-            state = _abstract_state(self.statics, data)
-            options = _CPU_OPTIONS if self.cpu else None
-            futures = {}
-            for name, program in jitted.items():
-                size = name if isinstance(name, int) else block
-                arrays = (data,) if name == "init" else (data, state)
-                lowered = program.lower(self.statics, size, self.mesh, *arrays)
-                futures[name] = _COMPILER.submit(lowered.compile, options)
-            _remember(_EXECUTABLES, key, futures)
+        jitted = {"round": (_ROUND, block), "tail": (_ROUND, tail), "init": (_INIT, block), "results": (_RESULTS, block)}
+        key = _signature((self.statics, data, part, block, tail)) if self.precompiled else None
+        if key is None or key not in _EXECUTABLES:
+            abstract = jax.tree_util.tree_map(lambda a: np.broadcast_to(np.zeros((), a.dtype), (part, *a.shape[1:])), data)
+            state = _abstract_state(self.statics, abstract)
+            programs = {}
+            for name, (program, size) in jitted.items():
+                sizes = (size, tail)
+                if not self.precompiled:
+                    programs[name] = _Program(_done(program), sizes)
+                elif name == "tail" and sizes == programs["round"].sizes:
+                    programs[name] = programs["round"]
+                else:
+                    arrays = (abstract,) if name == "init" else (abstract, state)
+                    lowered = program.lower(self.statics, sizes, self.mesh, *arrays)
+                    programs[name] = _Program(_COMPILER.submit(lowered.compile, _CPU_OPTIONS if self.cpu else None), sizes)
+            if key is None:
+                return programs
+            _remember(_EXECUTABLES, key, programs)
         return _EXECUTABLES[key]
 
     def _layout(self, data, size, chunk_size):
@@ -493,6 +490,16 @@ class _Engine:
         return part * n_parts, part, block
 
 
+class _Program(NamedTuple):
+    """A program (a future of it, while it compiles) and its static block sizes."""
+
+    future: concurrent.futures.Future
+    sizes: tuple
+
+    def __call__(self, statics, mesh, *arrays):
+        return self.future.result()(statics, self.sizes, mesh, *arrays)
+
+
 def _done(value):
     future = concurrent.futures.Future()
     future.set_result(value)
@@ -504,21 +511,19 @@ def _next_power_of_two(n):
 
 
 def _state_shape(statics, data):
-    """Shapes of the vmapped solver state for ``data``, without computing anything."""
-    key = _signature((statics, data))
+    """Shapes of the solver state of a batch ``data``, without computing anything."""
+    one = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a)[1:], a.dtype), data)
+    key = _signature((statics, one))
     if key not in _STATE_SHAPES:
-        _remember(_STATE_SHAPES, key, _trace_state_shape(statics, data))
-    return _STATE_SHAPES[key]
+        _remember(_STATE_SHAPES, key, jax.eval_shape(functools.partial(_init_one, statics), one))
+    batch = (_leading(data),)
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(batch + s.shape, s.dtype), _STATE_SHAPES[key])
 
 
-def _trace_state_shape(statics, data):
+def _init_one(statics, data):
     fun, solver, template, mask, sigma_batched = statics
-
-    def init(d):
-        problem, u0 = _problem.make_problem(fun, _member(template, mask, sigma_batched, d))
-        return _driver.finish(solver, solver.init(problem, u0))
-
-    return jax.eval_shape(jax.vmap(init), data)
+    problem, u0 = _problem.make_problem(fun, _member(template, mask, sigma_batched, data))
+    return _driver.finish(solver, solver.init(problem, u0))
 
 
 # What a repeated call with the same shapes need not trace again (the programs themselves
@@ -530,9 +535,8 @@ _EXECUTABLES = {}  # futures of compiled programs, per model, shapes and block
 def _signature(tree):
     """A hashable key of a pytree's structure, array shapes and static leaves."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    spec = tuple(
-        (np.shape(a), a.dtype, getattr(a, "weak_type", False)) if eqx.is_array(a) else a for a in leaves
-    )
+    is_shaped = lambda a: eqx.is_array(a) or isinstance(a, jax.ShapeDtypeStruct)  # noqa: E731
+    spec = tuple((np.shape(a), a.dtype, getattr(a, "weak_type", False)) if is_shaped(a) else a for a in leaves)
     try:
         hash(spec)
     except TypeError:  # an unhashable static leaf: no caching, just a little more tracing
@@ -564,6 +568,19 @@ def _round_up(n, unit):
 
 def _leading(tree):
     return jax.tree_util.tree_leaves(tree)[0].shape[0]
+
+
+def _split(tree, n):
+    """``n`` equal parts along the batch axis (host views: on CPU this copies nothing,
+    and no helper program needs compiling)."""
+    size = _leading(tree) // n
+    host = jax.tree_util.tree_map(np.asarray, tree)
+    return [jax.tree_util.tree_map(lambda a: a[i * size : (i + 1) * size], host) for i in range(n)]
+
+
+def _concatenate(trees, size):
+    """The first ``size`` fits of the parts' results, joined on the host."""
+    return jax.tree_util.tree_map(lambda *a: jnp.asarray(np.concatenate([np.asarray(x) for x in a])[:size]), *trees)
 
 
 def _take(tree, rows):

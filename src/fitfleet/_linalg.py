@@ -10,6 +10,7 @@ A matrix that is not positive definite yields non-finite entries; callers treat 
 non-finite solution as a failed step rather than raising.
 """
 
+import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
@@ -25,12 +26,16 @@ def cholesky(A):
     n = A.shape[-1]
     if n > UNROLL_MAX:
         return jnp.linalg.cholesky(A)
-    a = [[A[i, j] for j in range(n)] for i in range(n)]
-    L = [[jnp.zeros_like(A[0, 0])] * n for _ in range(n)]
+    a = _entries(A)
+    L = [[jnp.zeros_like(a[0][0])] * n for _ in range(n)]
+    # Multiplying by the pivots' reciprocals, not dividing by the pivots: a division is
+    # an "expensive" operation XLA will not duplicate into its consumers, so n² divisions
+    # would be n² separate kernels; n reciprocal square roots are n.
     for j in range(n):
-        L[j][j] = jnp.sqrt(a[j][j] - sum(L[j][k] * L[j][k] for k in range(j)))
+        inverse_pivot = jax.lax.rsqrt(a[j][j] - sum(L[j][k] * L[j][k] for k in range(j)))
+        L[j][j] = 1 / inverse_pivot
         for i in range(j + 1, n):
-            L[i][j] = (a[i][j] - sum(L[i][k] * L[j][k] for k in range(j))) / L[j][j]
+            L[i][j] = (a[i][j] - sum(L[i][k] * L[j][k] for k in range(j))) * inverse_pivot
     return jnp.stack([jnp.stack(row) for row in L])
 
 
@@ -39,9 +44,11 @@ def solve_lower(L, b):
     n = b.shape[-1]
     if n > UNROLL_MAX:
         return jsl.solve_triangular(L, b, lower=True)
+    inverse_diagonal = jnp.unstack(1 / jnp.diagonal(L))  # one kernel, not n (see cholesky)
+    L, b = _entries(L), jnp.unstack(b)
     z = []
     for i in range(n):
-        z.append((b[i] - sum(L[i, k] * z[k] for k in range(i))) / L[i, i])
+        z.append((b[i] - sum(L[i][k] * z[k] for k in range(i))) * inverse_diagonal[i])
     return jnp.stack(z)
 
 
@@ -50,10 +57,20 @@ def solve_upper_transposed(L, b):
     n = b.shape[-1]
     if n > UNROLL_MAX:
         return jsl.solve_triangular(L, b, lower=True, trans="T")
+    inverse_diagonal = jnp.unstack(1 / jnp.diagonal(L))
+    L, b = _entries(L), jnp.unstack(b)
     x = [None] * n
     for i in reversed(range(n)):
-        x[i] = (b[i] - sum(L[k, i] * x[k] for k in range(i + 1, n))) / L[i, i]
+        x[i] = (b[i] - sum(L[k][i] * x[k] for k in range(i + 1, n))) * inverse_diagonal[i]
     return jnp.stack(x)
+
+
+def _entries(A):
+    """The entries of an (n, n) matrix as a list of rows of scalars (cheap to trace:
+    one unstack, not n² indexing operations)."""
+    n = A.shape[-1]
+    flat = jnp.unstack(A.reshape(n * n))
+    return [flat[i * n : (i + 1) * n] for i in range(n)]
 
 
 def solve_spd(A, b):

@@ -213,14 +213,13 @@ def summarise(results, starts, rtol=1e-3):
     return MultiStartResult(results, starts, best, optima, p_star, n_total)
 
 
-@jax.jit
 def _first(tree):
-    return jax.tree_util.tree_map(lambda a: a[0], tree)
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)[0]), tree)
 
 
-@jax.jit
 def _reorder(tree, order):
-    return jax.tree_util.tree_map(lambda a: a[order], tree)
+    """Reordered on the host: no helper program to compile for every new shape."""
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)[order]), tree)
 
 
 def _is_traced(tree):

@@ -164,7 +164,7 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
     args = jax.tree_util.tree_map(_as_arg_leaf, args)
 
     try:
-        out = jax.eval_shape(fun, x0, *args)
+        out = _output_shape(fun, x0, args)
     except Exception as e:
         context = "calling fun(x0, *args) failed while checking the problem"
         try:
@@ -222,6 +222,28 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
         n_residuals=m,
         dtype=dtype,
     )
+
+
+_OUTPUT_SHAPES = {}
+
+
+def _output_shape(fun, x0, args):
+    """``jax.eval_shape(fun, x0, *args)``, remembered per function and input shapes: a
+    repeated call (a multi-start, a batch in a loop) need not trace ``fun`` again."""
+    leaves, treedef = jax.tree_util.tree_flatten((x0, args))
+    if not all(isinstance(leaf, (jax.Array, np.ndarray)) and _is_concrete(leaf) for leaf in leaves):
+        return jax.eval_shape(fun, x0, *args)
+    shapes = tuple((a.shape, a.dtype, getattr(a, "weak_type", False)) for a in leaves)
+    key = (fun, treedef, shapes, jax.config.jax_enable_x64)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable callable
+        return jax.eval_shape(fun, x0, *args)
+    if key not in _OUTPUT_SHAPES:
+        if len(_OUTPUT_SHAPES) > 256:
+            _OUTPUT_SHAPES.clear()
+        _OUTPUT_SHAPES[key] = jax.eval_shape(fun, x0, *args)
+    return _OUTPUT_SHAPES[key]
 
 
 def _check_sigma(sigma, m, dtype):
