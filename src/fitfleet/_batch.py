@@ -4,23 +4,30 @@ Under ``vmap`` a ``while_loop`` runs until its slowest member stops, so one fit 
 needs 500 steps would make a thousand easy fits pay for 500 steps each.  And a step
 vmapped over a whole batch streams every intermediate (each fit's Jacobian, ``JᵀJ``...)
 through main memory, once per operation.  The engine avoids both by running a chunk of
-fits in *blocks* and *rounds*:
+fits in *parts*, *blocks* and *rounds*:
 
-- A *block* is a few hundred fits (as many as keep a step's working set in cache,
-  ``BLOCK_BYTES``) stepped together by a vmapped ``while_loop``.
-- A *round* gathers the fits still running into the first blocks (a stable argsort of
+- A *part* is one host thread's share of a chunk.  On CPU a chunk has one part per
+  core: a block is too small for XLA to spread over cores, but executions from
+  separate threads run in parallel.  Parts call compiled executables, never ``jit``
+  (tracing depends on thread-local configuration such as ``enable_x64``).
+- A *block* is a few dozen fits (``CPU_BLOCK``, fewer if their working set would not
+  stay in cache) stepped together by a vmapped ``while_loop``.  On an accelerator a
+  block is as large as the part (``ACCELERATOR_BLOCK``).
+- A *round* gathers a part's running fits into its first blocks (a stable argsort of
   their statuses) and runs those blocks one after the other, each until at most a
   quarter of its fits (``1/SHRINK``) are still running; blocks with no running fit are
-  never touched.  A round on one block runs until at most ``TAIL`` fits run, and the
-  last ones run to the end in blocks of ``TAIL`` fits, so a handful of slow fits never
-  make a full block step with them.
-- The host reads back one count per round (and updates the progress bar), and repeats.
+  never touched.  The host reads back one count per round (and updates the progress
+  bar), and repeats.
+- The *tail*: the last few running fits (at most ``TAIL``) run to the end in a block of
+  ``TAIL`` fits, so a handful of slow fits do not make a full block step with them.
+  The tail's program compiles on a background thread after the others; until it is
+  ready, the round's program runs the tail too.
 
-So a chunk compiles few programs: one to initialise, the round for its block size, the
-round for the tail, and one for the results; the latter three compile on worker threads
-while the first runs.  Every fit takes exactly the steps it would take alone (a step
-leaves a finished fit unchanged), so the results equal a plain vmapped loop up to
-round-off.
+So a chunk compiles four programs: the initialisation, the round, the results and
+the tail, all on worker threads while this thread traces the next one.  Every fit
+takes exactly the steps it would take alone (a step leaves a finished fit unchanged,
+and a block's size changes nothing in a fit's arithmetic), so the results equal a
+plain vmapped loop up to round-off.
 
 Chunks bound memory: a batch larger than ``chunk_size`` (by default what fits a memory
 budget) runs chunk by chunk.  With several ``jax.devices()`` each chunk is split across
@@ -53,7 +60,7 @@ CPU_BLOCK = 64  # fits per block on CPU: small enough that a few slow fits waste
 ACCELERATOR_BLOCK = 2**14  # on GPU/TPU a block should fill the device
 BLOCK_BYTES = 2**20  # a CPU block's working set stays within about what a core's cache holds
 WORK_FACTOR = 8  # working memory of a step relative to its state and data
-TAIL = 32  # on accelerators, the last few running fits run in blocks of this size
+TAIL = 16  # the last few running fits run in blocks of this size
 SHRINK = 4  # a block's loop stops once at most 1/SHRINK of its fits still run
 MEMORY_BUDGET = 2**30  # bytes of state and data per device for one chunk
 
@@ -320,15 +327,17 @@ def _init(statics, sizes, data):
     return jax.lax.map(functools.partial(_init_one, statics), data, batch_size=sizes[0])
 
 
-def _round(statics, sizes, data, state):
+def _round(statics, sizes, data, state, finish):
     """One round over this device's fits in blocks of ``sizes[0]`` (see the module
-    docstring); returns the new state and how many fits still run."""
+    docstring); returns the new state and how many fits still run.  A round on one
+    block stops at ``sizes[1]`` running fits (the tail's block), or runs them all to the
+    end if ``finish``."""
     block, tail = sizes
     running = state.status == Status.RUNNING
     n_running = jnp.sum(running, dtype=jnp.int32)
     order = jnp.argsort(~running, stable=True).astype(jnp.int32)  # running fits first
     n_blocks = -(-n_running // block)
-    threshold = jnp.where(n_blocks > 1, block // SHRINK, tail if block > tail else 0)
+    threshold = jnp.where(n_blocks > 1, block // SHRINK, jnp.where(finish, 0, tail))
 
     def run_block(i, state):
         rows = jax.lax.dynamic_slice_in_dim(order, i * block, block)
@@ -351,14 +360,14 @@ def _results(statics, sizes, data, state):
     return jax.lax.map(one, (data, state), batch_size=block)
 
 
-def _program(local, n_args):
+def _program(local, n_batched, n_shared=0):
     """A jitted program over a chunk: ``local`` on one device, or under ``shard_map``
     on each device's share of the batch axis (a ``mesh`` is given)."""
 
     def program(statics, sizes, mesh, *arrays):
         f = functools.partial(local, statics, sizes)
         if mesh is not None:
-            specs = (PartitionSpec("batch"),) * n_args
+            specs = (PartitionSpec("batch"),) * n_batched + (PartitionSpec(),) * n_shared
             f = jax.shard_map(f, mesh=mesh, in_specs=specs, out_specs=PartitionSpec("batch"), check_vma=False)
         return f(*arrays)
 
@@ -368,10 +377,12 @@ def _program(local, n_args):
 # XLA:CPU spends most of a first call in LLVM; its level-1 pipeline compiles about twice
 # as fast and the step loops run as fast (measured in benchmarks/batch.py).
 _CPU_OPTIONS = {"xla_backend_optimization_level": 1}
-_INIT, _ROUND, _RESULTS = (eqx.filter_jit(_program(f, n)) for f, n in ((_init, 1), (_round, 2), (_results, 2)))
+_INIT, _ROUND, _RESULTS = (eqx.filter_jit(_program(*a)) for a in ((_init, 1), (_round, 2, 1), (_results, 2)))
 # Compilations run here, on worker threads, while the caller's thread traces the next
-# program or runs the first one.
+# program or runs the first one.  The tail's program compiles later, on its own thread,
+# once the first ones are done: until it is ready the round's program serves the tail.
 _COMPILER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fitfleet-compile")
+_LATER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fitfleet-compile-later")
 # On CPU a chunk is split into one part per core, each part's rounds on its own thread:
 # a block is too small for XLA to spread over cores, but separate executions run in
 # parallel.
@@ -399,8 +410,7 @@ class _Engine:
     def run(self, data, size, chunk_size, progress):
         chunk, part, block = self._layout(data, size, chunk_size)
         n_chunks, n_parts = math.ceil(size / chunk), chunk // part
-        # On CPU the block is already small: the tail runs in it (one program fewer).
-        tail = block if self.cpu else min(TAIL, block)
+        tail = min(TAIL, block)
         bar = _progress_bar(progress, size)
         programs = self._programs(data, part, block, tail)
         try:
@@ -435,8 +445,13 @@ class _Engine:
                 done_before = done_now
             if counts.max() == 0:
                 break
-            round_ = programs["tail" if counts.max() <= programs["tail"].sizes[0] else "round"]
-            state, counts = round_(self.statics, self.mesh, data, state)
+            round_, tail = programs["round"], programs["tail"]
+            has_tail = tail.sizes[0] < round_.sizes[0] and tail.future.done()
+            if has_tail and counts.max() <= tail.sizes[0]:
+                round_, finish = tail, True
+            else:
+                finish = not has_tail
+            state, counts = round_(self.statics, self.mesh, data, state, np.asarray(finish))
             counts = np.asarray(counts)
         return programs["results"](self.statics, self.mesh, data, state)
 
@@ -444,12 +459,13 @@ class _Engine:
         """The programs that run a part: compiled executables, compiling on worker
         threads (tracing stays on this thread, under the caller's JAX configuration:
         ``enable_x64`` and friends are thread-local), or else the jitted programs."""
-        # The round, the longest to compile, goes first.
-        jitted = {"round": (_ROUND, block), "tail": (_ROUND, tail), "init": (_INIT, block), "results": (_RESULTS, block)}
+        # The round, the longest to compile, goes first; the tail is needed last.
+        jitted = {"round": (_ROUND, block), "init": (_INIT, block), "results": (_RESULTS, block), "tail": (_ROUND, tail)}
         key = _signature((self.statics, data, part, block, tail)) if self.precompiled else None
         if key is None or key not in _EXECUTABLES:
             abstract = jax.tree_util.tree_map(lambda a: np.broadcast_to(np.zeros((), a.dtype), (part, *a.shape[1:])), data)
             state = _abstract_state(self.statics, abstract)
+            options = _CPU_OPTIONS if self.cpu else None
             programs = {}
             for name, (program, size) in jitted.items():
                 sizes = (size, tail)
@@ -458,9 +474,14 @@ class _Engine:
                 elif name == "tail" and sizes == programs["round"].sizes:
                     programs[name] = programs["round"]
                 else:
-                    arrays = (abstract,) if name == "init" else (abstract, state)
-                    lowered = program.lower(self.statics, sizes, self.mesh, *arrays)
-                    programs[name] = _Program(_COMPILER.submit(lowered.compile, _CPU_OPTIONS if self.cpu else None), sizes)
+                    arrays = {"init": (abstract,), "results": (abstract, state)}.get(name, (abstract, state, np.True_))
+                    compile_ = functools.partial(program.lower(self.statics, sizes, self.mesh, *arrays).compile, options)
+                    if name == "tail":
+                        first = programs["round"].future
+                        future = _LATER.submit(lambda c=compile_, f=first: (f.exception(), c())[1])
+                    else:
+                        future = _COMPILER.submit(compile_)
+                    programs[name] = _Program(future, sizes)
             if key is None:
                 return programs
             _remember(_EXECUTABLES, key, programs)
@@ -580,7 +601,7 @@ def _split(tree, n):
 
 def _concatenate(trees, size):
     """The first ``size`` fits of the parts' results, joined on the host."""
-    return jax.tree_util.tree_map(lambda *a: jnp.asarray(np.concatenate([np.asarray(x) for x in a])[:size]), *trees)
+    return jax.tree_util.tree_map(lambda *a: jax.device_put(np.concatenate([np.asarray(x) for x in a])[:size]), *trees)
 
 
 def _take(tree, rows):

@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 
 from ._batch import fit_batch
 from ._result import Result
+from ._status import is_success
 from ._samplers import SAMPLERS, check_box, to_box, unit_cube
 
 
@@ -183,7 +184,8 @@ def summarise(results, starts, rtol=1e-3):
     params = jax.tree_util.tree_map(np.asarray, results.params)
     flat = np.concatenate([leaf.reshape(cost.size, -1) for leaf in jax.tree_util.tree_leaves(params)], 1).astype(np.float64)
 
-    converged = np.asarray(results.success) & np.isfinite(cost) & np.all(np.isfinite(flat), axis=1)
+    success = is_success(np.asarray(results.status))  # numpy: no eager op to compile
+    converged = success & np.isfinite(cost) & np.all(np.isfinite(flat), axis=1)
     eps = float(jnp.finfo(results.cost.dtype).eps)
     cost_atol = eps * max(1.0, float(np.max(cost[converged], initial=0.0)))
     # Greedy in cost order; each new optimum claims every later fit that agrees with it,
@@ -214,12 +216,12 @@ def summarise(results, starts, rtol=1e-3):
 
 
 def _first(tree):
-    return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)[0]), tree)
+    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[0]), tree)
 
 
 def _reorder(tree, order):
     """Reordered on the host: no helper program to compile for every new shape."""
-    return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)[order]), tree)
+    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[order]), tree)
 
 
 def _is_traced(tree):
