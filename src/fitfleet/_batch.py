@@ -109,7 +109,8 @@ def fit_batch(
             sigma of shape (B, m) is read as per-fit even when B == m.
         chunk_size: fits per chunk; default: as many as fit a working-memory budget of
             1 GiB per device.  Smaller chunks use less memory, not less time.
-        devices: the devices to spread each chunk over; default ``jax.devices()``.
+        devices: the devices to spread each chunk over; default ``jax.devices()``.  On
+            the default CPU device a chunk is also split over one thread per core.
         progress: show a progress bar of finished fits (needs ``tqdm``).
         method, jac, ftol, xtol, gtol, max_steps, bounds, log_scale, loss, f_scale,
             learning_rate, initial_damping, adjoint, grad_on_failure: as for
@@ -441,7 +442,8 @@ class _Engine:
         while True:
             if bar is not None:
                 done_now = n_valid - int(np.sum(np.asarray(state.status)[:n_valid] == Status.RUNNING))
-                bar.update(done_now - done_before)
+                with bar.get_lock():  # parts report from several threads
+                    bar.update(done_now - done_before)
                 done_before = done_now
             if counts.max() == 0:
                 break
@@ -461,9 +463,9 @@ class _Engine:
         ``enable_x64`` and friends are thread-local), or else the jitted programs."""
         # The round, the longest to compile, goes first; the tail is needed last.
         jitted = {"round": (_ROUND, block), "init": (_INIT, block), "results": (_RESULTS, block), "tail": (_ROUND, tail)}
-        key = _signature((self.statics, data, part, block, tail)) if self.precompiled else None
+        abstract = jax.tree_util.tree_map(lambda a: np.broadcast_to(np.zeros((), a.dtype), (part, *a.shape[1:])), data)
+        key = _signature((self.statics, abstract, block, tail)) if self.precompiled else None
         if key is None or key not in _EXECUTABLES:
-            abstract = jax.tree_util.tree_map(lambda a: np.broadcast_to(np.zeros((), a.dtype), (part, *a.shape[1:])), data)
             state = _abstract_state(self.statics, abstract)
             options = _CPU_OPTIONS if self.cpu else None
             programs = {}
@@ -484,7 +486,7 @@ class _Engine:
                     programs[name] = _Program(future, sizes)
             if key is None:
                 return programs
-            _remember(_EXECUTABLES, key, programs)
+            _remember(_EXECUTABLES, key, programs, limit=32)
         return _EXECUTABLES[key]
 
     def _layout(self, data, size, chunk_size):
@@ -565,8 +567,8 @@ def _signature(tree):
     return treedef, spec
 
 
-def _remember(cache, key, value):
-    if len(cache) > 256:
+def _remember(cache, key, value, limit=256):
+    if len(cache) >= limit:
         cache.clear()
     cache[key] = value
 
