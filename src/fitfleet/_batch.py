@@ -63,6 +63,9 @@ WORK_FACTOR = 8  # working memory of a step relative to its state and data
 TAIL = 16  # the last few running fits run in blocks of this size
 SHRINK = 4  # a block's loop stops once at most 1/SHRINK of its fits still run
 MEMORY_BUDGET = 2**30  # bytes of state and data per device for one chunk
+# Parts are split and joined on the host below this many bytes (a helper program would
+# cost more to compile than the copy), on the device above.
+LARGE = 2**22
 
 
 def fit_batch(
@@ -421,7 +424,7 @@ class _Engine:
                 chunk_data = data if chunk == size else _take(data, rows)
                 n_valid = np.clip(size - c * chunk - np.arange(0, chunk, part), 0, part)
                 # On this thread: device_put follows the caller's (thread-local) enable_x64.
-                parts = [jax.device_put(p, self.device) for p in _split(chunk_data, n_parts)]
+                parts = _split(chunk_data, n_parts) if n_parts > 1 else [jax.device_put(chunk_data, self.device)]
                 if n_parts == 1:
                     results.append(self._run_part(programs, parts[0], int(n_valid[0]), bar))
                 else:
@@ -594,16 +597,34 @@ def _leading(tree):
 
 
 def _split(tree, n):
-    """``n`` equal parts along the batch axis (host views: on CPU this copies nothing,
-    and no helper program needs compiling)."""
+    """``n`` equal parts along the batch axis, as device arrays."""
+    if _nbytes(tree) > LARGE:
+        return _split_on_device(tree, n)
     size = _leading(tree) // n
     host = jax.tree_util.tree_map(np.asarray, tree)
-    return [jax.tree_util.tree_map(lambda a: a[i * size : (i + 1) * size], host) for i in range(n)]
+    return [jax.device_put(jax.tree_util.tree_map(lambda a: a[i * size : (i + 1) * size], host)) for i in range(n)]
 
 
 def _concatenate(trees, size):
-    """The first ``size`` fits of the parts' results, joined on the host."""
+    """The first ``size`` fits of the parts' results, joined."""
+    if _nbytes(trees) > LARGE:
+        return _concatenate_on_device(trees, size)
     return jax.tree_util.tree_map(lambda *a: jax.device_put(np.concatenate([np.asarray(x) for x in a])[:size]), *trees)
+
+
+def _nbytes(tree):
+    return sum(np.size(a) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(tree))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split_on_device(tree, n):
+    size = _leading(tree) // n
+    return [jax.tree_util.tree_map(lambda a: a[i * size : (i + 1) * size], tree) for i in range(n)]
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _concatenate_on_device(trees, size):
+    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:size], *trees)
 
 
 def _take(tree, rows):
