@@ -5,8 +5,10 @@
     python benchmarks/batch.py --only gauss2d,stragglers
 
 Writes ``benchmarks/results/batch.md``.  Every timing is the median of several runs;
-the first call of each program (tracing + XLA compilation + one run) is reported
-separately as "first call", and compile time is the first call minus the median run.
+in sections 1 and 2 the runs of the methods compared take turns, so that load from
+elsewhere on a shared machine hits them alike.  The first call of each program (tracing
++ XLA compilation + one run) is reported separately as "first call", and compile time
+is the first call minus the median run.
 
 Sections (see issue #3): (1) Gpufit's 2D Gaussian benchmark in float32, (2) a 1D
 Gaussian peak in float64, (3) stragglers, (4) multi-start on NIST's higher-difficulty
@@ -72,6 +74,24 @@ def timed(fn, repeats):
         out = block(fn())
         runs.append(time.perf_counter() - t0)
     return first, statistics.median(runs), out
+
+
+def interleaved(fns, repeats):
+    """``{name: (first call, median run, result)}``: every first call, then the runs
+    taken in turn (a, b, c, a, b, c...), so that a burst of load on a shared machine
+    hits every method alike rather than one of them."""
+    out = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        result = block(fn())
+        out[name] = [time.perf_counter() - t0, [], result]
+        settle()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            out[name][2] = block(fn())
+            out[name][1].append(time.perf_counter() - t0)
+    return {name: (first, statistics.median(runs), result) for name, (first, runs, result) in out.items()}
 
 
 def fmt_rate(n, seconds):
@@ -211,17 +231,23 @@ def section_gauss2d(report, n, repeats, n_scipy):
         err = np.abs(np.asarray(params, np.float64) - d["truth"][: len(params)])[:, 1]
         return f"{np.median(err):.3f}"
 
-    first, run, res = timed(lambda: ff.fit_batch(gauss2d, x0, (xy, z), shared_args=(0,), ftol=1e-4, xtol=0, gtol=0, max_steps=20), repeats)
+    opt = optimistix_batch(gauss2d, 1e-4, 1e-6, 20)
+    jo = jaxopt_batch(gauss2d, 1e-4, 20)
+    timings = interleaved(
+        {
+            "fitfleet": lambda: ff.fit_batch(gauss2d, x0, (xy, z), shared_args=(0,), ftol=1e-4, xtol=0, gtol=0, max_steps=20),
+            "optimistix": lambda: opt(x0, xy, z),
+            "jaxopt": lambda: jo(x0, xy, z),
+        },
+        repeats,
+    )
+    first, run, res = timings["fitfleet"]
     ff_rate = n / run
     rows.append(["fitfleet `fit_batch`", fmt_rate(n, run), f"{first - run:.2f}", f"{float(jnp.mean(res.n_steps)):.1f}", accuracy(res.params)])
-
-    opt = optimistix_batch(gauss2d, 1e-4, 1e-6, 20)
-    first, run, (params, steps) = timed(lambda: opt(x0, xy, z), max(1, repeats // 2))
+    first, run, (params, steps) = timings["optimistix"]
     ox_rate = n / run
     rows.append(["optimistix LM, jit+vmap", fmt_rate(n, run), f"{first - run:.2f}", f"{float(jnp.mean(steps)):.1f}", accuracy(params)])
-
-    jo = jaxopt_batch(gauss2d, 1e-4, 20)
-    first, run, (params, steps) = timed(lambda: jo(x0, xy, z), max(1, repeats // 2))
+    first, run, (params, steps) = timings["jaxopt"]
     jo_rate = n / run
     rows.append(["jaxopt LM, jit+vmap", fmt_rate(n, run), f"{first - run:.2f}", f"{float(jnp.mean(steps)):.1f}", accuracy(params)])
 
@@ -255,11 +281,12 @@ def section_peak1d(report, n, repeats, n_scipy):
         return f"{np.median(np.abs(np.asarray(params) - d['truth'][: len(params)])[:, 1]):.4f}"
 
     tol = dict(ftol=1e-10, xtol=1e-10, gtol=1e-10, max_steps=200)
-    first, run, res = timed(lambda: ff.fit_batch(peak1d, x0, (x, y), shared_args=(0,), **tol), repeats)
+    opt = optimistix_batch(peak1d, 1e-10, 1e-10, 200)
+    timings = interleaved({"fitfleet": lambda: ff.fit_batch(peak1d, x0, (x, y), shared_args=(0,), **tol), "optimistix": lambda: opt(x0, x, y)}, repeats)
+    first, run, res = timings["fitfleet"]
     ff_rate = n / run
     rows.append(["fitfleet `fit_batch`", fmt_rate(n, run), f"{first - run:.2f}", f"{float(jnp.mean(res.n_steps)):.1f}", accuracy(res.params)])
-    opt = optimistix_batch(peak1d, 1e-10, 1e-10, 200)
-    first, run, (params, steps) = timed(lambda: opt(x0, x, y), repeats)
+    first, run, (params, steps) = timings["optimistix"]
     ox_rate = n / run
     rows.append(["optimistix LM, jit+vmap", fmt_rate(n, run), f"{first - run:.2f}", f"{float(jnp.mean(steps)):.1f}", accuracy(params)])
     t0 = time.perf_counter()
