@@ -234,7 +234,7 @@ def _output_shape(fun, x0, args):
     if not all(isinstance(leaf, (jax.Array, np.ndarray)) and _is_concrete(leaf) for leaf in leaves):
         return jax.eval_shape(fun, x0, *args)
     shapes = tuple((a.shape, a.dtype, getattr(a, "weak_type", False)) for a in leaves)
-    key = (fun, treedef, shapes, jax.config.jax_enable_x64)
+    key = (fun, treedef, shapes, jnp.result_type(float))  # float is float64 only under x64
     try:
         hash(key)
     except TypeError:  # an unhashable callable
