@@ -327,8 +327,10 @@ def _iterate(fun, solver, template, mask, sigma_batched, data, state, threshold)
     )
 
 
-def _init(statics, sizes, data):
-    return jax.lax.map(functools.partial(_init_one, statics), data, batch_size=sizes[0])
+def _init(statics, sizes, data, valid):
+    """The initial states; padding (``valid`` False) starts finished, so no round steps it."""
+    state = jax.lax.map(functools.partial(_init_one, statics), data, batch_size=sizes[0])
+    return eqx.tree_at(lambda s: s.status, state, jnp.where(valid, state.status, jnp.int32(Status.MAX_STEPS)))
 
 
 def _round(statics, sizes, data, state, finish):
@@ -381,7 +383,7 @@ def _program(local, n_batched, n_shared=0):
 # XLA:CPU spends most of a first call in LLVM; its level-1 pipeline compiles about twice
 # as fast and the step loops run as fast (measured in benchmarks/batch.py).
 _CPU_OPTIONS = {"xla_backend_optimization_level": 1}
-_INIT, _ROUND, _RESULTS = (eqx.filter_jit(_program(*a)) for a in ((_init, 1), (_round, 2, 1), (_results, 2)))
+_INIT, _ROUND, _RESULTS = (eqx.filter_jit(_program(*a)) for a in ((_init, 2), (_round, 2, 1), (_results, 2)))
 # Compilations run here, on worker threads, while the caller's thread traces the next
 # program or runs the first one.  The tail's program compiles later, on its own thread,
 # once the first ones are done: until it is ready the round's program serves the tail.
@@ -420,8 +422,8 @@ class _Engine:
         try:
             results = []
             for c in range(n_chunks):
-                rows = np.minimum(np.arange(c * chunk, (c + 1) * chunk), size - 1)
-                chunk_data = data if chunk == size else _take(data, rows)
+                rows = np.arange(c * chunk, (c + 1) * chunk)
+                chunk_data = (data if chunk == size else _take(data, np.minimum(rows, size - 1)), rows < size)
                 n_valid = np.clip(size - c * chunk - np.arange(0, chunk, part), 0, part)
                 # On this thread: device_put follows the caller's (thread-local) enable_x64.
                 parts = _split(chunk_data, n_parts) if n_parts > 1 else [jax.device_put(chunk_data, self.device)]
@@ -437,9 +439,10 @@ class _Engine:
             return _concatenate(results, size)
         return results[0] if size == part else _take(results[0], slice(0, size))
 
-    def _run_part(self, programs, data, n_valid, bar):
+    def _run_part(self, programs, part, n_valid, bar):
         """Initialise, run rounds until no fit of this part runs, and return its Results."""
-        state = programs["init"](self.statics, self.mesh, data)
+        data, valid = part
+        state = programs["init"](self.statics, self.mesh, data, valid)
         counts = np.sum(np.asarray(state.status) == Status.RUNNING, keepdims=True)
         done_before = 0
         while True:
@@ -479,7 +482,8 @@ class _Engine:
                 elif name == "tail" and sizes == programs["round"].sizes:
                     programs[name] = programs["round"]
                 else:
-                    arrays = {"init": (abstract,), "results": (abstract, state)}.get(name, (abstract, state, np.True_))
+                    valid = np.broadcast_to(np.True_, (part,))
+                    arrays = {"init": (abstract, valid), "results": (abstract, state)}.get(name, (abstract, state, np.True_))
                     compile_ = functools.partial(program.lower(self.statics, sizes, self.mesh, *arrays).compile, options)
                     if name == "tail":
                         first = programs["round"].future
@@ -495,7 +499,8 @@ class _Engine:
     def _layout(self, data, size, chunk_size):
         """``(chunk, part, block)``: fits per chunk, per part (run by one thread), and per
         block.  A part is a multiple of the block (and of the device count), a chunk a
-        multiple of the part; the last chunk is padded with copies of the last fit."""
+        multiple of the part; chunks are padded with copies of the last fit, which start
+        finished."""
         unit = self.n_devices
         per_fit = _bytes_per_fit(self.statics, data)
         if chunk_size is not None:
@@ -512,7 +517,10 @@ class _Engine:
             largest = ACCELERATOR_BLOCK
         block = min(largest, _next_power_of_two(math.ceil(per_device / self.n_parts)))
         n_parts = min(self.n_parts, math.ceil(per_device / block))
-        part = _round_up(math.ceil(per_device / n_parts), block) * unit
+        # Blocks per part from a coarse ladder (..., 8, 9, ..., 15, 16, 18, ..., 30, 32, 36...):
+        # batches of nearby sizes share one compiled program; the padding starts finished
+        # and costs no steps.
+        part = _coarse(math.ceil(per_device / n_parts / block)) * block * unit
         return part * n_parts, part, block
 
 
@@ -530,6 +538,12 @@ def _done(value):
     future = concurrent.futures.Future()
     future.set_result(value)
     return future
+
+
+def _coarse(n):
+    """n rounded up to four significant bits (8 values per octave): at most 1/8 more."""
+    shift = max(0, n.bit_length() - 4)
+    return -(-n >> shift) << shift
 
 
 def _next_power_of_two(n):
