@@ -37,7 +37,6 @@ the host cannot look at statuses, so the engine falls back to ``vmap(least_squar
 which is traceable and differentiable.
 """
 
-import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -600,10 +599,6 @@ def _bytes_per_fit(statics, data):
     shapes = (_state_shape(statics, data), data)
     total = sum(math.prod(s.shape) * s.dtype.itemsize for s in jax.tree_util.tree_leaves(shapes))
     return max(1, total // _leading(data))
-
-
-def _round_up(n, unit):
-    return -(-n // unit) * unit
 
 
 def _leading(tree):

@@ -38,7 +38,9 @@ Reasoning about the step through a radius rather than updating the damping direc
 (Nielsen's rule, say) is what makes the step length, not only its direction, respond
 to how well the model predicted the last step.
 
-The Jacobian is evaluated once per accepted point, never at a rejected trial point.
+The Jacobian is evaluated once per accepted point, never at a rejected trial point
+(except in the batch engine's ``batched`` mode, where under ``vmap`` both branches of a
+choice cost the same, so ``(r, J)`` is evaluated together at every trial point).
 Stopping tests: see ``_common``.  The ``xtol`` test also holds when the radius itself
 falls to ``radius <= xtol · ‖D p‖`` (MINPACK's form of it), which ends a fit whose every
 step is rejected.  With ``xtol = 0`` such a fit stops with ``STEP_FAILED`` once the
