@@ -795,6 +795,46 @@ def test_lm_on_singular_problem_is_damped_not_failed(x64):
     assert float(res.params[1]) == 1.0  # never moved
 
 
+def _damping_search(A, b, radius, guess=1e-3, search=True):
+    from fitfleet._solvers.levenberg_marquardt import trust_region_damping
+
+    return trust_region_damping(jnp.asarray(A), jnp.asarray(b), jnp.asarray(radius), jnp.asarray(guess), search)
+
+
+def test_damping_search_solves_the_trust_region_subproblem(x64):
+    """Against the subproblem's analytic solution in A's eigenbasis: the Newton step
+    when it fits, else a damped step of length within 10% of the radius."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        M = rng.normal(size=(6, 3))
+        A, b = M.T @ M, rng.normal(size=3)
+        newton = np.linalg.norm(np.linalg.solve(A, b))
+        for radius in (0.01 * newton, 0.5 * newton, 2 * newton):
+            damping, y = map(np.asarray, _damping_search(A, b, radius))
+            np.testing.assert_allclose((A + damping * np.eye(3)) @ y, -b, rtol=1e-8, atol=1e-10)
+            if radius > newton:
+                assert damping == 0
+            else:
+                assert abs(np.linalg.norm(y) - radius) <= 0.1 * radius
+
+
+def test_damping_search_stops_on_a_flat_step_length(x64):
+    """The hard case: a direction of zero curvature in which b is (almost) zero.  ‖y(λ)‖
+    stays far below the radius until λ is vanishingly small; the search stops there,
+    with a valid damped step, rather than driving λ towards 0."""
+    A = np.diag([1.0, 0.0])
+    b = np.array([-1.0, 1e-80])
+    damping, y = map(np.asarray, _damping_search(A, b, radius=10.0, guess=1.0))
+    np.testing.assert_allclose((A + damping * np.eye(2)) @ y, -b, rtol=1e-12)
+    assert np.linalg.norm(y) < 10.0
+    assert damping > 1e-12, damping  # a few iterations from the guess, not ten
+
+
+def test_damping_search_can_be_skipped(x64):
+    damping, y = _damping_search(np.eye(2), np.ones(2), 0.1, search=False)
+    assert float(damping) == 0 and not np.any(np.asarray(y))
+
+
 def test_status_enum_messages_and_success():
     assert {s for s in ff.Status if s.success} == SUCCESS_CODES
     assert len({s.message for s in ff.Status}) == len(ff.Status)

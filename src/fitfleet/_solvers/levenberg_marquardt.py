@@ -19,6 +19,9 @@ The damping.  If the Gauss-Newton step (damping 0) lies inside the ball it is ta
 Otherwise the damping solving ``‖Dδ(damping)‖ = radius`` is found to 10% by Hebden's
 Newton iteration on ``1/‖Dδ‖ − 1/radius`` with Moré's bracketing safeguards, warm
 started from the previous step's damping (Moré 1978, §5; one Cholesky per iteration).
+It also stops where ``‖Dδ‖`` stays short of the radius and no longer grows as the
+damping falls (the "hard case", a direction of no curvature and no slope, in which a
+longer step would gain nothing).
 
 The radius (scipy ``trf``'s rule).  With the gain ratio
 
@@ -78,6 +81,7 @@ from ._common import (
 ACCEPT_RATIO = 1e-4
 RADIUS_RTOL = 0.1  # Moré's tolerance on ‖Dδ‖ = radius
 MAX_DAMPING_ITERATIONS = 10
+PLATEAU_RTOL = 1e-3  # the damping search ends where ‖y‖ grows less than this as λ falls
 
 
 class _Inner(eqx.Module):
@@ -121,7 +125,9 @@ class LevenbergMarquardt(eqx.Module):
         A, b = s.jtj / (d[:, None] * d[None, :]), state.grad / d
         # The damping is a choice, not a function to differentiate: it is searched without
         # gradients; only adjoint="unroll" needs the step itself differentiable.
-        damping, scaled_step = trust_region_damping(*jax.lax.stop_gradient((A, b, s.radius, s.damping)))
+        # A finished fit's step is discarded; under vmap it must not keep the search going.
+        running = state.status == Status.RUNNING
+        damping, scaled_step = trust_region_damping(*jax.lax.stop_gradient((A, b, s.radius, s.damping)), running)
         if self.differentiable:
             L = cholesky(A + damping * jnp.eye(A.shape[0], dtype=A.dtype))
             scaled_step = -solve_upper_transposed(L, solve_lower(L, b))
@@ -188,14 +194,19 @@ def _positive(scale):
     return jnp.where(scale > 0, scale, 1)
 
 
-def trust_region_damping(A, b, radius, damping_guess):
+def trust_region_damping(A, b, radius, damping_guess, search=True):
     """The damping of ``min bᵀy + ½yᵀAy`` s.t. ``‖y‖ <= radius``, A symmetric PSD, and its y.
 
     Returns ``(λ, y)``, ``λ >= 0``, with ``y`` solving ``(A + λI) y = −b``: the Newton
     step (``λ = 0``) when that fits, else ``‖y‖`` within 10% of ``radius`` (Moré 1978,
-    §5), or the last damping tried after ``MAX_DAMPING_ITERATIONS``.  One loop, so the
-    factorisation is traced (and compiled) once.  Call it on stop-gradient inputs: the
-    damping is a choice, not something to differentiate.
+    §5), or the last damping tried after ``MAX_DAMPING_ITERATIONS``.  The search also
+    ends on a step that stays short of the radius while the damping falls (MINPACK's
+    ``lmpar`` test): near a direction of zero curvature and zero slope, ``‖y(λ)‖`` is flat
+    until λ is vanishingly small, and the longer step would gain nothing in the model.
+    One loop, so the factorisation is traced (and compiled) once.  Call it on
+    stop-gradient inputs: the damping is a choice, not something to differentiate.
+    ``search=False`` returns at once (a zero step), so that under ``vmap`` fits that
+    need no step do not hold the loop.
     """
     eye = jnp.eye(A.shape[0], dtype=A.dtype)
     # At damping ‖b‖/radius the step is already no longer than the radius.
@@ -203,24 +214,26 @@ def trust_region_damping(A, b, radius, damping_guess):
     guess = jnp.where(damping_guess > 0, jnp.minimum(damping_guess, upper), 1e-3 * upper)
 
     def body(carry):
-        i, damping, lower, upper, _, _, _ = carry
+        i, damping, lower, upper, _, _, _, short_norm = carry
         L = cholesky(A + damping * eye)
         y = -solve_upper_transposed(L, solve_lower(L, b))
         norm = jnp.linalg.norm(y)
         ok = jnp.isfinite(norm)
+        short = ok & (norm < radius)
         newton_fits = (damping == 0) & (norm <= (1 + RADIUS_RTOL) * radius)
-        converged = ok & (newton_fits | (jnp.abs(norm - radius) <= RADIUS_RTOL * radius))
-        too_long = ~ok | (norm > radius)
-        lower = jnp.where(too_long, damping, lower)
-        upper = jnp.where(too_long, upper, damping)
+        flat = short & (norm <= (1 + PLATEAU_RTOL) * short_norm)
+        converged = ok & (newton_fits | (jnp.abs(norm - radius) <= RADIUS_RTOL * radius) | flat)
+        upper = jnp.where(short, damping, upper)
+        lower = jnp.where(short, lower, damping)
+        # Hebden's iterate: Newton's on 1/‖y(λ)‖ − 1/radius, with d‖y‖/dλ = −‖L⁻¹y‖²/‖y‖.
         q_norm = jnp.linalg.norm(solve_lower(L, y))
         hebden = damping + (norm / q_norm) ** 2 * (norm - radius) / radius
         safe = jnp.maximum(jnp.sqrt(lower * upper), lower + 1e-3 * (upper - lower))
         hebden = jnp.where(ok & (hebden > lower) & (hebden < upper), hebden, safe)
         following = jnp.where(i == 0, jnp.clip(guess, lower, upper), hebden)
-        return i + 1, following, lower, upper, converged, damping, y
+        return i + 1, following, lower, upper, converged, damping, y, jnp.where(short, norm, 0)
 
     zero = jnp.zeros_like(upper)
-    init = (jnp.int32(0), zero, zero, upper, jnp.asarray(False), zero, jnp.zeros_like(b))
+    init = (jnp.int32(0), zero, zero, upper, ~jnp.asarray(search), zero, jnp.zeros_like(b), zero)
     running = lambda c: (c[0] < MAX_DAMPING_ITERATIONS) & ~c[4]  # noqa: E731
-    return jax.lax.while_loop(running, body, init)[5:]
+    return jax.lax.while_loop(running, body, init)[5:7]
