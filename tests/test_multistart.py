@@ -84,6 +84,49 @@ def test_p_star_on_known_basins(x64):
     assert float(ms.best.cost) == float(ms.results.cost[0])
 
 
+def _greedy_optima(cost, flat, rtol, eps):
+    """The grouping rule, by brute force: in cost order, each fit joins the first earlier
+    optimum it agrees with (cost and every parameter within rtol), else founds one."""
+    cost_atol = eps * max(1.0, cost.max())
+    leaders, members = [], []
+    for j in np.argsort(cost, kind="stable"):
+        for i, k in enumerate(leaders):
+            scale = np.maximum(np.abs(flat[j]), np.abs(flat[k]))
+            agree = cost[j] - cost[k] <= rtol * cost[j] + cost_atol and np.all(
+                np.abs(flat[j] - flat[k]) <= rtol * scale + eps * max(1.0, scale.max())
+            )
+            if agree:
+                members[i] += 1
+                break
+        else:
+            leaders.append(j)
+            members.append(1)
+    return [cost[k] for k in leaders], members
+
+
+@pytest.mark.parametrize("rtol", [1e-3, 0.2, 2.0])
+def test_optima_follow_the_grouping_rule(x64, rtol):
+    """Against the rule written out by brute force, on clusters of nearby fits (some
+    closer than rtol in cost but not in parameters) and loners."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 12, 300)
+    # Within a cluster parameters agree to about rtol and costs straddle the rtol limit.
+    flat = rng.uniform(0.5, 2.0, (12, 2))[labels] * (1 + 0.5 * rtol * rng.uniform(-1, 1, (300, 2)))
+    cost = rng.uniform(1.0, 10.0, 12)[labels] * (1 + 1.5 * rtol * rng.uniform(0, 1, 300))
+    flat[::7] = rng.uniform(0.5, 2.0, (43, 2))  # loners
+    n = cost.size
+    results = ff.Result(
+        params=jnp.asarray(flat), cost=jnp.asarray(cost), residual=jnp.zeros((n, 1)), jac=jnp.zeros((n, 1, 2)),
+        grad=jnp.zeros((n, 2)), status=jnp.full(n, int(ff.Status.GTOL), jnp.int32), n_steps=jnp.zeros(n, jnp.int32),
+        n_fev=jnp.zeros(n, jnp.int32), n_jev=jnp.zeros(n, jnp.int32),
+    )  # fmt: skip
+    ms = ff._multistart.summarise(results, jnp.asarray(flat), rtol)
+    costs, counts = _greedy_optima(cost, flat, rtol, float(np.finfo(np.float64).eps))
+    assert [o.n_starts for o in ms.optima] == counts
+    np.testing.assert_array_equal([o.cost for o in ms.optima], costs)
+    assert 1 < len(counts) < n if rtol < 1 else counts == [n]
+
+
 def test_multistart_finds_nist_certified_optimum(x64):
     prob = nist.load("BoxBOD")
     fun = prob.residual()

@@ -192,18 +192,25 @@ def summarise(results, starts, rtol=1e-3):
     # which is the same as each fit joining the first optimum it agrees with.
     idx = np.flatnonzero(converged)
     c, f = cost[idx], flat[idx]
+    # Costs are sorted, so the fits whose cost can agree with fit k's form a window
+    # k+1..end[k] (c_j − c_k <= rtol·c_j + atol  ⇔  c_j <= (c_k + atol)/(1 − rtol),
+    # widened by a few ulps; the exact test below decides).
+    reach = np.full_like(c, np.inf) if rtol >= 1 else (c + cost_atol) / (1 - rtol) * (1 + 8 * np.finfo(np.float64).eps)
+    end = np.searchsorted(c, reach, side="right")
     owner = np.full(idx.size, -1)
     best_of = []
     for k in range(idx.size):
         if owner[k] >= 0:
             continue
         owner[k] = len(best_of)
-        rest = k + 1 + np.flatnonzero(owner[k + 1 :] < 0)
+        best_of.append(int(idx[k]))
+        if end[k] <= k + 1:
+            continue
+        rest = k + 1 + np.flatnonzero(owner[k + 1 : end[k]] < 0)
         scale = np.maximum(np.abs(f[rest]), np.abs(f[k]))
         param_atol = eps * np.maximum(1.0, np.max(scale, axis=1, keepdims=True, initial=0.0))
         same = (c[rest] - c[k] <= rtol * c[rest] + cost_atol) & np.all(np.abs(f[rest] - f[k]) <= rtol * scale + param_atol, axis=1)
-        owner[rest[same]] = len(best_of)
-        best_of.append(int(idx[k]))
+        owner[rest[same]] = len(best_of) - 1
     counts = np.bincount(owner, minlength=len(best_of)).tolist()
     n_total = cost.size
     optima = [
