@@ -152,12 +152,6 @@ def test_active_bound_matches_scipy_trf(x64, seed):
     np.testing.assert_allclose(float(res.cost), ref.cost, rtol=1e-10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug, reported: Gauss-Newton on the bounds' change of variables stalls near an "
-    "active bound (dp/du -> 0 makes the GN step blow up; the curvature term g_p·T''(u) that "
-    "holds u at the bound is missing from JᵀJ), and ends at a cost several times scipy's",
-)
 def test_active_bound_with_gauss_newton_matches_scipy_trf(x64):
     truth, y, _ = sample(0)
     lb, ub = _cut_bounds(truth)

@@ -48,6 +48,13 @@ class Bounds(eqx.Module):
         )
         return jnp.where(self.log, jnp.exp(v), v)
 
+    def derivatives(self, u):
+        """``(T'(u), T''(u))``, elementwise.  ``T`` maps each entry on its own, so its
+        Jacobian is diagonal and a forward pass along ones gives that diagonal."""
+        ones = jnp.ones_like(u)
+        first = lambda v: jax.jvp(self.to_params, (v,), (ones,))[1]  # noqa: E731
+        return jax.jvp(first, (u,), (ones,))
+
     def to_internal(self, p):
         v = jnp.where(self.log, jnp.log(jnp.where(self.log, p, 1)), p)
         lo, hi = self.lower, self.upper
