@@ -34,6 +34,19 @@ def test_samplers_stay_in_the_box(sampler):
     assert np.all(x[:, 2] < 0)  # a negative log-scale box keeps its sign
 
 
+def test_log_box_edges_are_reached_quietly_and_kept_inside():
+    # A linear parameter spanning [-1e3, 1e3] next to a log one: exp() must see only the
+    # log coordinates (else it overflows, with a RuntimeWarning), and a start at the
+    # box's edge stays inside it although exp(log(hi)) rounds.
+    lo, hi = np.array([-1e3, 1e-7, -7e5]), np.array([1e3, 0.1, -3e-3])  # exp(log(0.1)) > 0.1
+    log = np.array([False, True, True])
+    edges = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]] + np.random.default_rng(0).uniform(0, 1, (64, 3)).tolist())
+    with np.errstate(all="raise"):
+        x = to_box(edges, lo, hi, log)
+    assert np.all((x >= lo) & (x <= hi))
+    np.testing.assert_allclose(x[:2], [lo, hi], rtol=1e-13)
+
+
 def test_lhs_fills_every_stratum_and_log_scale_is_uniform_in_log():
     n = 240
     u = unit_cube("lhs", jax.random.key(0), n, 4)

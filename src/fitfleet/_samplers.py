@@ -54,7 +54,8 @@ def to_box(u, lower, upper, log):
     a = np.where(log, np.log(np.where(log, np.abs(lo), 1)), lo)
     b = np.where(log, np.log(np.where(log, np.abs(hi), 1)), hi)
     t = a + (b - a) * u
-    return np.where(log, sign * np.exp(t), t)
+    x = np.where(log, sign * np.exp(np.where(log, t, 0.0)), t)  # exp only where log: no overflow warnings
+    return np.clip(x, lo, hi)  # exp(log(hi)) may round just past hi
 
 
 def check_box(lower, upper, log, n):
