@@ -18,7 +18,10 @@ the Jacobian in ``u`` loses that column, so uncertainties are always computed in
 user's parameters ``p`` (``Result.jac`` is ∂r/∂p), never in ``u``; a parameter on its
 bound has no meaningful standard error there, as with any bound-constrained fit.
 A start exactly on a bound is moved inside by a relative 100·eps (as scipy's ``trf``
-does with 1e-10), since ``dp/du = 0`` would otherwise pin it.
+does with 1e-10), since ``dp/du = 0`` would otherwise pin it.  There ``dp/du`` is tiny,
+so the first step in ``u`` can be huge; a two-sided angle is then brought back into
+[−π, π] (``Bounds.wrapped``: the same ``p``), so that the relative step tests keep
+their meaning.
 """
 
 from typing import Any
@@ -47,6 +50,27 @@ class Bounds(eqx.Module):
             jnp.where(fin_lo, lo0 - 1 + root, jnp.where(fin_hi, hi0 + 1 - root, u)),
         )
         return jnp.where(self.log, jnp.exp(v), v)
+
+    def wrapped(self, u):
+        """``u`` with each two-sided entry shifted by a multiple of 2π into [−π, π].
+
+        The two-sided transform is 2π-periodic, so ``p``, ``T'`` and ``T''`` are
+        unchanged; but an angle that one wild step sent to 1e7 would make the relative
+        ``xtol`` test, ``‖δ‖ <= xtol·‖u‖``, meaningless (and cost precision in sin u).
+        """
+        two_sided = jnp.isfinite(self.lower) & jnp.isfinite(self.upper)
+        period = 2 * jnp.pi
+        return jnp.where(two_sided, u - period * jnp.round(u / period), u)
+
+    def pinning(self, u):
+        """How many times a bound near ``u`` shrinks each parameter's Jacobian column:
+        ``max |v'| / |v'(u)| >= 1`` for the bound's transform ``v`` (``1/|cos u|``
+        two-sided, ``√(u² + 1)/|u|`` one-sided, 1 unbounded; ∞ is reported as 1)."""
+        fin_lo, fin_hi = jnp.isfinite(self.lower), jnp.isfinite(self.upper)
+        two_sided = 1 / jnp.abs(jnp.cos(u))
+        one_sided = jnp.sqrt(u * u + 1) / jnp.abs(u)
+        factor = jnp.where(fin_lo & fin_hi, two_sided, jnp.where(fin_lo | fin_hi, one_sided, 1))
+        return jnp.where(jnp.isfinite(factor), factor, 1)
 
     def derivatives(self, u):
         """``(T'(u), T''(u))``, elementwise.  ``T`` maps each entry on its own, so its

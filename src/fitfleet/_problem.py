@@ -46,6 +46,14 @@ class Problem(eqx.Module):
         """Flat internal variables -> flat user parameters."""
         return u if self.bounds is None else self.bounds.to_params(u)
 
+    def move(self, u, step):
+        """The internal point ``u + step`` (two-sided angles kept in [−π, π])."""
+        return u + step if self.bounds is None else self.bounds.wrapped(u + step)
+
+    def pinning(self, u):
+        """Per parameter, how much its bounds shrink its Jacobian column at ``u`` (>= 1)."""
+        return jnp.ones_like(u) if self.bounds is None else self.bounds.pinning(u)
+
     def without_bounds(self):
         """The same problem in the user's flat parameters (for uncertainty outputs)."""
         return dataclasses.replace(self, bounds=None)

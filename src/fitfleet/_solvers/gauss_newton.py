@@ -114,7 +114,7 @@ class GaussNewton(eqx.Module):
     def step(self, problem, state):
         s = state.inner
         step = s.step_length * s.direction
-        trial = state.params + step
+        trial = problem.move(state.params, step)
         trial_cost = problem.cost(problem.residual(trial))
         reduction = state.cost - trial_cost
         slope = state.grad @ step  # < 0 for a descent direction

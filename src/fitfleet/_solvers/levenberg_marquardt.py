@@ -13,7 +13,12 @@ Scaling.  ``D = diag(max over past iterates of ‖J_j‖)``, MINPACK's choice: i
 method invariant to the units of each parameter, and because ``D`` never shrinks a
 parameter whose influence fades (a saturating exponential, a vanishing amplitude)
 cannot take an unbounded step and "evaporate".  The linear algebra happens in the
-scaled variables ``y = Dδ``, where ``D⁻¹JᵀJD⁻¹`` has a diagonal of at most 1.
+scaled variables ``y = Dδ``, where ``D⁻¹JᵀJD⁻¹`` has a diagonal of at most 1.  With
+bounds (internal variables ``u``, ``p = T(u)``), a start near a bound has a column
+shrunk by the transform's small slope there, which would allow a huge first step in
+``u`` (a rate starting on its bound 0 was sent to 2e6, a plateau); so ``D`` starts at
+the column norms the parameters would have away from their bounds, ``‖J_j‖·max|T'|/|T'(u₀)|``
+(``Problem.pinning``).
 
 The damping.  If the Gauss-Newton step (damping 0) lies inside the ball it is taken.
 Otherwise the damping solving ``‖Dδ(damping)‖ = radius`` is found to 10% by Hebden's
@@ -107,7 +112,7 @@ class LevenbergMarquardt(eqx.Module):
     def init(self, problem, p):
         lin = linearize(problem, p)
         cost = problem.cost(lin.residual)
-        scale = jnp.sqrt(jnp.diagonal(lin.jtj))
+        scale = jnp.sqrt(jnp.diagonal(lin.jtj)) * problem.pinning(p)
         radius = jnp.linalg.norm(_positive(scale) * jnp.maximum(jnp.abs(p), 1))
         inner = _Inner(
             jtj=lin.jtj,
@@ -139,7 +144,7 @@ class LevenbergMarquardt(eqx.Module):
         scaled_step = jnp.where(step_finite, scaled_step, 0)
         step = scaled_step / d
 
-        trial = state.params + step
+        trial = problem.move(state.params, step)
         if self.batched:
             trial_lin = dataclasses.replace(linearize(problem, trial), jac=None)
             trial_residual = trial_lin.residual
