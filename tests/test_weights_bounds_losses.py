@@ -186,7 +186,14 @@ def _check_feasible_fit(method, dtype, y, x0, lb, ub):
     if method == "lm":
         ref = scipy_ls(y, np.asarray(x0, np.float64), bounds=(lb, ub), method="trf")
         assert ref.active_mask[0] == 1  # the amplitude ends on its upper bound
-        np.testing.assert_allclose(p, ref.x, rtol=1e-4 if dtype == "float32" else 1e-5, atol=1e-6)
+        if dtype == "float64":
+            np.testing.assert_allclose(p, ref.x, rtol=1e-5, atol=1e-6)
+        else:
+            # A float32 cost carries round-off of ~1e-6 relative here (_common's
+            # below_round_off estimate); along this fit's flattest direction a cost
+            # change that small moves the rate by ~1e-3. So compare costs, in float64.
+            np.testing.assert_allclose(p[0], ref.x[0])
+            assert 0.5 * np.sum(decay_np(p, T, y) ** 2) <= ref.cost * (1 + 2e-6)
 
 
 def test_traced_start_in_the_middle_of_the_box(x64):
@@ -346,6 +353,38 @@ def test_start_on_the_bound_with_default_tolerances_matches_scipy(x64, method, s
         )
         assert res.success, res.message
         np.testing.assert_allclose(float(res.cost), ref.cost, rtol=1e-6)
+
+
+ACTIVE = {  # (lower, upper, x0): the rate's optimum (about 0.9, and 1.8 for seed 1 with
+    # cauchy) lies beyond a bound, so the fit ends on it; starts on it or inside
+    "two-sided, upper": ([0, 0, -1], [10, 0.5, 1], [1, 0.5, 0]),
+    "two-sided, lower": ([0, 1.5, -1], [10, 5, 1], [1, 1.5, 0]),
+    "one-sided, lower": ([0, 1.5, -np.inf], [np.inf] * 3, [1, 1.5, 0]),
+    "one-sided, upper": ([0, 0, -np.inf], [np.inf, 0.5, np.inf], [1, 0.5, 0]),
+    "two-sided, upper, from inside": ([0, 0, -1], [10, 0.5, 1], [1, 0.3, 0]),
+}
+
+
+@pytest.mark.parametrize("method", ["lm", "gn"])
+@pytest.mark.parametrize("case", list(ACTIVE))
+def test_active_bound_matches_scipy(x64, method, case):
+    """Without the bounds' curvature in its model, LM crept onto an active bound (400
+    steps without converging from a one-sided bound) or stopped on xtol short of it."""
+    lb, ub, x0 = (np.array(v, float) for v in ACTIVE[case])
+    for seed in range(2):
+        for loss in ("linear", "soft_l1"):
+            _, y = outlier_sample(seed)
+            ref = scipy_ls(y, x0, loss=loss, f_scale=0.1, method="trf", bounds=(lb, ub))
+            res = ff.least_squares(
+                decay, jnp.asarray(x0), (jnp.asarray(T), jnp.asarray(y)), method=method, bounds=(lb, ub), loss=loss,
+                f_scale=0.1, **TIGHT,
+            )  # fmt: skip
+            if method == "gn" and case == "one-sided, lower" and seed == 1 and loss == "soft_l1":
+                continue  # Gauss-Newton's plateau from a start on a lower bound (see above)
+            assert res.success, (seed, loss, res.message)
+            assert int(res.n_steps) <= 60, (seed, loss, int(res.n_steps))
+            np.testing.assert_allclose(float(res.cost), ref.cost, rtol=1e-6)
+            np.testing.assert_allclose(res.params, ref.x, rtol=1e-4, atol=1e-6)
 
 
 def test_wrapped_angle_is_the_same_point(x64):

@@ -69,18 +69,17 @@ class Problem(eqx.Module):
         r = self.fun(self.unravel(self.to_params(u)), *self.args)
         return self.whiten(jnp.ravel(r).astype(u.dtype))
 
-    def residual_and_jac(self, u):
-        """``(r, J)`` at ``u``; with autodiff the residual comes for free with ``J``."""
+    def residual_and_jac(self, p):
+        """``(r, J)`` at the flat parameters ``p`` of a problem without bounds (with
+        bounds, ``_common.linearize`` maps ``J`` to the internal variables); with
+        autodiff the residual comes for free with ``J``."""
         if callable(self.jac):
-            p = self.to_params(u)
-            r = jnp.ravel(self.fun(self.unravel(p), *self.args)).astype(u.dtype)
-            J = _flat_user_jac(self.jac(self.unravel(p), *self.args), r, u)
-            if self.bounds is not None:
-                J = J * jax.jvp(self.to_params, (u,), (jnp.ones_like(u),))[1]
+            r = jnp.ravel(self.fun(self.unravel(p), *self.args)).astype(p.dtype)
+            J = _flat_user_jac(self.jac(self.unravel(p), *self.args), r, p)
             return self.whiten(r), self.whiten(J)
         both = lambda q: (self.residual(q),) * 2  # noqa: E731
         transform = jax.jacfwd if self.jac == "fwd" else jax.jacrev
-        J, r = transform(both, has_aux=True)(u)
+        J, r = transform(both, has_aux=True)(p)
         return r, J
 
     def cost(self, r):

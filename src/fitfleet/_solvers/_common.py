@@ -132,13 +132,39 @@ class Linearization(eqx.Module):
     jac_finite: Any
 
 
-def linearize(problem, p):
-    r, J = problem.residual_and_jac(p)
-    rm, Jm = problem.model(r, J)
-    grad = Jm.T @ rm
-    jtj = Jm.T @ Jm
-    cosine = gradient_cosine(grad, jnp.diagonal(jtj), jnp.sum(rm * rm))
-    return Linearization(r, J, grad, jtj, cosine, jnp.all(jnp.isfinite(J)))
+def linearize(problem, u):
+    """The Gauss-Newton model of the cost at the internal point ``u``.
+
+    Bounds and ``log_scale`` (``p = T(u)`` elementwise, see ``_bounds``): ``J`` is
+    evaluated in ``p`` and mapped by the chain rule, ``J_u = J_p·diag(T'(u))``, so that
+    ``g_p = J_pᵀr`` is known even where ``T'(u) = 0``.  The exact Hessian of the cost in
+    ``u`` is ``T'ᵀ∇²_pF T' + diag(g_p ⊙ T''(u))``; the model's matrix is
+
+        J_uᵀJ_u + diag(max(g_p ⊙ T''(u), 0)).
+
+    At an active bound ``T' → 0`` takes the parameter's column out of ``J_uᵀJ_u``; the
+    added term, positive where the cost pulls ``p`` onto its bound, keeps the model's
+    curvature there, so a step lands on the bound instead of creeping towards it (LM)
+    or blowing up (Gauss-Newton).  A negative term (the cost pulls ``p`` away from its
+    bound) would make the matrix indefinite and is dropped; at an interior optimum
+    ``g_p = 0`` and the term vanishes.  ``cosine`` (the gtol statistic) is that of
+    ``J_u`` alone.
+    """
+    if problem.bounds is None:
+        r, J = problem.residual_and_jac(u)
+        rm, Jm = problem.model(r, J)
+        grad = Jm.T @ rm
+        jtj = Jm.T @ Jm
+        cosine = gradient_cosine(grad, jnp.diagonal(jtj), jnp.sum(rm * rm))
+        return Linearization(r, J, grad, jtj, cosine, jnp.all(jnp.isfinite(J)))
+    lin = linearize(problem.without_bounds(), problem.to_params(u))
+    dp, d2p = problem.bounds.derivatives(u)
+    grad = dp * lin.grad
+    jtj = lin.jtj * (dp[:, None] * dp[None, :])
+    model_residual = problem.model(lin.residual, lin.jac)[0]
+    cosine = gradient_cosine(grad, jnp.diagonal(jtj), jnp.sum(model_residual**2))
+    curvature = jnp.maximum(lin.grad * d2p, 0)
+    return Linearization(lin.residual, lin.jac * dp, grad, jtj + jnp.diag(curvature), cosine, lin.jac_finite)
 
 
 def keep_linearization(state, jtj):

@@ -17,18 +17,10 @@ taking full steps advance in lockstep.  The Jacobian and the next direction are 
 only at accepted points.
 
 Bounds and ``log_scale``: the fit runs in internal variables ``u`` with ``p = T(u)``
-elementwise (``_bounds``), so ``J = J_p · diag(T'(u))`` and the exact Hessian in ``u`` is
-``T'ᵀ ∇²_p F T' + diag(g_p ⊙ T''(u))``, ``g_p = J_pᵀr`` the gradient in ``p``.  There
-``JᵀJ`` above is replaced by
-
-    JᵀJ + diag(max(g_p ⊙ T''(u), 0)).
-
-At an active bound ``T' → 0`` takes the parameter's column out of ``JᵀJ`` (the plain
-Gauss-Newton step would blow up); the added term, positive where the cost pulls ``p``
-onto its bound, is what holds ``u`` there.  A negative term (the cost pulls ``p`` away
-from its bound) is dropped so the matrix stays positive semidefinite, and at an interior
-optimum ``g_p = 0`` and the term vanishes.  ``J_p`` is evaluated in ``p`` and mapped to
-``u`` by the chain rule, so ``g_p`` is known even where ``T'(u) = 0``.
+elementwise (``_bounds``), and ``JᵀJ`` above carries the bounds' curvature term
+``diag(max(g_p ⊙ T''(u), 0))`` (``_common.linearize``): at an active bound ``T' → 0``
+takes the parameter's column out of ``JᵀJ`` and the plain Gauss-Newton step would blow
+up; the term is what holds ``u`` there.
 
 A direction that is not finite (a singular JᵀJ: a parameter the residual does not depend
 on, or an exactly rank-deficient Jacobian) or not a descent direction stops the fit with
@@ -49,13 +41,11 @@ import jax.numpy as jnp
 from .._linalg import solve_scaled
 from .._status import Status
 from ._common import (
-    Linearization,
     State,
     advance,
     Tolerances,
     below_round_off,
     counter,
-    gradient_cosine,
     keep_linearization,
     linearize,
     start_status,
@@ -69,24 +59,6 @@ class _Inner(eqx.Module):
     jtj: Any
     direction: Any
     step_length: Any
-
-
-def _linearize(problem, u):
-    """``_common.linearize`` at ``u``; under bounds its ``jtj`` also carries the bounds'
-    curvature term (module docstring), which the step's model then uses throughout."""
-    if problem.bounds is None:
-        return linearize(problem, u)
-    # J in p, mapped to u by the chain rule: g_p is then known even where T'(u) = 0.
-    lin = linearize(problem.without_bounds(), problem.to_params(u))
-    dp, d2p = problem.bounds.derivatives(u)
-    grad = dp * lin.grad
-    jtj = lin.jtj * (dp[:, None] * dp[None, :])
-    model_residual = problem.model(lin.residual, lin.jac)[0]
-    cosine = gradient_cosine(grad, jnp.diagonal(jtj), jnp.sum(model_residual**2))  # in u, as linearize
-    # Positive where a bound holds the parameter; a negative term (the cost pulls p away
-    # from its bound) would make the matrix indefinite, so it is dropped.
-    curvature = jnp.maximum(lin.grad * d2p, 0)
-    return Linearization(lin.residual, lin.jac * dp, grad, jtj + jnp.diag(curvature), cosine, lin.jac_finite)
 
 
 def _direction(lin):
@@ -103,7 +75,7 @@ class GaussNewton(eqx.Module):
     tol: Tolerances
 
     def init(self, problem, p):
-        lin = _linearize(problem, p)
+        lin = linearize(problem, p)
         cost = problem.cost(lin.residual)
         direction, usable = _direction(lin)
         status = start_status(cost, lin.jac, lin.cosine, self.tol)
@@ -126,7 +98,7 @@ class GaussNewton(eqx.Module):
         params = jnp.where(accepted, trial, state.params)
 
         def at_new_point():
-            lin = _linearize(problem, params)
+            lin = linearize(problem, params)
             return lin, *_direction(lin)
 
         lin, direction, usable = jax.lax.cond(

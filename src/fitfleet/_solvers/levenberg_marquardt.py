@@ -18,7 +18,9 @@ bounds (internal variables ``u``, ``p = T(u)``), a start near a bound has a colu
 shrunk by the transform's small slope there, which would allow a huge first step in
 ``u`` (a rate starting on its bound 0 was sent to 2e6, a plateau); so ``D`` starts at
 the column norms the parameters would have away from their bounds, ``‖J_j‖·max|T'|/|T'(u₀)|``
-(``Problem.pinning``).
+(``Problem.pinning``); and ``JᵀJ`` carries the bounds' curvature term
+``diag(max(g_p ⊙ T''(u), 0))`` (``_common.linearize``), without which a parameter
+converging onto an active bound creeps there, a constant fraction per step.
 
 The damping.  If the Gauss-Newton step (damping 0) lies inside the ball it is taken.
 Otherwise the damping solving ``‖Dδ(damping)‖ = radius`` is found to 10% by Hebden's
