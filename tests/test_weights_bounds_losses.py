@@ -355,8 +355,8 @@ def test_start_on_the_bound_with_default_tolerances_matches_scipy(x64, method, s
         np.testing.assert_allclose(float(res.cost), ref.cost, rtol=1e-6)
 
 
-ACTIVE = {  # (lower, upper, x0): the rate's optimum (about 0.9, and 1.8 for seed 1 with
-    # cauchy) lies beyond a bound, so the fit ends on it; starts on it or inside
+ACTIVE = {  # (lower, upper, x0): the rate's unconstrained optimum (about 0.9) lies
+    # beyond a bound, so the fit ends on it; starts on that bound or inside
     "two-sided, upper": ([0, 0, -1], [10, 0.5, 1], [1, 0.5, 0]),
     "two-sided, lower": ([0, 1.5, -1], [10, 5, 1], [1, 1.5, 0]),
     "one-sided, lower": ([0, 1.5, -np.inf], [np.inf] * 3, [1, 1.5, 0]),
@@ -373,14 +373,14 @@ def test_active_bound_matches_scipy(x64, method, case):
     lb, ub, x0 = (np.array(v, float) for v in ACTIVE[case])
     for seed in range(2):
         for loss in ("linear", "soft_l1"):
+            if method == "gn" and case == "one-sided, lower" and seed == 1 and loss == "soft_l1":
+                continue  # Gauss-Newton's plateau from a start on a lower bound (see above)
             _, y = outlier_sample(seed)
             ref = scipy_ls(y, x0, loss=loss, f_scale=0.1, method="trf", bounds=(lb, ub))
             res = ff.least_squares(
                 decay, jnp.asarray(x0), (jnp.asarray(T), jnp.asarray(y)), method=method, bounds=(lb, ub), loss=loss,
                 f_scale=0.1, **TIGHT,
             )  # fmt: skip
-            if method == "gn" and case == "one-sided, lower" and seed == 1 and loss == "soft_l1":
-                continue  # Gauss-Newton's plateau from a start on a lower bound (see above)
             assert res.success, (seed, loss, res.message)
             assert int(res.n_steps) <= 60, (seed, loss, int(res.n_steps))
             np.testing.assert_allclose(float(res.cost), ref.cost, rtol=1e-6)
@@ -396,7 +396,8 @@ def test_wrapped_angle_is_the_same_point(x64):
     assert np.all(np.abs(w[:, 0]) <= np.pi) and np.array_equal(w[:, 1:], u[:, 1:])  # one-sided: untouched
     assert w[2, 0] == u[2, 0]  # already in [-π, π]: exactly unchanged
     np.testing.assert_allclose(jax.vmap(b.to_params)(w), jax.vmap(b.to_params)(u), rtol=1e-8)
-    np.testing.assert_allclose(jax.vmap(b.derivatives)(w)[0][:2], jax.vmap(b.derivatives)(u)[0][:2], rtol=1e-6)
+    for d_w, d_u in zip(jax.vmap(b.derivatives)(w), jax.vmap(b.derivatives)(u)):  # T' and T''
+        np.testing.assert_allclose(d_w, d_u, rtol=1e-6, atol=1e-8)
 
 
 # --------------------------------------------------------------------------- robust losses
