@@ -223,12 +223,13 @@ def summarise(results, starts, rtol=1e-3):
 
 
 def _first(tree):
-    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[0]), tree)
+    return jax.device_put(jax.tree_util.tree_map(lambda a: np.asarray(a)[0], tree))
 
 
 def _reorder(tree, order):
-    """Reordered on the host: no helper program to compile for every new shape."""
-    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[order]), tree)
+    """Reordered on the host: no helper program to compile for every new shape (and
+    one transfer back for the whole tree)."""
+    return jax.device_put(jax.tree_util.tree_map(lambda a: np.asarray(a)[order], tree))
 
 
 def _is_traced(tree):
