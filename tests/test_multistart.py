@@ -117,20 +117,36 @@ def _greedy_optima(cost, flat, rtol, eps):
     return [cost[k] for k in leaders], members
 
 
-@pytest.mark.parametrize("rtol", [1e-3, 0.2, 2.0])
-def test_optima_follow_the_grouping_rule(x64, rtol):
-    """Against the rule written out by brute force, on clusters of nearby fits (some
-    closer than rtol in cost but not in parameters) and loners."""
-    rng = np.random.default_rng(3)
+def _clusters(rng, rtol):
+    """Clusters of nearby fits (some closer than rtol in cost but not in parameters) and
+    loners."""
     labels = rng.integers(0, 12, 300)
     # Within a cluster parameters agree to about rtol and costs straddle the rtol limit.
     flat = rng.uniform(0.5, 2.0, (12, 2))[labels] * (1 + 0.5 * rtol * rng.uniform(-1, 1, (300, 2)))
     cost = rng.uniform(1.0, 10.0, 12)[labels] * (1 + 1.5 * rtol * rng.uniform(0, 1, 300))
     flat[::7] = rng.uniform(0.5, 2.0, (43, 2))  # loners
-    n = cost.size
+    return cost, flat
+
+
+def _plateau(rng, rtol):
+    """A plateau: hundreds of fits of nearly equal cost, mostly with distinct parameters
+    (starts that stopped at once), some of them repeated, and a few true optima."""
+    flat = rng.uniform(0.5, 2.0, (400, 3))
+    flat[200:] = flat[rng.integers(0, 200, 200)] * (1 + 0.3 * rtol * rng.uniform(-1, 1, (200, 3)))
+    cost = 5.0 * (1 + 0.1 * rtol * rng.uniform(0, 1, 400))
+    cost[::50] = rng.uniform(0.1, 1.0, 8)
+    return cost, flat
+
+
+@pytest.mark.parametrize("data", [_clusters, _plateau])
+@pytest.mark.parametrize("rtol", [1e-3, 0.2, 2.0])
+def test_optima_follow_the_grouping_rule(x64, rtol, data):
+    """Against the rule written out by brute force."""
+    cost, flat = data(np.random.default_rng(3), rtol)
+    n, p = flat.shape
     results = ff.Result(
-        params=jnp.asarray(flat), cost=jnp.asarray(cost), residual=jnp.zeros((n, 1)), jac=jnp.zeros((n, 1, 2)),
-        grad=jnp.zeros((n, 2)), status=jnp.full(n, int(ff.Status.GTOL), jnp.int32), n_steps=jnp.zeros(n, jnp.int32),
+        params=jnp.asarray(flat), cost=jnp.asarray(cost), residual=jnp.zeros((n, 1)), jac=jnp.zeros((n, 1, p)),
+        grad=jnp.zeros((n, p)), status=jnp.full(n, int(ff.Status.GTOL), jnp.int32), n_steps=jnp.zeros(n, jnp.int32),
         n_fev=jnp.zeros(n, jnp.int32), n_jev=jnp.zeros(n, jnp.int32),
     )  # fmt: skip
     ms = ff._multistart.summarise(results, jnp.asarray(flat), rtol)
@@ -138,6 +154,8 @@ def test_optima_follow_the_grouping_rule(x64, rtol):
     assert [o.n_starts for o in ms.optima] == counts
     np.testing.assert_array_equal([o.cost for o in ms.optima], costs)
     assert 1 < len(counts) < n if rtol < 1 else counts == [n]
+    if data is _plateau and rtol < 0.01:
+        assert len(counts) > 100 and max(counts) > 1  # many windows, some with several fits
 
 
 def test_multistart_finds_nist_certified_optimum(x64):

@@ -166,6 +166,9 @@ def fit_batch(
         method, n_params=spec.n_params, ftol=ftol, xtol=xtol, gtol=gtol, max_steps=max_steps,
         learning_rate=learning_rate, initial_damping=initial_damping, batched=True,
     )  # fmt: skip
+    # Its numpy hyper-parameters go to the device on this thread, in the caller's
+    # enable_x64 mode (a worker thread would convert them in its own).
+    solver = jax.device_put(solver)
     x0 = jax.tree_util.tree_map(lambda a: a.astype(spec.dtype), x0)
     _check_starts(x0, spec.bounds)
     if sigma_batched:
@@ -442,7 +445,7 @@ class _Engine:
         """Initialise, run rounds until no fit of this part runs, and return its Results."""
         data, valid = part
         state = programs["init"](self.statics, self.mesh, data, valid)
-        counts = np.sum(np.asarray(state.status) == Status.RUNNING, keepdims=True)
+        counts = np.array([n_valid])  # not read back: the first round follows at once
         done_before = 0
         while True:
             if bar is not None:
@@ -618,7 +621,8 @@ def _concatenate(trees, size):
     """The first ``size`` fits of the parts' results, joined."""
     if _nbytes(trees) > LARGE:
         return _concatenate_on_device(trees, size)
-    return jax.tree_util.tree_map(lambda *a: jax.device_put(np.concatenate([np.asarray(x) for x in a])[:size]), *trees)
+    joined = jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(x) for x in a])[:size], *trees)
+    return jax.device_put(joined)  # one call: device_put has a fixed cost per call
 
 
 def _nbytes(tree):

@@ -179,57 +179,71 @@ def summarise(results, starts, rtol=1e-3):
     """Sort a batch of fits of one model by cost and group them into optima."""
     cost = np.asarray(results.cost, np.float64)
     order = np.argsort(np.where(np.isfinite(cost), cost, np.inf), kind="stable")
-    results, starts = _reorder((results, starts), order)
     cost = cost[order]
-    params = jax.tree_util.tree_map(np.asarray, results.params)
+    # Reordered on the host: no helper program to compile for every new shape.
+    host, host_starts = jax.tree_util.tree_map(lambda a: np.asarray(a)[order], (results, starts))
+    params = host.params
     flat = np.concatenate([leaf.reshape(cost.size, -1) for leaf in jax.tree_util.tree_leaves(params)], 1).astype(np.float64)
-
-    success = is_success(np.asarray(results.status))  # numpy: no eager op to compile
-    converged = success & np.isfinite(cost) & np.all(np.isfinite(flat), axis=1)
+    converged = is_success(host.status) & np.isfinite(cost) & np.all(np.isfinite(flat), axis=1)
     eps = float(jnp.finfo(results.cost.dtype).eps)
-    cost_atol = eps * max(1.0, float(np.max(cost[converged], initial=0.0)))
-    # Greedy in cost order; each new optimum claims every later fit that agrees with it,
-    # which is the same as each fit joining the first optimum it agrees with.
     idx = np.flatnonzero(converged)
-    c, f = cost[idx], flat[idx]
-    # Costs are sorted, so the fits whose cost can agree with fit k's form a window
-    # k+1..end[k] (c_j − c_k <= rtol·c_j + atol  ⇔  c_j <= (c_k + atol)/(1 − rtol),
-    # widened by a few ulps; the exact test below decides).
-    reach = np.full_like(c, np.inf) if rtol >= 1 else (c + cost_atol) / (1 - rtol) * (1 + 8 * np.finfo(np.float64).eps)
-    end = np.searchsorted(c, reach, side="right")
-    owner = np.full(idx.size, -1)
-    best_of = []
-    for k in range(idx.size):
-        if owner[k] >= 0:
-            continue
-        owner[k] = len(best_of)
-        best_of.append(int(idx[k]))
-        if end[k] <= k + 1:
-            continue
-        rest = k + 1 + np.flatnonzero(owner[k + 1 : end[k]] < 0)
-        scale = np.maximum(np.abs(f[rest]), np.abs(f[k]))
-        param_atol = eps * np.maximum(1.0, np.max(scale, axis=1, keepdims=True, initial=0.0))
-        same = (c[rest] - c[k] <= rtol * c[rest] + cost_atol) & np.all(np.abs(f[rest] - f[k]) <= rtol * scale + param_atol, axis=1)
-        owner[rest[same]] = len(best_of) - 1
-    counts = np.bincount(owner, minlength=len(best_of)).tolist()
+    owner, leaders = _group(cost[idx], flat[idx], rtol, eps)
+    counts = np.bincount(owner, minlength=leaders.size).tolist()
     n_total = cost.size
+    best_of = idx[leaders]
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    optimum_leaves = [leaf[best_of] for leaf in leaves]
     optima = [
-        Optimum(jax.tree_util.tree_map(lambda a, j=j: a[j], params), float(cost[j]), count, count / n_total, j)
-        for j, count in zip(best_of, counts)
+        Optimum(treedef.unflatten([leaf[i] for leaf in optimum_leaves]), float(cost[j]), count, count / n_total, int(j))
+        for i, (j, count) in enumerate(zip(best_of, counts))
     ]
-    best = _first(results)
     p_star = optima[0].fraction if optima else 0.0
+    # Back to the device in one transfer (device_put has a fixed cost per call).
+    best = jax.tree_util.tree_map(lambda a: a[0], host)
+    results, starts, best = jax.device_put((host, host_starts, best))
     return MultiStartResult(results, starts, best, optima, p_star, n_total)
 
 
-def _first(tree):
-    return jax.device_put(jax.tree_util.tree_map(lambda a: np.asarray(a)[0], tree))
+def _group(c, f, rtol, eps):
+    """Group fits sorted by cost ``c`` (parameters ``f``, a row each) by the rule of the
+    module docstring; returns each fit's group number and each group's first fit.
 
+    Greedy in cost order: each new optimum claims every later unclaimed fit that agrees
+    with it, which is the same as each fit joining the first optimum it agrees with.
+    Candidates come from one coordinate (the cost or a parameter) sorted: fits that
+    agree differ there by at most ``(rtol·|v| + atol) / (1 − rtol)`` (from
+    ``|v − w| <= rtol·max(|v|, |w|) + atol``, seen from either fit), so each fit's
+    candidates are a window of that order, and a fit alone in its window is an optimum
+    of its own.  The coordinate with the narrowest windows is used: on a plateau, where
+    hundreds of starts stop at once with nearly equal costs, a parameter separates them.
+    """
+    n = c.size
+    cost_atol = eps * max(1.0, float(np.max(c, initial=0.0)))
+    param_atol = eps * max(1.0, float(np.max(np.abs(f), initial=0.0)))  # bounds each pair's
+    columns = np.column_stack([c, f])
+    atol = np.array([cost_atol] + [param_atol] * f.shape[1])
+    half = (rtol * np.abs(columns) + atol) / (1 - rtol) if rtol < 1 else np.full_like(columns, np.inf)
+    half += 4 * np.finfo(np.float64).eps * np.abs(columns)  # round-off of v ± half
+    windows = []
+    for v, h in zip(columns.T, half.T):
+        order = np.argsort(v, kind="stable")
+        lo, hi = np.searchsorted(v[order], v - h, "left"), np.searchsorted(v[order], v + h, "right")
+        windows.append((int(np.sum(hi - lo)), order, lo, hi))
+    _, order, lo, hi = min(windows, key=lambda w: w[0])
 
-def _reorder(tree, order):
-    """Reordered on the host: no helper program to compile for every new shape (and
-    one transfer back for the whole tree)."""
-    return jax.device_put(jax.tree_util.tree_map(lambda a: np.asarray(a)[order], tree))
+    owner = np.where(hi - lo <= 1, np.arange(n), -1)
+    for k in np.flatnonzero(owner < 0):
+        if owner[k] >= 0:  # claimed by an earlier optimum
+            continue
+        owner[k] = k
+        rest = order[lo[k] : hi[k]]
+        rest = rest[(rest > k) & (owner[rest] < 0)]
+        scale = np.maximum(np.abs(f[rest]), np.abs(f[k]))
+        pair_atol = eps * np.maximum(1.0, np.max(scale, axis=1, keepdims=True, initial=0.0))
+        same = (c[rest] - c[k] <= rtol * c[rest] + cost_atol) & np.all(np.abs(f[rest] - f[k]) <= rtol * scale + pair_atol, axis=1)
+        owner[rest[same]] = k
+    leaders = np.flatnonzero(owner == np.arange(n))
+    return np.searchsorted(leaders, owner), leaders
 
 
 def _is_traced(tree):

@@ -1,7 +1,9 @@
 """Solvers: each is an ``equinox.Module`` with ``init(problem, p) -> State`` and
 ``step(problem, state) -> State``; the loop around them lives in ``_driver``."""
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from .._problem import check_tolerance
@@ -35,19 +37,18 @@ def make_solver(
     check_tolerance("max_steps", max_steps)
     if isinstance(max_steps, float) and not float(max_steps).is_integer():
         raise TypeError(f"`max_steps` must be a whole number; got {max_steps!r}.")
-    # One dtype whatever the Python type of the value, so a new value never recompiles.
     real = jnp.result_type(float)
     tol = Tolerances(
-        ftol=jnp.asarray(ftol, real),
-        xtol=jnp.asarray(xtol, real),
-        gtol=jnp.asarray(gtol, real),
-        max_steps=jnp.asarray(max_steps, jnp.int32),
+        ftol=_hyper(ftol, real),
+        xtol=_hyper(xtol, real),
+        gtol=_hyper(gtol, real),
+        max_steps=_hyper(max_steps, jnp.int32),
     )
     if method == "lm":
         check_tolerance("initial_damping", initial_damping)
         return LevenbergMarquardt(
             tol=tol,
-            initial_damping=jnp.asarray(initial_damping, real),
+            initial_damping=_hyper(initial_damping, real),
             differentiable=differentiable,
             batched=batched,
         )
@@ -58,7 +59,16 @@ def make_solver(
     if learning_rate is None:
         learning_rate = DEFAULT_LEARNING_RATE[method]
     check_tolerance("learning_rate", learning_rate)
-    return OptaxSolver(tol=tol, learning_rate=jnp.asarray(learning_rate, real), name=method)
+    return OptaxSolver(tol=tol, learning_rate=_hyper(learning_rate, real), name=method)
+
+
+def _hyper(value, dtype):
+    """A hyper-parameter as an array of one dtype whatever the Python type of the value,
+    so a new value never recompiles; numpy for a concrete value (no eager JAX operation
+    to dispatch on every call), a JAX array or tracer otherwise."""
+    if isinstance(value, (jax.Array, jax.core.Tracer)):
+        return jnp.asarray(value, dtype)
+    return np.asarray(value, dtype)
 
 
 __all__ = ["METHODS", "GaussNewton", "LevenbergMarquardt", "OptaxSolver", "State", "Tolerances", "make_solver"]
