@@ -219,10 +219,16 @@ def _batch_size(x0, args, mask):
     if not leaves:
         raise ValueError("`x0` has no parameters: pass an array (batch, ...) or a pytree of such arrays.")
     sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
-    if len(sizes) != 1 or None in sizes:
+    if None in sizes:
+        raise ValueError(
+            "every array in `x0` needs a leading batch axis (one row per fit), but some are "
+            "scalars. Pass an array of shape (batch, n_params) (e.g. np.asarray(x0) for a "
+            "nested list: a list is a pytree, each of its entries a parameter)."
+        )
+    if len(sizes) != 1:
         raise ValueError(
             "every array in `x0` needs the same leading batch axis (one row per fit); "
-            f"got leading sizes {sorted(sizes, key=str)}."
+            f"got leading sizes {sorted(sizes)}."
         )
     size = sizes.pop()
     if size == 0:
