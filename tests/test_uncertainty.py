@@ -161,8 +161,17 @@ def test_robust_pcov_matches_scipy_curve_fit(x64):
     )  # fmt: skip
     np.testing.assert_allclose(res.params, popt, rtol=1e-7)
     np.testing.assert_allclose(ff.covariance(res, loss="soft_l1", f_scale=0.05), pcov, rtol=1e-5)
+    # By default, the loss the fit used (the Result records it), also in a batch.
+    assert res.loss == "soft_l1" and float(res.f_scale) == 0.05
+    np.testing.assert_allclose(ff.covariance(res), pcov, rtol=1e-5)
+    np.testing.assert_allclose(ff.uncertainty(res).pcov, pcov, rtol=1e-5)
+    batch = ff.fit_batch(
+        decay, jnp.stack([jnp.asarray(truth)] * 2), (jnp.asarray(T), jnp.stack([jnp.asarray(y)] * 2)),
+        shared_args=(0,), loss="soft_l1", f_scale=0.05, ftol=1e-15, xtol=1e-15, gtol=1e-15,
+    )  # fmt: skip
+    np.testing.assert_allclose(ff.uncertainty(batch).pcov, np.stack([pcov] * 2), rtol=1e-5)
     # The plain Gaussian covariance differs: the loss down-weights the outliers.
-    assert not np.allclose(ff.covariance(res), pcov, rtol=0.1)
+    assert not np.allclose(ff.covariance(res, loss="linear"), pcov, rtol=0.1)
 
 
 # --------------------------------------------------------------------------- the other outputs

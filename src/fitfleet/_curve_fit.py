@@ -376,7 +376,7 @@ def _prepare(
 
 
 def _pcov(res, absolute_sigma, opts):
-    pcov = covariance(res, absolute_sigma, loss=opts.get("loss", "linear"), f_scale=opts.get("f_scale", 1.0))
+    pcov = covariance(res, absolute_sigma)  # with the fit's loss, which res records
     # scipy reports an indeterminate covariance as inf, never NaN.
     return jnp.where(jnp.any(jnp.isnan(pcov), axis=(-2, -1), keepdims=True), jnp.inf, pcov)
 

@@ -75,4 +75,6 @@ def to_result(problem, state, adjoint=_implicit.IMPLICIT):
         n_steps=state.n_steps,
         n_fev=state.n_fev,
         n_jev=n_jev,
+        loss=problem.loss,
+        f_scale=problem.f_scale,
     )

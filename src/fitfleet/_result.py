@@ -26,6 +26,8 @@ class Result(eqx.Module):
             yields with it is not counted again).
         n_jev: Jacobian evaluations: one per accepted point, plus one at the solution
             when bounds or a first-order method require it in the user's parameters.
+        loss, f_scale: the robust loss the fit minimised (``cost`` is that loss), which
+            :func:`uncertainty` and :func:`covariance` use unless told otherwise.
 
     Example:
         >>> import jax.numpy as jnp
@@ -44,6 +46,8 @@ class Result(eqx.Module):
     n_steps: Any
     n_fev: Any
     n_jev: Any
+    loss: str = eqx.field(static=True, default="linear")
+    f_scale: Any = None  # None: 1 (a Result built by hand)
 
     @property
     def success(self):

@@ -27,8 +27,8 @@ of badly scaled problems such as NIST's Hahn1).  A rank-deficient fit therefore 
 finite but meaningless standard errors for the parameters it does not determine:
 ``Uncertainty.rank < n`` says so, and :func:`fitfleet.identifiability` says which.
 
-Robust losses.  With ``loss`` other than ``"linear"`` (pass the fit's ``loss`` and
-``f_scale``), scipy's convention is followed: ``J`` is scaled row-wise by
+Robust losses.  With ``loss`` other than ``"linear"`` (by default the fit's, which
+the ``Result`` records with its ``f_scale``), scipy's convention is followed: ``J`` is scaled row-wise by
 ``√max(ρ'(z) + 2zρ''(z), eps)`` with ``z = (r/f_scale)²``, the Gauss-Newton Hessian of
 the robust cost, and ``s² = 2·cost/(m − n)`` with ``cost = Result.cost`` (the robust
 cost).  ``rms``, ``aic`` and ``bic`` always use the plain ``RSS``.
@@ -143,7 +143,7 @@ class Uncertainty(eqx.Module):
         return "\n".join(lines)
 
 
-def uncertainty(res, *, absolute_sigma=False, level=0.95, loss="linear", f_scale=1.0, rcond=None):
+def uncertainty(res, *, absolute_sigma=False, level=0.95, loss=None, f_scale=None, rcond=None):
     """Covariance, standard errors, correlations, confidence intervals and fit statistics.
 
     Args:
@@ -151,7 +151,8 @@ def uncertainty(res, *, absolute_sigma=False, level=0.95, loss="linear", f_scale
         absolute_sigma: ``True`` if the fit's ``sigma`` are the true measurement errors;
             ``False`` (scipy's default) to scale the covariance by ``s² = RSS/dof``.
         level: confidence level of ``ci``, in (0, 1).
-        loss, f_scale: the robust loss the fit used, for scipy's robust covariance.
+        loss, f_scale: the robust loss, for scipy's robust covariance; default: the
+            loss the fit used (``res.loss``, ``res.f_scale``).
         rcond: relative cut-off of the pseudo-inverse; default ``eps · max(m, n)``.
 
     Returns:
@@ -167,6 +168,7 @@ def uncertainty(res, *, absolute_sigma=False, level=0.95, loss="linear", f_scale
         >>> [round(float(e), 4) for e in u.stderr], u.dof
         ([0.1126, 0.0372], 4)
     """
+    loss, f_scale = _fit_loss(res, loss, f_scale)
     level = _check_options(absolute_sigma, level, loss, f_scale, rcond)
     m, n = res.jac.shape[-2:]
     quantile = _quantile(level, m - n, bool(absolute_sigma), jnp.dtype(res.jac.dtype).name)
@@ -179,7 +181,7 @@ def _uncertainty(res, absolute_sigma, level, quantile, loss, f_scale, rcond):
     dtype = res.jac.dtype
     dof = m - n
 
-    def one(params, residual, jac, cost):
+    def one(params, residual, jac, cost, f_scale):
         p = ravel_pytree(params)[0]
         pcov, rank, rss = _covariance(residual, jac, cost, absolute_sigma, loss, f_scale, rcond)
         stderr = jnp.sqrt(jnp.diagonal(pcov))
@@ -206,10 +208,11 @@ def _uncertainty(res, absolute_sigma, level, quantile, loss, f_scale, rcond):
             absolute_sigma=absolute_sigma,
         )
 
-    return _over_batch(one, res.residual.ndim - 1)(res.params, res.residual, res.jac, res.cost)
+    f_scale = jnp.broadcast_to(f_scale, res.cost.shape)
+    return _over_batch(one, res.residual.ndim - 1)(res.params, res.residual, res.jac, res.cost, f_scale)
 
 
-def covariance(res, absolute_sigma=False, *, loss="linear", f_scale=1.0, rcond=None):
+def covariance(res, absolute_sigma=False, *, loss=None, f_scale=None, rcond=None):
     """The parameter covariance ``pcov`` alone (scipy ``curve_fit``'s second output).
 
     See :func:`uncertainty` for the arguments and the module docstring for the maths.
@@ -224,19 +227,28 @@ def covariance(res, absolute_sigma=False, *, loss="linear", f_scale=1.0, rcond=N
         [[ 0.01267 -0.00346]
          [-0.00346  0.00138]]
     """
+    loss, f_scale = _fit_loss(res, loss, f_scale)
     _check_options(absolute_sigma, None, loss, f_scale, rcond)
     return _covariance_batch(res.residual, res.jac, res.cost, bool(absolute_sigma), loss, f_scale, rcond)
 
 
 @eqx.filter_jit
 def _covariance_batch(residual, jac, cost, absolute_sigma, loss, f_scale, rcond):
-    def one(residual, jac, cost):
+    def one(residual, jac, cost, f_scale):
         return _covariance(residual, jac, cost, absolute_sigma, loss, f_scale, rcond)[0]
 
-    return _over_batch(one, residual.ndim - 1)(residual, jac, cost)
+    return _over_batch(one, residual.ndim - 1)(residual, jac, cost, jnp.broadcast_to(f_scale, cost.shape))
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def _fit_loss(res, loss, f_scale):
+    """The loss and f_scale asked for, else those the fit recorded."""
+    loss = getattr(res, "loss", "linear") if loss is None else loss
+    if f_scale is None:
+        f_scale = getattr(res, "f_scale", None)
+    return loss, 1.0 if f_scale is None else f_scale
 
 
 def _check_options(absolute_sigma, level, loss, f_scale, rcond):
@@ -244,7 +256,7 @@ def _check_options(absolute_sigma, level, loss, f_scale, rcond):
         raise TypeError(f"`absolute_sigma` must be True or False; got {absolute_sigma!r}.")
     if loss not in LOSSES:
         raise ValueError(f"`loss` must be one of {LOSSES} (the loss the fit used); got {loss!r}.")
-    if not isinstance(f_scale, jax.core.Tracer) and not float(f_scale) > 0:
+    if not isinstance(f_scale, jax.core.Tracer) and not np.all(np.asarray(f_scale) > 0):
         raise ValueError(f"`f_scale` must be > 0 (the f_scale the fit used); got {f_scale!r}.")
     if rcond is not None and not (0 <= float(rcond) < 1):
         raise ValueError(f"`rcond` must be in [0, 1); got {rcond!r}.")
