@@ -6,6 +6,7 @@ a power of two), a problem whose basins of attraction are known analytically, an
 NIST's certified values.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import nist
@@ -193,3 +194,23 @@ def test_pytree_box_and_float32():
 def test_bad_box_is_named(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         ff.multistart(lambda p: p, **kwargs)
+
+
+def test_summary_lists_optima_and_the_starts_needed(x64):
+    cost, flat = _clusters(np.random.default_rng(4), 1e-3)
+    n, p = flat.shape
+    status = np.full(n, int(ff.Status.GTOL), np.int32)
+    status[:5] = int(ff.Status.MAX_STEPS)
+    results = ff.Result(
+        params=jnp.asarray(flat), cost=jnp.asarray(cost), residual=jnp.zeros((n, 1)), jac=jnp.zeros((n, 1, p)),
+        grad=jnp.zeros((n, p)), status=jnp.asarray(status), n_steps=jnp.zeros(n, jnp.int32),
+        n_fev=jnp.zeros(n, jnp.int32), n_jev=jnp.zeros(n, jnp.int32),
+    )  # fmt: skip
+    ms = ff._multistart.summarise(results, jnp.asarray(flat))
+    lines = ms.summary(max_optima=3).splitlines()
+    assert len(lines) == 1 + 3 + 2 and f"({len(ms.optima) - 3} more)" in lines[4]
+    assert [int(line.split()[2]) for line in lines[1:4]] == [o.n_starts for o in ms.optima[:3]]
+    assert lines[-1].startswith(f"{n} starts, {n - 5} converged; p* = {ms.p_star:.2g}")
+    assert f"{ms.starts_needed(0.99)} would for 99%" in lines[-1]
+    failed = ff._multistart.summarise(eqx.tree_at(lambda r: r.status, results, jnp.full(n, int(ff.Status.MAX_STEPS))), jnp.asarray(flat))
+    assert failed.optima == [] and "p* = 0" in failed.summary().splitlines()[-1]

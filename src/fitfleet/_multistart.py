@@ -85,6 +85,36 @@ class MultiStartResult(NamedTuple):
         m = self.n_starts if n_starts is None else n_starts
         return 1.0 - (1.0 - self.p_star) ** m
 
+    def summary(self, max_optima=10):
+        """A text table of the distinct optima (best first) and what p* says about the
+        number of starts.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> import fitfleet as ff
+            >>> def residual(p):
+            ...     return jnp.array([p[0] ** 2 - 1.0, 1e-2 * (p[0] - 1.0)])
+            >>> print(ff.multistart(residual, -3.0, 1.0, n_starts=64).summary())
+            optimum          cost  starts  fraction
+                  1             0      16    0.2500
+                  2        0.0002      48    0.7500
+            64 starts, 64 converged; p* = 0.25: 64 starts find the best optimum with probability 1.000; 17 would for 99%.
+        """
+        lines = [f"{'optimum':>7}  {'cost':>12}  {'starts':>6}  {'fraction':>8}"]
+        for i, o in enumerate(self.optima[:max_optima]):
+            lines.append(f"{i + 1:>7}  {o.cost:>12.4g}  {o.n_starts:>6}  {o.fraction:>8.4f}")
+        if len(self.optima) > max_optima:
+            rest = self.optima[max_optima:]
+            lines.append(f"{'...':>7}  {'':>12}  {sum(o.n_starts for o in rest):>6}  {'':>8}  ({len(rest)} more)")
+        converged = sum(o.n_starts for o in self.optima)
+        needed = self.starts_needed(0.99)
+        lines.append(
+            f"{self.n_starts} starts, {converged} converged; p* = {self.p_star:.2g}: {self.n_starts} starts find the "
+            f"best optimum with probability {self.prob_found():.3f}; "
+            + (f"{needed} would for 99%." if needed != math.inf else "no estimate of the starts needed (p* = 0).")
+        )
+        return "\n".join(lines)
+
     def starts_needed(self, confidence=0.99):
         """Starts needed to find the best optimum with probability ``confidence``
         (by the same estimate); ``inf`` when no start found it twice."""
@@ -219,7 +249,7 @@ def _group(c, f, rtol, eps):
     """
     n = c.size
     cost_atol = eps * max(1.0, float(np.max(c, initial=0.0)))
-    param_atol = eps * max(1.0, float(np.max(np.abs(f), initial=0.0)))  # bounds each pair's
+    param_atol = eps * max(1.0, float(np.max(np.abs(f), initial=0.0)))  # >= every pair's atol
     columns = np.column_stack([c, f])
     atol = np.array([cost_atol] + [param_atol] * f.shape[1])
     half = (rtol * np.abs(columns) + atol) / (1 - rtol) if rtol < 1 else np.full_like(columns, np.inf)
