@@ -49,7 +49,7 @@ MESSAGES = {
         "the residual is not finite at the starting point (or, for a first-order "
         "method, at an iterate: the last finite one is returned)"
     ),
-    Status.NONFINITE_JACOBIAN: "the Jacobian is not finite at an accepted point",
+    Status.NONFINITE_JACOBIAN: "the Jacobian is not finite (or JᵀJ overflows) at an accepted point",
     Status.STEP_FAILED: (
         "no step reduces the cost: the step shrank to round-off or the linear "
         "system is singular (tolerances tighter than the problem's precision?)"
