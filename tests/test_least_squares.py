@@ -796,9 +796,15 @@ def test_lm_on_singular_problem_is_damped_not_failed(x64):
 
 
 def _damping_search(A, b, radius, guess=1e-3, search=True):
+    # Jitted: an eager while_loop would compile anew on every call.
+    return _jitted_damping_search(jnp.asarray(A), jnp.asarray(b), jnp.asarray(radius), jnp.asarray(guess), search)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _jitted_damping_search(A, b, radius, guess, search):
     from fitfleet._solvers.levenberg_marquardt import trust_region_damping
 
-    return trust_region_damping(jnp.asarray(A), jnp.asarray(b), jnp.asarray(radius), jnp.asarray(guess), search)
+    return trust_region_damping(A, b, radius, guess, search)
 
 
 def test_damping_search_solves_the_trust_region_subproblem(x64):
