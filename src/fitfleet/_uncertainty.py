@@ -27,10 +27,10 @@ of badly scaled problems such as NIST's Hahn1).  A rank-deficient fit therefore 
 finite but meaningless standard errors for the parameters it does not determine:
 ``Uncertainty.rank < n`` says so, and :func:`fitfleet.identifiability` says which.
 
-Robust losses.  With ``loss`` other than ``"linear"`` (by default the fit's, which
-the ``Result`` records with its ``f_scale``), scipy's convention is followed: ``J`` is scaled row-wise by
-``√max(ρ'(z) + 2zρ''(z), eps)`` with ``z = (r/f_scale)²``, the Gauss-Newton Hessian of
-the robust cost, and ``s² = 2·cost/(m − n)`` with ``cost = Result.cost`` (the robust
+Robust losses.  With ``loss`` other than ``"linear"`` (by default the fit's, which the
+``Result`` records with its ``f_scale``), scipy's convention is followed: ``J`` is
+scaled row-wise by ``√max(ρ'(z) + 2zρ''(z), eps)`` with ``z = (r/f_scale)²``, the
+Gauss-Newton Hessian of the robust cost, and ``s² = 2·cost/(m − n)`` with ``cost = Result.cost`` (the robust
 cost).  ``rms``, ``aic`` and ``bic`` always use the plain ``RSS``.
 
 Other outputs::
@@ -244,11 +244,10 @@ def _covariance_batch(residual, jac, cost, absolute_sigma, loss, f_scale, rcond)
 
 
 def _fit_loss(res, loss, f_scale):
-    """The loss and f_scale asked for, else those the fit recorded."""
-    loss = getattr(res, "loss", "linear") if loss is None else loss
-    if f_scale is None:
-        f_scale = getattr(res, "f_scale", None)
-    return loss, 1.0 if f_scale is None else f_scale
+    """The loss and f_scale asked for, else those the fit recorded (a Result built by
+    hand records no f_scale: 1)."""
+    f_scale = res.f_scale if f_scale is None else f_scale
+    return res.loss if loss is None else loss, 1.0 if f_scale is None else f_scale
 
 
 def _check_options(absolute_sigma, level, loss, f_scale, rcond):
