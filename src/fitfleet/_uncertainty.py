@@ -30,8 +30,8 @@ finite but meaningless standard errors for the parameters it does not determine:
 Robust losses.  With ``loss`` other than ``"linear"`` (by default the fit's, which the
 ``Result`` records with its ``f_scale``), scipy's convention is followed: ``J`` is
 scaled row-wise by ``√max(ρ'(z) + 2zρ''(z), eps)`` with ``z = (r/f_scale)²``, the
-Gauss-Newton Hessian of the robust cost, and ``s² = 2·cost/(m − n)`` with ``cost = Result.cost`` (the robust
-cost).  ``rms``, ``aic`` and ``bic`` always use the plain ``RSS``.
+Gauss-Newton Hessian of the robust cost, and ``s² = 2·cost/(m − n)`` with
+``cost = Result.cost`` (the robust cost).  ``rms``, ``aic`` and ``bic`` always use the plain ``RSS``.
 
 Other outputs::
 
