@@ -330,6 +330,30 @@ def test_new_data_of_same_shape_does_not_recompile(x64):
     assert not np.allclose(res.params, first.params)
 
 
+def test_fit_inside_jit_closing_over_its_inputs(x64):
+    """Compiler options only apply to a top-level jit; a jit whose inputs are all
+    constants (no tracers to tell) must still take the fit in as part of its program."""
+    prob = problems.exp_decay_noisy()
+    x0, args = prob.jnp_x0(), prob.jnp_args()
+    inside = jax.jit(lambda: ff.least_squares(problems.exp_decay, x0, args).params)()
+    np.testing.assert_allclose(inside, ff.least_squares(problems.exp_decay, x0, args).params, rtol=1e-10)
+
+
+def test_compiler_options_unknown_to_xla_are_left_out(monkeypatch):
+    """fitfleet's XLA:CPU options only tune compilation, and an XLA that does not know
+    one fails the whole compilation: such an option is dropped, the others are kept."""
+    from fitfleet import _xla
+
+    monkeypatch.setattr(_xla, "CPU_OPTIONS", {**_xla.CPU_OPTIONS, "xla_no_such_option": True})
+    _xla.cpu_options.cache_clear()
+    try:
+        options = _xla.cpu_options()
+    finally:
+        _xla.cpu_options.cache_clear()
+    assert "xla_no_such_option" not in options
+    assert options.get("xla_backend_optimization_level") == 1
+
+
 @pytest.mark.parametrize(
     "option, value",
     [

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from . import _driver, _implicit, _problem
+from . import _driver, _implicit, _problem, _xla
 from ._least_squares import least_squares
 from ._solvers import make_solver
 from ._status import Status
@@ -153,7 +153,7 @@ def fit_batch(
     size = _batch_size(x0, args, mask)
     sigma, sigma_batched = _split_sigma(sigma, size)
 
-    if _any_tracer((x0, args, sigma, options)):
+    if _problem.any_tracer((x0, args, sigma, options)):
         return _vmapped_least_squares(fun, x0, args, mask, sigma, sigma_batched, options)
 
     first = lambda t: jax.tree_util.tree_map(lambda a: a[0], t)  # noqa: E731
@@ -284,10 +284,6 @@ def _check_batched_sigma(sigma, m, dtype):
     return per_fit
 
 
-def _any_tracer(tree):
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
-
-
 def _devices(devices):
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
@@ -388,9 +384,6 @@ def _program(local, n_batched, n_shared=0):
     return program
 
 
-# XLA:CPU spends most of a first call in LLVM; its level-1 pipeline compiles about twice
-# as fast and the step loops run as fast (measured in benchmarks/batch.py).
-_CPU_OPTIONS = {"xla_backend_optimization_level": 1}
 _INIT, _ROUND, _RESULTS = (eqx.filter_jit(_program(*a)) for a in ((_init, 2), (_round, 2, 1), (_results, 2)))
 # Compilations run here, on worker threads, while the caller's thread traces the next
 # program or runs the first one.  The tail's program compiles later, on its own thread,
@@ -481,7 +474,7 @@ class _Engine:
         key = _signature((self.statics, abstract, block, tail)) if self.precompiled else None
         if key is None or key not in _EXECUTABLES:
             state = _abstract_state(self.statics, abstract)
-            options = _CPU_OPTIONS if self.cpu else None
+            options = _xla.cpu_options() if self.cpu else None
             programs = {}
             for name, (program, size) in jitted.items():
                 sizes = (size, tail)

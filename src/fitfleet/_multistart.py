@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from . import _problem
 from ._batch import fit_batch
 from ._result import Result
 from ._status import is_success
@@ -177,7 +178,7 @@ def multistart(
         >>> [round(k, 3) for k in ms.best.params.tolist()], ms.p_star > 0.5
         ([0.3, 3.0], True)
     """
-    if _is_traced((lower, upper, args, key)):
+    if _problem.any_tracer((lower, upper, args, key)):
         raise TypeError(
             "multistart groups optima on the host, so it cannot run under jit/grad/vmap; "
             "draw starts yourself and call fit_batch, which can."
@@ -274,10 +275,6 @@ def _group(c, f, rtol, eps):
         owner[rest[same]] = k
     leaders = np.flatnonzero(owner == np.arange(n))
     return np.searchsorted(leaders, owner), leaders
-
-
-def _is_traced(tree):
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def _structure(lower, upper):

@@ -151,6 +151,11 @@ def _is_concrete(x):
     return not isinstance(x, jax.core.Tracer)
 
 
+def any_tracer(tree):
+    """True when called under a JAX transformation of these inputs (jit, grad, vmap)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
+
+
 def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss="linear", f_scale=1.0) -> Spec:
     """Validate the user's problem; raise a clear error before anything compiles."""
     if not callable(fun):

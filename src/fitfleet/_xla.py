@@ -1,0 +1,45 @@
+"""How fitfleet's programs are compiled for XLA:CPU.
+
+A first call spends most of its time in XLA:CPU generating and optimising LLVM code.
+With the options below (the level-1 LLVM pipeline without its expensive passes, the
+classic fusion emitters instead of the MLIR ones, and one LLVM module instead of
+several compiled on parallel threads, which on a few cores compete with each other and
+with fitfleet's other compilations) a fit compiles in about 60% of the time the
+defaults take, and its loops run as fast (measured in ``benchmarks/batch.py``).  They
+only tune compilation, per program: nothing global changes.
+
+An XLA that does not know one of them rejects the whole compilation, and options come
+and go between versions; so the ones this XLA knows are found once, by compiling a
+trivial program.
+"""
+
+import functools
+
+import jax
+import numpy as np
+
+CPU_OPTIONS = {
+    "xla_backend_optimization_level": 1,
+    "xla_llvm_disable_expensive_passes": True,
+    "xla_cpu_use_fusion_emitters": False,
+    "xla_cpu_parallel_codegen_split_count": 1,
+}
+
+
+@functools.cache
+def cpu_options():
+    """``CPU_OPTIONS`` less the ones this XLA does not know."""
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    lowered = jax.jit(lambda x: x + 1).lower(jax.ShapeDtypeStruct((), np.float32, sharding=cpu))
+    options = dict(CPU_OPTIONS)
+    while options:
+        try:
+            lowered.compile(options)
+            return options
+        except Exception as e:  # XlaRuntimeError: INVALID_ARGUMENT: No such compile option: 'name'
+            unknown = [name for name in options if f"'{name}'" in str(e)]
+            if not unknown:
+                return {}  # something else is wrong: compile with the defaults
+            for name in unknown:
+                del options[name]
+    return options
