@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from . import _problem
 from ._batch import fit_batch
@@ -193,15 +192,18 @@ def multistart(
         raise TypeError("multistart shares `args` among all starts and draws x0 itself; use fit_batch for per-fit data.")
     dtype = jnp.dtype(dtype or jnp.result_type(float))
     template = _structure(lower, upper)
-    flat0, unravel = ravel_pytree(jax.tree_util.tree_map(lambda a: jnp.zeros(np.shape(a), dtype), template))
-    n = flat0.size
+    leaves, structure = jax.tree_util.tree_flatten(template)
+    shapes = [np.shape(leaf) for leaf in leaves]
+    n = sum(math.prod(shape) for shape in shapes)
     lo, hi = (_flatten_like(v, template, n, name) for v, name in ((lower, "lower"), (upper, "upper")))
     log = _flatten_like(log_scale, template, n, "log_scale").astype(bool)
     lo, hi, log = check_box(lo, hi, log, n)
 
     key = jax.random.key(0) if key is None else key
     starts_flat = to_box(unit_cube(sampler, key, int(n_starts), n), lo, hi, log).astype(dtype)
-    x0 = jnp.asarray(starts_flat) if isinstance(template, np.ndarray) else jax.vmap(unravel)(jnp.asarray(starts_flat))
+    # On the host (numpy): an eager JAX op here would compile a program on a first call.
+    columns = np.split(starts_flat, np.cumsum([math.prod(shape) for shape in shapes])[:-1], axis=1)
+    x0 = structure.unflatten([c.reshape(int(n_starts), *shape) for c, shape in zip(columns, shapes)])
     results = fit_batch(fun, x0, args, shared_args=True, log_scale=fit_log_scale, progress=progress, **options)
     return summarise(results, x0, rtol)
 
