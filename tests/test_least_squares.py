@@ -331,12 +331,15 @@ def test_new_data_of_same_shape_does_not_recompile(x64):
 
 
 def test_fit_inside_jit_closing_over_its_inputs(x64):
-    """Compiler options only apply to a top-level jit; a jit whose inputs are all
-    constants (no tracers to tell) must still take the fit in as part of its program."""
+    """Compiler options only apply to a top-level jit: a fit inside a user's jit, with
+    traced inputs or closing over all of them, is part of the user's program."""
     prob = problems.exp_decay_noisy()
     x0, args = prob.jnp_x0(), prob.jnp_args()
-    inside = jax.jit(lambda: ff.least_squares(problems.exp_decay, x0, args).params)()
-    np.testing.assert_allclose(inside, ff.least_squares(problems.exp_decay, x0, args).params, rtol=1e-10)
+    eager = ff.least_squares(problems.exp_decay, x0, args).params
+    closed = jax.jit(lambda: ff.least_squares(problems.exp_decay, x0, args).params)()
+    traced = jax.jit(lambda x0, args: ff.least_squares(problems.exp_decay, x0, args).params)(x0, args)
+    np.testing.assert_allclose(closed, eager, rtol=1e-10)
+    np.testing.assert_allclose(traced, eager, rtol=1e-10)
 
 
 def test_compiler_options_unknown_to_xla_are_left_out(monkeypatch):

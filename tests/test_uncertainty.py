@@ -10,7 +10,7 @@ import scipy.stats as st
 
 import fitfleet as ff
 import nist
-from fitfleet._stats import t_ppf
+from fitfleet._stats import chi2_1_ppf, norm_ppf, t_ppf
 
 NIST_TIGHT = dict(ftol=1e-15, xtol=1e-15, gtol=1e-15, max_steps=10_000)
 TIGHT = dict(ftol=1e-12, xtol=1e-12, gtol=1e-12)
@@ -19,23 +19,16 @@ TIGHT = dict(ftol=1e-12, xtol=1e-12, gtol=1e-12)
 # --------------------------------------------------------------------------- Student t
 
 
-def test_t_ppf_matches_scipy(dtype):
-    q = np.array([1e-12, 1e-6, 0.001, 0.025, 0.05, 0.3, 0.5, 0.6, 0.95, 0.975, 0.999, 1 - 1e-6], dtype)
-    df = np.array([1, 2, 3, 4.5, 9, 30, 49, 50, 120, 999, 1000, 1e4, 1e6], dtype)
-    Q, D = (a.ravel() for a in np.meshgrid(q, df))
-    # Edge cases ride along in the same call (one compilation): q = 0, 1; df = inf, < 1, NaN.
-    Q = np.concatenate([Q, np.array([0.0, 1.0, 0.975, 0.975, 0.3], dtype)])
-    D = np.concatenate([D, np.array([5.0, 5.0, np.inf, 0.5, np.nan], dtype)])
-    got = np.asarray(jax.jit(t_ppf)(Q, D), np.float64)
-    edge, got = got[-5:], got[:-5]
-    want = st.t.ppf(Q[:-5].astype(np.float64), D[:-5].astype(np.float64))
-    if dtype == "float64":
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-300)
-    else:
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
-    assert edge[0] == -np.inf and edge[1] == np.inf
-    np.testing.assert_allclose(edge[2], st.norm.ppf(0.975), rtol=1e-14 if dtype == "float64" else 1e-6)
-    assert np.isnan(edge[3]) and np.isnan(edge[4])  # df < 1 is outside the supported range
+def test_t_ppf_matches_scipy():
+    q = np.array([1e-12, 1e-6, 0.001, 0.025, 0.05, 0.3, 0.5, 0.6, 0.95, 0.975, 0.999, 1 - 1e-6, 1 - 1e-12])
+    df = np.array([1, 1.5, 2, 3, 4.5, 9, 30, 49, 50, 120, 999, 1000, 1e4, 1e6])
+    got = np.array([[t_ppf(a, d) for a in q] for d in df])
+    np.testing.assert_allclose(got, st.t.ppf(q[None, :], df[:, None]), rtol=1e-10, atol=1e-300)
+    assert t_ppf(0.0, 5) == -np.inf and t_ppf(1.0, 5) == np.inf
+    assert t_ppf(0.975, np.inf) == pytest.approx(st.norm.ppf(0.975), rel=1e-14)
+    assert np.isnan(t_ppf(0.975, 0.5)) and np.isnan(t_ppf(0.3, np.nan))  # df < 1 is outside the supported range
+    assert norm_ppf(0.975) == pytest.approx(st.norm.ppf(0.975), rel=1e-15)
+    assert chi2_1_ppf(0.95) == pytest.approx(st.chi2.ppf(0.95, 1), rel=1e-13)
 
 
 # --------------------------------------------------------------------------- NIST

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from . import _xla
 from ._uncertainty import _over_batch
 
 
@@ -129,7 +130,7 @@ def identifiability(res, *, log_params=False, rtol=None, weight_tol=0.01):
     return _identifiability(res.params, res.jac, bool(log_params), float(rtol), float(weight_tol))
 
 
-@eqx.filter_jit
+@_xla.filter_jit
 def _identifiability(params, jac, log_params, rtol, weight_tol):
     def one(params, jac):
         if log_params:

@@ -1,9 +1,5 @@
 """The front door: ``least_squares(fun, x0, args, ...) -> Result``."""
 
-import functools
-
-import equinox as eqx
-import jax
 import numpy as np
 
 from . import _driver, _implicit, _problem, _xla
@@ -138,29 +134,7 @@ def _step_bound(max_steps, method, n_params):
         return 100 * (n_params + 1) if method in ("lm", "gn") else 10_000
 
 
+@_xla.filter_jit
 def _solve(fun, spec, solver, adjoint):
-    # eqx.filter_jit's split (arrays traced, the rest static), with jax.jit's per-program
-    # compiler options: on CPU, fitfleet's (see _xla).  Those only apply to a top-level
-    # jit; inside a user's jit (traced inputs, or a jit closing over all of them) the
-    # outer program's options hold.
-    arrays, static = eqx.partition((fun, spec, solver, adjoint), eqx.is_array)
-    static_leaves, structure = jax.tree_util.tree_flatten(static)  # hashable, unlike dicts
-    if jax.default_backend() == "cpu" and not _problem.any_tracer(arrays):
-        try:
-            return _jitted_solve(True)(arrays, structure, tuple(static_leaves))
-        except Exception as e:  # "`compiler_options` can only be passed to top-level `jax.jit`"
-            if "compiler_options" not in str(e):
-                raise
-    return _jitted_solve(False)(arrays, structure, tuple(static_leaves))
-
-
-@functools.cache
-def _jitted_solve(on_cpu):
-    return jax.jit(_solve_arrays, static_argnums=(1, 2), compiler_options=_xla.cpu_options() if on_cpu else None)
-
-
-def _solve_arrays(arrays, structure, static_leaves):
-    static = jax.tree_util.tree_unflatten(structure, static_leaves)
-    fun, spec, solver, adjoint = eqx.combine(arrays, static)
     problem, u0 = _problem.make_problem(fun, spec)
     return _driver.to_result(problem, _driver.run(solver, problem, u0, adjoint), adjoint)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from . import _xla
 from ._bounds import _flat_option
 from ._least_squares import least_squares
 from ._result import Result
@@ -160,22 +161,20 @@ def profile(
             "`res` is a batched Result: profile one fit at a time, e.g. with jax.vmap over "
             "the data sets and an explicit `grid`."
         )
-    p_hat, _ = ravel_pytree(res.params)
-    n = p_hat.shape[0]
+    n = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(res.params))
     if not (isinstance(index, (int, np.integer)) and 0 <= index < n):
         raise ValueError(f"`index` must be an int in [0, {n}) (a flat parameter index); got {index!r}.")
     index = int(index)
     lower = _flat_option(-np.inf if bounds is None else bounds[0], n, res.params, "bounds[0] (lower)", float)
     upper = _flat_option(np.inf if bounds is None else bounds[1], n, res.params, "bounds[1] (upper)", float)
     log = _flat_option(log_scale, n, res.params, "log_scale", bool)
-    with jax.ensure_compile_time_eval():
-        threshold = float(chi2_1_ppf(level))
-    estimate = p_hat[index]
+    threshold = chi2_1_ppf(level)
 
     if grid is None:
-        grid = _default_grid(res, index, n_points, absolute_sigma, threshold, lower[index], upper[index], log[index])
+        if not (isinstance(n_points, (int, np.integer)) and n_points >= 3):
+            raise ValueError(f"`n_points` must be an int >= 3; got {n_points!r}.")
     else:
-        grid = jnp.asarray(grid, p_hat.dtype)
+        grid = jnp.asarray(grid, jnp.result_type(*jax.tree_util.tree_leaves(res.params)))
         if grid.ndim != 1 or grid.shape[0] < 1:
             raise ValueError(f"`grid` must be a 1-D array of values of parameter {index}; got shape {grid.shape}.")
         if not isinstance(grid, jax.core.Tracer):
@@ -184,19 +183,34 @@ def profile(
                 raise ValueError(f"`grid` must be finite and inside the bounds of parameter {index}.")
             if log[index] and np.any(g <= 0):
                 raise ValueError(f"`grid` must be positive: parameter {index} is log_scale.")
-    grid = jnp.sort(grid)
 
     keep = np.arange(n) != index
-    pinned = _Pinned(fun, index, *_unflatten_spec(res.params))
     unbounded = np.all(np.isinf(lower[keep])) and np.all(np.isinf(upper[keep]))
-    reduced_bounds = None if unbounded else (lower[keep], upper[keep])
+    # Plain Python values: static in the compiled profile, as the refits' options are.
+    refit_options = dict(
+        options,
+        bounds=None if unbounded or n == 1 else (tuple(lower[keep].tolist()), tuple(upper[keep].tolist())),
+        log_scale=tuple(log[keep].tolist()) if n > 1 else False,
+    )
+    box = (float(lower[index]), float(upper[index]), bool(log[index]))
+    pinned = _Pinned(fun, index, *_unflatten_spec(res.params))
+    return _profile(pinned, res, args, grid, refit_options, index, n_points, absolute_sigma, level, threshold, box)
+
+
+@_xla.filter_jit
+def _profile(pinned, res, args, grid, refit_options, index, n_points, absolute_sigma, level, threshold, box):
+    """Everything after validation, as one program (eager, it would be dozens)."""
+    p_hat, _ = ravel_pytree(res.params)
+    n = p_hat.shape[0]
+    estimate = p_hat[index]
+    if grid is None:
+        grid = _default_grid(res, index, n_points, absolute_sigma, threshold, *box)
+    grid = jnp.sort(grid)
+    keep = np.arange(n) != index
     q0 = p_hat[keep] if n > 1 else jnp.zeros(1, p_hat.dtype)  # a dummy the residual ignores
 
     def refit(value):
-        return least_squares(
-            pinned, q0, (value, *args), bounds=reduced_bounds if n > 1 else None,
-            log_scale=log[keep] if n > 1 else False, **options,
-        )  # fmt: skip
+        return least_squares(pinned, q0, (value, *args), **refit_options)
 
     fits = jax.vmap(refit)(jnp.concatenate([grid, estimate[None]]))
     cost, cost_min = fits.cost[:-1], fits.cost[-1]
@@ -252,8 +266,6 @@ def _unflatten_spec(params):
 
 
 def _default_grid(res, index, n_points, absolute_sigma, threshold, lower, upper, log):
-    if not (isinstance(n_points, (int, np.integer)) and n_points >= 3):
-        raise ValueError(f"`n_points` must be an int >= 3; got {n_points!r}.")
     p_hat = ravel_pytree(res.params)[0]
     centre = p_hat[index]
     se = uncertainty(res, absolute_sigma=absolute_sigma).stderr[index]

@@ -1,111 +1,134 @@
-"""Quantiles of the Student-t, normal and χ²₁ distributions in ``jax.numpy``.
+"""Quantiles of the Student-t, normal and χ²₁ distributions, as Python floats.
 
-scipy is not a runtime dependency, and these must trace under ``jit``/``vmap``.
+scipy is not a runtime dependency.  A confidence level and the degrees of freedom are
+known before anything is traced, so these run on the host in double precision (a
+program computing them would cost more to compile than they cost to evaluate).
 
-Student t.  For ``q < ½`` the quantile is ``-t`` where ``t > 0`` solves
+Normal: ``statistics.NormalDist().inv_cdf`` (Wichura's AS241, full double precision).
 
-    tail(t) = ½ · I_x(ν/2, ½) = q,        x = ν / (ν + t²),
+Student t.  For ``p = min(q, 1 − q) < ½`` the quantile is ``∓t`` where ``t > 0`` solves
+
+    tail(t) = ½ · I_x(ν/2, ½) = p,        x = ν / (ν + t²),
 
 (Abramowitz & Stegun 26.7.1; ``I`` is the regularised incomplete beta function,
-``jax.scipy.special.betainc``).  Evaluating the tail through ``x`` keeps its relative
-accuracy far out in the tail, where ``x`` is small.  The root is found by bisection on
-``log t`` inside the bracket
+evaluated by its continued fraction with Lentz's method, Numerical Recipes §6.4, from
+whichever of ``x`` and ``y = 1 − x = t²/(ν + t²)`` keeps it convergent; both are
+computed directly, so neither is a rounded ``1 − ...``).  The root is found by Newton's
+method on ``tail(t) − p`` (its derivative is minus the t density), safeguarded by
+bisection in ``log t`` inside the bracket
 
-    z(q) <= t <= cot(π q)        (for ν >= 1),
+    z(p) <= t <= cot(π p)        (for ν >= 1),
 
 the normal quantile (the t has heavier tails) and the Cauchy quantile (ν = 1 has the
-heaviest tails).  Each bisection step halves the bracket in ``log t``, so
-``BISECTION_STEPS`` = 80 steps reach the float64 rounding level even for q = 1e-12,
-where the bracket spans a factor of 1e11.  Near the centre (tail > 1/4) the comparison
-uses the complement ``1 − 2·tail = I_y(½, ν/2)`` with ``y = t²/(ν + t²)``, since
-``x = 1 − y`` rounds to 1 there for large ν.
-
-For large ν (>= 1000 in float64, >= 50 in float32) ``betainc``'s continued fraction
-loses digits, and the Cornish-Fisher series of A&S 26.7.5 (error O(ν⁻⁵)) is used instead.
+heaviest tails).  For ν >= 1000 the Cornish-Fisher series of A&S 26.7.5 (error
+O(ν⁻⁵)) is used instead: the continued fraction needs O(√ν) terms there.
 
 Accuracy against ``scipy.stats.t.ppf`` for 1e-12 <= q <= 1 − 1e-12, 1 <= ν <= 1e6:
-relative 1e-10 in float64 (1e-12 for 1e-6 < q < 1 − 1e-6), 1e-4 in float32 (1e-5).
+relative 1e-10 (tested).
 """
 
-import jax
-import jax.numpy as jnp
-from jax.scipy.special import betainc, ndtri
+import math
+from statistics import NormalDist
 
-BISECTION_STEPS = 80
+LARGE_DF = 1000.0  # from here on, Cornish-Fisher
+_STANDARD_NORMAL = NormalDist()
 
 
 def norm_ppf(q):
-    """Standard normal quantile Φ⁻¹(q)."""
-    return ndtri(q)
+    """Standard normal quantile Φ⁻¹(q) (``∓inf`` at 0 and 1, NaN outside)."""
+    q = float(q)
+    if not 0 < q < 1:
+        return -math.inf if q == 0 else math.inf if q == 1 else math.nan
+    return _STANDARD_NORMAL.inv_cdf(q)
 
 
 def chi2_1_ppf(q):
     """Quantile of χ² with one degree of freedom: ``Φ⁻¹((1 + q)/2)²``."""
-    return ndtri((1 + q) / 2) ** 2
+    return norm_ppf((1 + float(q)) / 2) ** 2
 
 
 def t_ppf(q, df):
     """Student-t quantile with ``df >= 1`` degrees of freedom (see the module docstring).
 
-    ``q`` and ``df`` broadcast; both may be traced.  ``df = inf`` gives the normal
-    quantile; ``df < 1`` gives NaN.
+    ``df = inf`` gives the normal quantile; ``df < 1`` or NaN gives NaN.
 
     Example:
         >>> from fitfleet._stats import t_ppf
-        >>> round(float(t_ppf(0.975, 10.0)), 4)
+        >>> round(t_ppf(0.975, 10), 4)
         2.2281
     """
-    q, df = _promote(q, df)
-    p = jnp.minimum(q, 1 - q)  # the tail probability, <= 1/2
-    inner = (p > 0) & (p < 0.5)
-    p_safe = jnp.where(inner, p, 0.25)
-    df_safe = jnp.where(jnp.isfinite(df), df, 1)
-    z = -ndtri(p_safe)
-    log_lo = jnp.log(z)
-    log_hi = jnp.log(1 / jnp.tan(jnp.pi * p_safe))
-    # Rounding can put the Cauchy bound a hair under the normal one when both are tight.
-    log_hi = jnp.maximum(log_hi, log_lo)
-
-    # Near the centre (p > 1/4) the tail is compared through the complement
-    # 1 - 2·tail = I_y(½, ν/2), y = t²/(ν + t²): x = 1 - y would round to 1 there.
-    centre = p_safe > 0.25
-    half = jnp.asarray(0.5, p.dtype)
-
-    def too_small(log_t):
-        t2 = jnp.exp(2 * log_t)
-        x = jnp.where(centre, t2, df_safe) / (df_safe + t2)
-        a, b = jnp.where(centre, half, df_safe / 2), jnp.where(centre, df_safe / 2, half)
-        i = betainc(a, b, x)
-        return jnp.where(centre, i < 1 - 2 * p_safe, i > 2 * p_safe)
-
-    def bisect(_, bracket):
-        lo, hi = bracket
-        mid = (lo + hi) / 2
-        grow = too_small(mid)
-        return jnp.where(grow, mid, lo), jnp.where(grow, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, BISECTION_STEPS, bisect, (log_lo, log_hi))
-    t = jnp.exp((lo + hi) / 2)
-    t = jnp.where(df >= _large_df(p.dtype), _cornish_fisher(z, df_safe), t)
-    t = jnp.where(jnp.isfinite(df), t, z)
-    t = jnp.where(p == 0.5, 0, t)
-    t = jnp.where(p == 0, jnp.inf, t)
-    t = jnp.where(jnp.isnan(p) | ~(df >= 1), jnp.nan, t)
-    return jnp.where(q < 0.5, -t, t)
+    q, df = float(q), float(df)
+    if math.isnan(q) or not df >= 1:
+        return math.nan
+    p = min(q, 1 - q)
+    if p <= 0 or p >= 0.5:
+        t = math.inf if p <= 0 else 0.0
+    elif math.isinf(df):
+        t = -norm_ppf(p)
+    elif df >= LARGE_DF:
+        t = _cornish_fisher(-norm_ppf(p), df)
+    else:
+        t = _t_tail_root(p, df)
+    return -t if q < 0.5 else t
 
 
-def _promote(q, df):
-    q = jnp.asarray(q)
-    if not jnp.issubdtype(q.dtype, jnp.floating):
-        q = q.astype(jnp.result_type(float))
-    df = jnp.asarray(df, q.dtype)
-    return jnp.broadcast_arrays(q, df)
+def _t_tail_root(p, df):
+    """``t > 0`` with ``tail(t) = p``, ``0 < p < ½``."""
+    log_lo, log_hi = math.log(-norm_ppf(p)), math.log(1 / math.tan(math.pi * p))
+    log_hi = max(log_hi, log_lo)  # rounding can put them a hair the wrong way round
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    t = math.exp((log_lo + log_hi) / 2)
+    for _ in range(200):
+        excess = _t_tail(t, df) - p  # decreasing in t
+        if excess == 0:
+            return t
+        if excess > 0:
+            log_lo = math.log(t)
+        else:
+            log_hi = math.log(t)
+        log_density = log_norm - (df + 1) / 2 * math.log1p(t * t / df)
+        newton = t + excess * math.exp(min(-log_density, 700.0))  # d tail/dt = −density
+        inside = newton > 0 and log_lo < math.log(newton) < log_hi
+        following = newton if inside else math.exp((log_lo + log_hi) / 2)
+        if abs(following - t) <= 4e-16 * t or log_hi - log_lo <= 4e-16:
+            return following
+        t = following
+    return t
 
 
-def _large_df(dtype):
-    """Above this ``df`` the Cornish-Fisher series is more accurate than ``betainc``
-    (whose continued fraction loses digits for large ν, badly so in float32)."""
-    return 1000.0 if jnp.finfo(dtype).bits == 64 else 50.0
+def _t_tail(t, df):
+    """``P(T > t) = ½ I_x(ν/2, ½)`` for ``t >= 0``."""
+    s = t * t
+    return 0.5 * _betainc(df / 2, 0.5, df / (df + s), s / (df + s))
+
+
+def _betainc(a, b, x, y):
+    """Regularised incomplete beta ``I_x(a, b)``, with ``y = 1 − x`` given accurately."""
+    if x <= 0:
+        return 0.0
+    if y <= 0:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only below this point
+        return 1 - _betainc(b, a, y, x)
+    log_front = a * math.log(x) + b * math.log(y) + math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    return math.exp(log_front) * _beta_fraction(a, b, x) / a
+
+
+def _beta_fraction(a, b, x, tiny=1e-300):
+    """The continued fraction of ``I_x(a, b)`` by Lentz's method (Numerical Recipes 6.4)."""
+    c, d = 1.0, 1 - (a + b) * x / (a + 1)
+    d = 1 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)), -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1 + numerator * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= c * d
+        if abs(c * d - 1) <= 1e-16:
+            break
+    return h
 
 
 def _cornish_fisher(z, df):

@@ -51,6 +51,7 @@ fitted parameters, not the variance.
 """
 
 import functools
+import math
 from typing import Any
 
 import equinox as eqx
@@ -59,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from . import _xla
 from ._losses import LOSSES, rho
 from ._stats import norm_ppf, t_ppf
 
@@ -171,11 +173,11 @@ def uncertainty(res, *, absolute_sigma=False, level=0.95, loss=None, f_scale=Non
     loss, f_scale = _fit_loss(res, loss, f_scale)
     level = _check_options(absolute_sigma, level, loss, f_scale, rcond)
     m, n = res.jac.shape[-2:]
-    quantile = _quantile(level, m - n, bool(absolute_sigma), jnp.dtype(res.jac.dtype).name)
+    quantile = _quantile(level, m - n, bool(absolute_sigma))
     return _uncertainty(res, bool(absolute_sigma), level, quantile, loss, f_scale, rcond)
 
 
-@eqx.filter_jit
+@_xla.filter_jit
 def _uncertainty(res, absolute_sigma, level, quantile, loss, f_scale, rcond):
     m, n = res.jac.shape[-2:]
     dtype = res.jac.dtype
@@ -232,7 +234,7 @@ def covariance(res, absolute_sigma=False, *, loss=None, f_scale=None, rcond=None
     return _covariance_batch(res.residual, res.jac, res.cost, bool(absolute_sigma), loss, f_scale, rcond)
 
 
-@eqx.filter_jit
+@_xla.filter_jit
 def _covariance_batch(residual, jac, cost, absolute_sigma, loss, f_scale, rcond):
     def one(residual, jac, cost, f_scale):
         return _covariance(residual, jac, cost, absolute_sigma, loss, f_scale, rcond)[0]
@@ -313,15 +315,9 @@ def _robust_scale(loss, f_scale, r):
 
 
 @functools.lru_cache(maxsize=256)
-def _quantile(level, dof, absolute_sigma, dtype_name):
-    """The two-sided quantile for ``ci``, computed once, eagerly, as a Python float."""
-    with jax.ensure_compile_time_eval():
-        tail = jnp.asarray((1 + level) / 2, dtype_name)
-        if absolute_sigma:
-            return float(norm_ppf(tail))
-        if dof < 1:
-            return float("nan")
-        return float(_t_ppf_jit(tail, jnp.asarray(dof, dtype_name)))
-
-
-_t_ppf_jit = jax.jit(t_ppf)
+def _quantile(level, dof, absolute_sigma):
+    """The two-sided quantile for ``ci``, a Python float (computed on the host)."""
+    tail = (1 + level) / 2
+    if absolute_sigma:
+        return norm_ppf(tail)
+    return t_ppf(tail, dof) if dof >= 1 else math.nan

@@ -11,10 +11,16 @@ only tune compilation, per program: nothing global changes.
 An XLA that does not know one of them rejects the whole compilation, and options come
 and go between versions; so the ones this XLA knows are found once, by compiling a
 trivial program.
+
+Options belong to a top-level ``jax.jit`` only.  ``filter_jit`` passes them where they
+apply: an eager call, also under an eager ``vmap`` or ``grad``; inside a user's ``jit``
+the outer program's options hold (staging refuses options; the retrace without them
+hits JAX's tracing cache).
 """
 
 import functools
 
+import equinox as eqx
 import jax
 import numpy as np
 
@@ -43,3 +49,38 @@ def cpu_options():
             for name in unknown:
                 del options[name]
     return options
+
+
+def filter_jit(fn):
+    """``eqx.filter_jit`` (arrays traced, everything else static and hashable; the
+    result a pytree of arrays), compiled on CPU with :func:`cpu_options`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from fitfleet._xla import filter_jit
+        >>> scale = filter_jit(lambda x, factor: x * factor)
+        >>> scale(jnp.arange(3.0), 2).tolist()
+        [0.0, 2.0, 4.0]
+    """
+
+    def run(arrays, structure, static_leaves):
+        args, kwargs = eqx.combine(arrays, jax.tree_util.tree_unflatten(structure, static_leaves))
+        return fn(*args, **kwargs)
+
+    @functools.cache
+    def jitted(on_cpu):
+        return jax.jit(run, static_argnums=(1, 2), compiler_options=cpu_options() if on_cpu else None)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        arrays, static = eqx.partition((args, kwargs), eqx.is_array)
+        static_leaves, structure = jax.tree_util.tree_flatten(static)  # hashable, unlike dicts
+        if jax.default_backend() == "cpu":
+            try:
+                return jitted(True)(arrays, structure, tuple(static_leaves))
+            except Exception as e:  # "`compiler_options` can only be passed to top-level `jax.jit`"
+                if "compiler_options" not in str(e):
+                    raise
+        return jitted(False)(arrays, structure, tuple(static_leaves))
+
+    return wrapper
