@@ -9,6 +9,7 @@ import scipy.optimize as so
 import scipy.stats as st
 
 import fitfleet as ff
+from conftest import count_compilations
 
 T = np.linspace(0.0, 10.0, 30)
 NOISE = 0.05
@@ -162,6 +163,23 @@ def test_profile_of_an_identifiable_rate_gives_the_likelihood_ratio_interval(x64
     # Close to the Wald interval for this nearly linear direction, as a sanity check.
     se = float(ff.uncertainty(res, absolute_sigma=True).stderr[3])
     np.testing.assert_allclose([lo, hi], [k_hat - 1.96 * se, k_hat + 1.96 * se], rtol=0.05)
+
+
+def test_profile_compiles_once_for_new_data_and_tolerances(x64):
+    """A profile is one compiled program: new data of the same shape, or new tolerances,
+    reuse it (and the answers are the new problem's, not the old one's)."""
+    y = data()
+    res = fit_expression(y=y)
+    args = (jnp.asarray(T), jnp.asarray(y))
+    first = ff.profile(expression, res, args, index=3, absolute_sigma=True)
+    y2 = data(seed=5)
+    res2, args2 = fit_expression(y=y2), (jnp.asarray(T), jnp.asarray(y2))
+    with count_compilations() as names:
+        second = ff.profile(expression, res2, args2, index=3, absolute_sigma=True, ftol=1e-10, gtol=1e-9)
+        jax.block_until_ready(second)
+    assert names == []
+    assert not np.allclose(second.ci, first.ci)
+    np.testing.assert_allclose(second.ci, ff.profile(expression, res2, args2, index=3, absolute_sigma=True).ci, rtol=1e-6)
 
 
 def line(p, x, y):

@@ -8,7 +8,6 @@ fixture; nothing here touches global JAX configuration.
 
 from __future__ import annotations
 
-import contextlib
 import doctest
 import functools
 import importlib
@@ -26,30 +25,12 @@ from jax.flatten_util import ravel_pytree
 
 import fitfleet as ff
 import problems
+from conftest import count_compilations
 
 SUCCESS_CODES = {ff.Status.GTOL, ff.Status.FTOL, ff.Status.XTOL}  # the documented successes
 
 
 # --------------------------------------------------------------------------- helpers
-
-BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
-
-@contextlib.contextmanager
-def count_compilations():
-    """Collect the names of XLA compilations (not traces) made inside the block."""
-    names = []
-
-    def listener(event, duration, **kwargs):
-        if event == BACKEND_COMPILE_EVENT:
-            names.append(kwargs.get("fun_name", "?"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield names
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
 
 class Traced:
     """Wrap a residual and count how often JAX traces (or calls) it."""

@@ -39,6 +39,7 @@ from jax.flatten_util import ravel_pytree
 
 from . import _xla
 from ._bounds import _flat_option
+from ._problem import check_tolerance
 from ._least_squares import least_squares
 from ._result import Result
 from ._stats import chi2_1_ppf
@@ -186,7 +187,11 @@ def profile(
 
     keep = np.arange(n) != index
     unbounded = np.all(np.isinf(lower[keep])) and np.all(np.isinf(upper[keep]))
-    # Plain Python values: static in the compiled profile, as the refits' options are.
+    # Tolerances as arrays (checked here, traced in the compiled profile: a new value
+    # compiles nothing, as for least_squares); bounds as plain Python values (static).
+    for name in ("ftol", "xtol", "gtol", "max_steps"):
+        if options[name] is not None and not isinstance(options[name], jax.core.Tracer):
+            options[name] = np.asarray(check_tolerance(name, options[name]))
     refit_options = dict(
         options,
         bounds=None if unbounded or n == 1 else (tuple(lower[keep].tolist()), tuple(upper[keep].tolist())),
