@@ -51,7 +51,6 @@ fitted parameters, not the variance.
 """
 
 import functools
-import math
 from typing import Any
 
 import equinox as eqx
@@ -320,4 +319,4 @@ def _quantile(level, dof, absolute_sigma):
     tail = (1 + level) / 2
     if absolute_sigma:
         return norm_ppf(tail)
-    return t_ppf(tail, dof) if dof >= 1 else math.nan
+    return t_ppf(tail, dof)  # NaN for dof < 1
