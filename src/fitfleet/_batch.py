@@ -166,9 +166,6 @@ def fit_batch(
         method, n_params=spec.n_params, ftol=ftol, xtol=xtol, gtol=gtol, max_steps=max_steps,
         learning_rate=learning_rate, initial_damping=initial_damping, batched=True,
     )  # fmt: skip
-    # Its numpy hyper-parameters go to the device on this thread, in the caller's
-    # enable_x64 mode (a worker thread would convert them in its own).
-    solver = jax.device_put(solver)
     x0 = jax.tree_util.tree_map(lambda a: a.astype(spec.dtype), x0)
     _check_starts(x0, spec.bounds)
     if sigma_batched:
@@ -413,35 +410,42 @@ class _Engine:
         # worker threads may call them.  Elsewhere the jitted programs run on this thread.
         self.precompiled = self.device is None
         self.n_parts = _CORES if self.cpu and self.precompiled else 1
+        self.x64 = jax.config.jax_enable_x64
 
     def run(self, data, size, chunk_size, progress):
         chunk, part, block = self._layout(data, size, chunk_size)
         n_chunks, n_parts = math.ceil(size / chunk), chunk // part
         tail = min(TAIL, block)
         bar = _progress_bar(progress, size)
-        programs = self._programs(data, part, block, tail)
+        programs = self._programs(data, part, block, tail, n_parts)
         try:
             results = []
             for c in range(n_chunks):
                 rows = np.arange(c * chunk, (c + 1) * chunk)
                 chunk_data = (data if chunk == size else _take(data, np.minimum(rows, size - 1)), rows < size)
                 n_valid = np.clip(size - c * chunk - np.arange(0, chunk, part), 0, part)
-                # On this thread: device_put follows the caller's (thread-local) enable_x64.
                 parts = _split(chunk_data, n_parts) if n_parts > 1 else [jax.device_put(chunk_data, self.device)]
                 if n_parts == 1:
                     results.append(self._run_part(programs, parts[0], int(n_valid[0]), bar))
                 else:
                     futures = [_RUNNER.submit(self._run_part, programs, *p, bar) for p in zip(parts, n_valid)]
-                    results += [f.result() for f in futures]
+                    results.append(programs["join"].result()([f.result() for f in futures]))
         finally:
             if bar is not None:
                 bar.close()
-        if len(results) > 1:
-            return _concatenate(results, size)
-        return results[0] if size == part else _take(results[0], slice(0, size))
+        if len(results) == 1 and (size == chunk or self.mesh is not None):
+            return results[0] if size == chunk else _take(results[0], slice(0, size))  # stays sharded
+        return _concatenate(results, size)
 
     def _run_part(self, programs, part, n_valid, bar):
         """Initialise, run rounds until no fit of this part runs, and return its Results."""
+        # On a worker thread, in the caller's enable_x64 mode (it is thread-local): numpy
+        # arguments (hyper-parameters, the host's share of the data) convert as they would
+        # on the caller's thread.
+        with _x64(self.x64):
+            return self._rounds(programs, part, n_valid, bar)
+
+    def _rounds(self, programs, part, n_valid, bar):
         data, valid = part
         state = programs["init"](self.statics, self.mesh, data, valid)
         counts = np.array([n_valid])  # not read back: the first round follows at once
@@ -464,14 +468,15 @@ class _Engine:
             counts = np.asarray(counts)
         return programs["results"](self.statics, self.mesh, data, state)
 
-    def _programs(self, data, part, block, tail):
-        """The programs that run a part: compiled executables, compiling on worker
-        threads (tracing stays on this thread, under the caller's JAX configuration:
-        ``enable_x64`` and friends are thread-local), or else the jitted programs."""
+    def _programs(self, data, part, block, tail, n_parts):
+        """The programs that run a part, and the one that joins the parts' Results:
+        compiled executables, compiling on worker threads (tracing stays on this thread,
+        under the caller's JAX configuration: ``enable_x64`` and friends are
+        thread-local), or else the jitted programs."""
         # The round, the longest to compile, goes first; the tail is needed last.
         jitted = {"round": (_ROUND, block), "init": (_INIT, block), "results": (_RESULTS, block), "tail": (_ROUND, tail)}
         abstract = jax.tree_util.tree_map(lambda a: np.broadcast_to(np.zeros((), a.dtype), (part, *a.shape[1:])), data)
-        key = _signature((self.statics, abstract, block, tail)) if self.precompiled else None
+        key = _signature((self.statics, abstract, block, tail, n_parts)) if self.precompiled else None
         if key is None or key not in _EXECUTABLES:
             state = _abstract_state(self.statics, abstract)
             options = _xla.cpu_options() if self.cpu else None
@@ -485,13 +490,20 @@ class _Engine:
                 else:
                     valid = np.broadcast_to(np.True_, (part,))
                     arrays = {"init": (abstract, valid), "results": (abstract, state)}.get(name, (abstract, state, np.True_))
-                    compile_ = functools.partial(program.lower(self.statics, sizes, self.mesh, *arrays).compile, options)
+                    lowered = program.lower(self.statics, sizes, self.mesh, *arrays)
+                    compile_ = functools.partial(lowered.compile, options)
                     if name == "tail":
                         first = programs["round"].future
                         future = _LATER.submit(lambda c=compile_, f=first: (f.exception(), c())[1])
                     else:
                         future = _COMPILER.submit(compile_)
                     programs[name] = _Program(future, sizes)
+                    if name == "results" and n_parts > 1:
+                        # The parts' Results are joined on the device: a host round trip
+                        # would cost more (device_put has a fixed cost per array).
+                        result = lowered.postprocess(lowered.lowered.out_info)
+                        join = _JOIN.lower([result] * n_parts)
+                        programs["join"] = _COMPILER.submit(join.compile, options)
             if key is None:
                 return programs
             _remember(_EXECUTABLES, key, programs, limit=32)
@@ -608,16 +620,18 @@ def _leading(tree):
 
 
 def _split(tree, n):
-    """``n`` equal parts along the batch axis, as device arrays."""
+    """``n`` equal parts along the batch axis: device arrays, or numpy ones when small
+    (device_put costs tens of microseconds per array, more than a compiled program
+    takes to copy a small numpy argument each time it is called)."""
     if _nbytes(tree) > LARGE:
         return _split_on_device(tree, n)
     size = _leading(tree) // n
     host = jax.tree_util.tree_map(np.asarray, tree)
-    return [jax.device_put(jax.tree_util.tree_map(lambda a: a[i * size : (i + 1) * size], host)) for i in range(n)]
+    return [jax.tree_util.tree_map(lambda a: a[i * size : (i + 1) * size], host) for i in range(n)]
 
 
 def _concatenate(trees, size):
-    """The first ``size`` fits of the parts' results, joined."""
+    """The first ``size`` fits of the chunks' results, joined."""
     if _nbytes(trees) > LARGE:
         return _concatenate_on_device(trees, size)
     joined = jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(x) for x in a])[:size], *trees)
@@ -637,6 +651,18 @@ def _split_on_device(tree, n):
 @functools.partial(jax.jit, static_argnums=1)
 def _concatenate_on_device(trees, size):
     return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:size], *trees)
+
+
+_JOIN = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *trees))
+
+
+def _x64(enabled):
+    """A context in which ``enable_x64`` is ``enabled`` on this thread."""
+    if callable(getattr(jax, "enable_x64", None)):
+        return jax.enable_x64(enabled)
+    from jax.experimental import disable_x64, enable_x64  # older jax
+
+    return enable_x64() if enabled else disable_x64()
 
 
 def _take(tree, rows):

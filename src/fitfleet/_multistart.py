@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _problem
+from . import _problem, _xla
 from ._batch import fit_batch
 from ._result import Result
 from ._status import is_success
@@ -213,11 +213,9 @@ def summarise(results, starts, rtol=1e-3):
     cost = np.asarray(results.cost, np.float64)
     order = np.argsort(np.where(np.isfinite(cost), cost, np.inf), kind="stable")
     cost = cost[order]
-    # Reordered on the host: no helper program to compile for every new shape.
-    host, host_starts = jax.tree_util.tree_map(lambda a: np.asarray(a)[order], (results, starts))
-    params = host.params
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a)[order], results.params)
     flat = np.concatenate([leaf.reshape(cost.size, -1) for leaf in jax.tree_util.tree_leaves(params)], 1).astype(np.float64)
-    converged = is_success(host.status) & np.isfinite(cost) & np.all(np.isfinite(flat), axis=1)
+    converged = is_success(np.asarray(results.status)[order]) & np.isfinite(cost) & np.all(np.isfinite(flat), axis=1)
     eps = float(jnp.finfo(results.cost.dtype).eps)
     idx = np.flatnonzero(converged)
     owner, leaders = _group(cost[idx], flat[idx], rtol, eps)
@@ -231,10 +229,17 @@ def summarise(results, starts, rtol=1e-3):
         for i, (j, count) in enumerate(zip(best_of, counts))
     ]
     p_star = optima[0].fraction if optima else 0.0
-    # Back to the device in one transfer (device_put has a fixed cost per call).
-    best = jax.tree_util.tree_map(lambda a: a[0], host)
-    results, starts, best = jax.device_put((host, host_starts, best))
+    results, starts, best = _sorted(results, starts, order)
     return MultiStartResult(results, starts, best, optima, p_star, n_total)
+
+
+@_xla.filter_jit
+def _sorted(results, starts, order):
+    """Results and starts in ``order``, and the first: one small program on the device
+    (sending the host's sorted copies back would cost more: device_put has a fixed cost
+    per array)."""
+    results, starts = jax.tree_util.tree_map(lambda a: a[order], (results, starts))
+    return results, starts, jax.tree_util.tree_map(lambda a: a[0], results)
 
 
 def _group(c, f, rtol, eps):
