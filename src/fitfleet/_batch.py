@@ -429,12 +429,14 @@ class _Engine:
                     results.append(self._run_part(programs, parts[0], int(n_valid[0]), bar))
                 else:
                     futures = [_RUNNER.submit(self._run_part, programs, *p, bar) for p in zip(parts, n_valid)]
-                    results.append(programs["join"].result()([f.result() for f in futures]))
+                    results += [f.result() for f in futures]
         finally:
             if bar is not None:
                 bar.close()
         if len(results) == 1 and (size == chunk or self.mesh is not None):
             return results[0] if size == chunk else _take(results[0], slice(0, size))  # stays sharded
+        if size == chunk:  # one chunk in parts, nothing to trim: joined by a compiled program
+            return programs["join"].result()(results)
         return _concatenate(results, size)
 
     def _run_part(self, programs, part, n_valid, bar):
