@@ -24,7 +24,8 @@ fits in *parts*, *blocks* and *rounds*:
   ready, the round's program runs the tail too.
 
 So a chunk compiles four programs: the initialisation, the round, the results and
-the tail, all on worker threads while this thread traces the next one.  Every fit
+the tail, all on worker threads while this thread traces the next one; with several
+parts a fifth, small one joins their Results on the device.  Every fit
 takes exactly the steps it would take alone (a step leaves a finished fit unchanged,
 and a block's size changes nothing in a fit's arithmetic), so the results equal a
 plain vmapped loop up to round-off.
