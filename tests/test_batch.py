@@ -62,6 +62,9 @@ def test_batch_equals_loop_of_single_fits(dtype):
     if dtype == "float64":
         assert res.status.tolist() == [int(r.status) for r in singles]
         assert res.n_steps.tolist() == [int(r.n_steps) for r in singles]
+        # The batch evaluates J at every step (a fit alone, at accepted points), and
+        # once more for the Result's jac.
+        assert res.n_jev.tolist() == [int(r.n_steps) + 2 for r in singles]
     assert bool(jnp.all(res.success))
 
 

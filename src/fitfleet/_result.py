@@ -26,6 +26,10 @@ class Result(eqx.Module):
             yields with it is not counted again).
         n_jev: Jacobian evaluations: one per accepted point, plus one at the solution
             when bounds or a first-order method require it in the user's parameters.
+            In :func:`fit_batch` and :func:`multistart`, Levenberg-Marquardt evaluates
+            the Jacobian with the residual at every trial point (under ``vmap`` skipping
+            it saves nothing): there it is one at the start, one per step and one for
+            the final ``jac`` (the engine does not keep J in its loop).
         loss, f_scale: the robust loss the fit minimised (``cost`` is that loss), which
             :func:`uncertainty` and :func:`covariance` use unless told otherwise.
 
