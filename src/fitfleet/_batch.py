@@ -24,8 +24,7 @@ fits in *parts*, *blocks* and *rounds*:
   ready, the round's program runs the tail too.
 
 So a chunk compiles four programs: the initialisation, the round, the results and
-the tail, all on worker threads while this thread traces the next one; with several
-parts a fifth, small one joins their Results on the device.  Every fit
+the tail, all on worker threads while this thread traces the next one.  Every fit
 takes exactly the steps it would take alone (a step leaves a finished fit unchanged,
 and a block's size changes nothing in a fit's arithmetic), so the results equal a
 plain vmapped loop up to round-off.
@@ -63,8 +62,9 @@ WORK_FACTOR = 8  # working memory of a step relative to its state and data
 TAIL = 16  # the last few running fits run in blocks of this size
 SHRINK = 4  # a block's loop stops once at most 1/SHRINK of its fits still run
 MEMORY_BUDGET = 2**30  # bytes of state and data per device for one chunk
-# Parts are split and joined on the host below this many bytes (a helper program would
-# cost more to compile than the copy), on the device above.
+# Parts are split, and chunks joined, on the host below this many bytes (a helper program
+# would cost more to compile than the copy), on the device above.  One chunk's parts are
+# always joined on the device: device_put's cost per array exceeds a compiled join's.
 LARGE = 2**22
 
 
@@ -411,14 +411,14 @@ class _Engine:
         # worker threads may call them.  Elsewhere the jitted programs run on this thread.
         self.precompiled = self.device is None
         self.n_parts = _CORES if self.cpu and self.precompiled else 1
-        self.x64 = jax.config.jax_enable_x64
+        self.x64 = jnp.result_type(float) == jnp.float64  # the caller's (thread-local) enable_x64 mode
 
     def run(self, data, size, chunk_size, progress):
         chunk, part, block = self._layout(data, size, chunk_size)
         n_chunks, n_parts = math.ceil(size / chunk), chunk // part
         tail = min(TAIL, block)
         bar = _progress_bar(progress, size)
-        programs = self._programs(data, part, block, tail, n_parts)
+        programs = self._programs(data, part, block, tail)
         try:
             results = []
             for c in range(n_chunks):
@@ -436,8 +436,8 @@ class _Engine:
                 bar.close()
         if len(results) == 1 and (size == chunk or self.mesh is not None):
             return results[0] if size == chunk else _take(results[0], slice(0, size))  # stays sharded
-        if size == chunk:  # one chunk in parts, nothing to trim: joined by a compiled program
-            return programs["join"].result()(results)
+        if size == chunk:  # one chunk's parts (see LARGE)
+            return _concatenate_on_device(results, size)
         return _concatenate(results, size)
 
     def _run_part(self, programs, part, n_valid, bar):
@@ -471,15 +471,14 @@ class _Engine:
             counts = np.asarray(counts)
         return programs["results"](self.statics, self.mesh, data, state)
 
-    def _programs(self, data, part, block, tail, n_parts):
-        """The programs that run a part, and the one that joins the parts' Results:
-        compiled executables, compiling on worker threads (tracing stays on this thread,
-        under the caller's JAX configuration: ``enable_x64`` and friends are
-        thread-local), or else the jitted programs."""
+    def _programs(self, data, part, block, tail):
+        """The programs that run a part: compiled executables, compiling on worker
+        threads (tracing stays on this thread, under the caller's JAX configuration:
+        ``enable_x64`` and friends are thread-local), or else the jitted programs."""
         # The round, the longest to compile, goes first; the tail is needed last.
         jitted = {"round": (_ROUND, block), "init": (_INIT, block), "results": (_RESULTS, block), "tail": (_ROUND, tail)}
         abstract = jax.tree_util.tree_map(lambda a: np.broadcast_to(np.zeros((), a.dtype), (part, *a.shape[1:])), data)
-        key = _signature((self.statics, abstract, block, tail, n_parts)) if self.precompiled else None
+        key = _signature((self.statics, abstract, block, tail)) if self.precompiled else None
         if key is None or key not in _EXECUTABLES:
             state = _abstract_state(self.statics, abstract)
             options = _xla.cpu_options() if self.cpu else None
@@ -493,20 +492,13 @@ class _Engine:
                 else:
                     valid = np.broadcast_to(np.True_, (part,))
                     arrays = {"init": (abstract, valid), "results": (abstract, state)}.get(name, (abstract, state, np.True_))
-                    lowered = program.lower(self.statics, sizes, self.mesh, *arrays)
-                    compile_ = functools.partial(lowered.compile, options)
+                    compile_ = functools.partial(program.lower(self.statics, sizes, self.mesh, *arrays).compile, options)
                     if name == "tail":
                         first = programs["round"].future
                         future = _LATER.submit(lambda c=compile_, f=first: (f.exception(), c())[1])
                     else:
                         future = _COMPILER.submit(compile_)
                     programs[name] = _Program(future, sizes)
-                    if name == "results" and n_parts > 1:
-                        # The parts' Results are joined on the device: a host round trip
-                        # would cost more (device_put has a fixed cost per array).
-                        result = lowered.postprocess(lowered.lowered.out_info)
-                        join = _JOIN.lower([result] * n_parts)
-                        programs["join"] = _COMPILER.submit(join.compile, options)
             if key is None:
                 return programs
             _remember(_EXECUTABLES, key, programs, limit=32)
@@ -654,9 +646,6 @@ def _split_on_device(tree, n):
 @functools.partial(jax.jit, static_argnums=1)
 def _concatenate_on_device(trees, size):
     return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:size], *trees)
-
-
-_JOIN = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *trees))
 
 
 def _x64(enabled):
