@@ -332,40 +332,42 @@ def _iterate(fun, solver, template, mask, sigma_batched, data, state, threshold)
 def _init(statics, sizes, data, valid):
     """The initial states; padding (``valid`` False) starts finished, so no round steps it."""
     state = jax.lax.map(functools.partial(_init_one, statics), data, batch_size=sizes[0])
-    return eqx.tree_at(lambda s: s.status, state, jnp.where(valid, state.status, jnp.int32(Status.MAX_STEPS)))
+    return _pack(eqx.tree_at(lambda s: s.status, state, jnp.where(valid, state.status, jnp.int32(Status.MAX_STEPS))))
 
 
-def _round(statics, sizes, data, state, finish):
+def _round(statics, sizes, data, packed, finish):
     """One round over this device's fits in blocks of ``sizes[0]`` (see the module
-    docstring); returns the new state and how many fits still run.  A round on one
-    block stops at ``sizes[1]`` running fits (the tail's block), or runs them all to the
-    end if ``finish``."""
+    docstring); returns the new (packed) state and how many fits still run.  A round on
+    one block stops at ``sizes[1]`` running fits (the tail's block), or runs them all to
+    the end if ``finish``."""
     block, tail = sizes
-    running = state.status == Status.RUNNING
+    unpack = functools.partial(_unpack, like=_fit_state_shape(statics, data))
+    running = unpack(packed).status == Status.RUNNING
     n_running = jnp.sum(running, dtype=jnp.int32)
     order = jnp.argsort(~running, stable=True).astype(jnp.int32)  # running fits first
     n_blocks = -(-n_running // block)
     threshold = jnp.where(n_blocks > 1, block // SHRINK, jnp.where(finish, 0, tail))
 
-    def run_block(i, state):
+    def run_block(i, packed):
         rows = jax.lax.dynamic_slice_in_dim(order, i * block, block)
         take = lambda tree: jax.tree_util.tree_map(lambda a: a[rows], tree)  # noqa: E731
-        stepped = _iterate(*statics, take(data), take(state), threshold)
-        return jax.tree_util.tree_map(lambda a, b: a.at[rows].set(b, unique_indices=True), state, stepped)
+        stepped = _pack(_iterate(*statics, take(data), unpack(take(packed)), threshold))
+        return tuple(a.at[rows].set(b, unique_indices=True) for a, b in zip(packed, stepped))
 
-    state = jax.lax.fori_loop(0, n_blocks, run_block, state)
-    return state, jnp.sum(state.status == Status.RUNNING, dtype=jnp.int32)[None]
+    packed = jax.lax.fori_loop(0, n_blocks, run_block, packed)
+    return packed, jnp.sum(unpack(packed).status == Status.RUNNING, dtype=jnp.int32)[None]
 
 
-def _results(statics, sizes, data, state):
+def _results(statics, sizes, data, packed):
     block, _ = sizes
     fun, _, template, mask, sigma_batched = statics
+    like = _fit_state_shape(statics, data)
 
     def one(ds):
         problem, _ = _problem.make_problem(fun, _member(template, mask, sigma_batched, ds[0]))
-        return _driver.to_result(problem, ds[1])
+        return _driver.to_result(problem, _unpack(ds[1], like))
 
-    return jax.lax.map(one, (data, state), batch_size=block)
+    return jax.lax.map(one, (data, packed), batch_size=block)
 
 
 def _program(local, n_batched, n_shared=0):
@@ -455,7 +457,8 @@ class _Engine:
         done_before = 0
         while True:
             if bar is not None:
-                done_now = n_valid - int(np.sum(np.asarray(state.status)[:n_valid] == Status.RUNNING))
+                status = _unpack(tuple(map(np.asarray, state)), _fit_state_shape(self.statics, data)).status
+                done_now = n_valid - int(np.sum(status[:n_valid] == Status.RUNNING))
                 with bar.get_lock():  # parts report from several threads
                     bar.update(done_now - done_before)
                 done_before = done_now
@@ -558,14 +561,19 @@ def _next_power_of_two(n):
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-def _state_shape(statics, data):
-    """Shapes of the solver state of a batch ``data``, without computing anything."""
+def _fit_state_shape(statics, data):
+    """Shapes of one fit's solver state for a batch ``data``, without computing anything."""
     one = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a)[1:], a.dtype), data)
     key = _signature((statics, one))
     if key not in _STATE_SHAPES:
         _remember(_STATE_SHAPES, key, jax.eval_shape(functools.partial(_init_one, statics), one))
+    return _STATE_SHAPES[key]
+
+
+def _state_shape(statics, data):
+    """Shapes of the solver state of a batch ``data``."""
     batch = (_leading(data),)
-    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(batch + s.shape, s.dtype), _STATE_SHAPES[key])
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(batch + s.shape, s.dtype), _fit_state_shape(statics, data))
 
 
 def _init_one(statics, data):
@@ -599,8 +607,38 @@ def _remember(cache, key, value, limit=256):
 
 
 def _abstract_state(statics, data):
-    """A stand-in state for lowering: zero-stride views, so nothing is allocated."""
-    return jax.tree_util.tree_map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), _state_shape(statics, data))
+    """A stand-in packed state for lowering: zero-stride views, so nothing is allocated."""
+    packed = jax.eval_shape(_pack, _state_shape(statics, data))
+    return tuple(np.broadcast_to(np.zeros((), s.dtype), s.shape) for s in packed)
+
+
+# Between the programs a state travels packed: one (fits, k) matrix per dtype instead of
+# a dozen arrays, so that a round gathers and scatters each block's rows once per dtype,
+# not once per field (each scatter is a kernel of its own to compile and to run).
+
+
+def _pack(state):
+    """A batched state as a tuple of matrices, one per dtype, a fit per row."""
+    leaves = jax.tree_util.tree_leaves(state)
+    groups = {}
+    for leaf in leaves:
+        groups.setdefault(np.dtype(leaf.dtype), []).append(leaf.reshape(leaf.shape[0], -1))
+    return tuple(jnp.concatenate(g, axis=1) if len(g) > 1 else g[0] for g in groups.values())
+
+
+def _unpack(packed, like):
+    """The state a packed tuple holds, with the matrices' leading axes; ``like`` is one
+    fit's state (shapes).  Slicing only, so numpy matrices give numpy fields."""
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    matrices = dict(zip(dict.fromkeys(np.dtype(leaf.dtype) for leaf in leaves), packed))
+    offsets = dict.fromkeys(matrices, 0)
+    fields = []
+    for leaf in leaves:
+        dtype, width = np.dtype(leaf.dtype), math.prod(leaf.shape)
+        matrix, start = matrices[dtype], offsets[dtype]
+        fields.append(matrix[..., start : start + width].reshape(*matrix.shape[:-1], *leaf.shape))
+        offsets[dtype] = start + width
+    return jax.tree_util.tree_unflatten(treedef, fields)
 
 
 def _bytes_per_fit(statics, data):
