@@ -151,6 +151,24 @@ def test_pytree_params_and_all_args_batched(x64):
     np.testing.assert_allclose(np.stack([res.params["a"], res.params["k"], res.params["c"]], 1), ref.params, rtol=1e-10)
 
 
+def test_tail_follows_the_callers_tracing_configuration(x64):
+    """The tail's program is traced on a background thread: where the caller set a
+    thread-local option it cannot reproduce there, there is no tail program, and the
+    round's program finishes the stragglers (same fits)."""
+    x0, y, far = decay_data(64, seed=8, n_far=3)
+    t2 = np.concatenate([T, T[-1:] + 0.25])  # shapes no other test compiles
+    y2 = np.concatenate([y, y[:, -1:]], 1)
+    with jax.default_matmul_precision("highest"):
+        res = ff.fit_batch(decay, x0, (t2, y2), shared_args=(0,))
+    _batch._LATER.submit(lambda: None).result()  # the background work is done
+    tails = [p["tail"] for p in _batch._EXECUTABLES.values() if p["tail"].sizes[0] < p["round"].sizes[0]]
+    assert any(t.future.result() is None for t in tails)
+    plain = jax.vmap(lambda p, yy: ff.least_squares(decay, p, (jnp.asarray(t2), yy)))(jnp.asarray(x0), jnp.asarray(y2))
+    assert int(jnp.min(res.n_steps[far])) > 2 * int(jnp.max(jnp.delete(res.n_steps, far)))
+    np.testing.assert_array_equal(res.status, plain.status)
+    np.testing.assert_allclose(res.params, plain.params, rtol=1e-12, atol=1e-12)
+
+
 def test_no_recompile_on_second_call(x64, caplog):
     """New data, and even a slightly smaller batch (padded to the same programs), reuse
     what the first call compiled."""

@@ -20,11 +20,13 @@ fits in *parts*, *blocks* and *rounds*:
   bar), and repeats.
 - The *tail*: the last few running fits (at most ``TAIL``) run to the end in a block of
   ``TAIL`` fits, so a handful of slow fits do not make a full block step with them.
-  The tail's program compiles on a background thread after the others; until it is
-  ready, the round's program runs the tail too.
+  The tail's program is traced and compiled on a background thread once the round's
+  has compiled (a first call does not wait for it); until it is ready, the round's
+  program runs the tail too.
 
 So a chunk compiles four programs: the initialisation, the round, the results and
-the tail, all on worker threads while this thread traces the next one.  Every fit
+the tail, all on worker threads; the first three while this thread traces the next
+one.  Every fit
 takes exactly the steps it would take alone (a step leaves a finished fit unchanged,
 and a block's size changes nothing in a fit's arithmetic), so the results equal a
 plain vmapped loop up to round-off.
@@ -386,8 +388,9 @@ def _program(local, n_batched, n_shared=0):
 
 _INIT, _ROUND, _RESULTS = (eqx.filter_jit(_program(*a)) for a in ((_init, 2), (_round, 2, 1), (_results, 2)))
 # Compilations run here, on worker threads, while the caller's thread traces the next
-# program or runs the first one.  The tail's program compiles later, on its own thread,
-# once the first ones are done: until it is ready the round's program serves the tail.
+# program or runs the first one.  The tail's program is traced and compiled later, on
+# its own thread, once the round's is done: until it is ready the round's program
+# serves the tail.
 _COMPILER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fitfleet-compile")
 _LATER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fitfleet-compile-later")
 # On CPU a chunk is split into one part per core, each part's rounds on its own thread:
@@ -465,7 +468,7 @@ class _Engine:
             if counts.max() == 0:
                 break
             round_, tail = programs["round"], programs["tail"]
-            has_tail = tail.sizes[0] < round_.sizes[0] and tail.future.done()
+            has_tail = tail.sizes[0] < round_.sizes[0] and tail.future.done() and tail.future.result() is not None
             if has_tail and counts.max() <= tail.sizes[0]:
                 round_, finish = tail, True
             else:
@@ -495,17 +498,26 @@ class _Engine:
                 else:
                     valid = np.broadcast_to(np.True_, (part,))
                     arrays = {"init": (abstract, valid), "results": (abstract, state)}.get(name, (abstract, state, np.True_))
-                    compile_ = functools.partial(program.lower(self.statics, sizes, self.mesh, *arrays).compile, options)
+                    lower = functools.partial(program.lower, self.statics, sizes, self.mesh, *arrays)
                     if name == "tail":
-                        first = programs["round"].future
-                        future = _LATER.submit(lambda c=compile_, f=first: (f.exception(), c())[1])
+                        future = _LATER.submit(self._compile_later, lower, options, programs["round"].future, _trace_context())
                     else:
-                        future = _COMPILER.submit(compile_)
+                        future = _COMPILER.submit(lower().compile, options)
                     programs[name] = _Program(future, sizes)
             if key is None:
                 return programs
             _remember(_EXECUTABLES, key, programs, limit=32)
         return _EXECUTABLES[key]
+
+    def _compile_later(self, lower, options, first, context):
+        """Trace and compile a program on a background thread once ``first`` has
+        compiled (so that a first call's own compilations have the cores), in the
+        caller's tracing configuration; ``None`` where that cannot be reproduced here."""
+        first.exception()
+        with _x64(self.x64):
+            if context is None or _trace_context() != context:
+                return None  # e.g. a thread-local option other than enable_x64 was set
+            return lower().compile(options)
 
     def _layout(self, data, size, chunk_size):
         """``(chunk, part, block)``: fits per chunk, per part (run by one thread), and per
@@ -684,6 +696,16 @@ def _split_on_device(tree, n):
 @functools.partial(jax.jit, static_argnums=1)
 def _concatenate_on_device(trees, size):
     return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:size], *trees)
+
+
+def _trace_context():
+    """The configuration JAX's tracing depends on (JAX keys its own caches on it), or
+    ``None`` where this JAX does not say."""
+    try:
+        from jax._src.config import trace_context
+    except ImportError:
+        return None
+    return trace_context()
 
 
 def _x64(enabled):
