@@ -82,9 +82,9 @@ def test_compaction_equals_plain_vmapped_loop(x64, monkeypatch):
 
             return call
 
-        programs = original(self, *args)
+        programs, fresh = original(self, *args)
         rounds = {k: p._replace(future=_batch._done(watch(p.future.result()))) for k, p in programs.items() if k in ("round", "tail")}
-        return {**programs, **rounds}
+        return {**programs, **rounds}, fresh
 
     monkeypatch.setattr(_batch._Engine, "_programs", spy)
     x0, y, far = decay_data(256, seed=1, n_far=5)

@@ -40,6 +40,7 @@ which is traceable and differentiable.
 """
 
 import concurrent.futures
+import contextvars
 import dataclasses
 import functools
 import math
@@ -423,7 +424,9 @@ class _Engine:
         n_chunks, n_parts = math.ceil(size / chunk), chunk // part
         tail = min(TAIL, block)
         bar = _progress_bar(progress, size)
-        programs = self._programs(data, part, block, tail)
+        programs, fresh = self._programs(data, part, block, tail)
+        if fresh and n_chunks == 1:
+            self._prepare_after(programs["results"].out, n_parts, size)
         try:
             results = []
             for c in range(n_chunks):
@@ -503,11 +506,23 @@ class _Engine:
                         future = _LATER.submit(self._compile_later, lower, options, programs["round"].future, _trace_context())
                     else:
                         future = _COMPILER.submit(lower().compile, options)
-                    programs[name] = _Program(future, sizes)
+                    out = eqx.filter_eval_shape(program, *lower.args) if name == "results" else None  # traced already
+                    programs[name] = _Program(future, sizes, out)
             if key is None:
-                return programs
+                return programs, False
             _remember(_EXECUTABLES, key, programs, limit=32)
-        return _EXECUTABLES[key]
+            return programs, True
+        return _EXECUTABLES[key], False
+
+    def _prepare_after(self, result, n_parts, size):
+        """On a first call, while the batch's programs compile: compile what runs after
+        them, the join of the parts' results and whatever the caller registered with
+        ``_after_batch`` (multi-start's sorting), from one part's ``result`` (shapes)."""
+        if n_parts > 1:
+            _COMPILER.submit(_concatenate_on_device.lower([result] * n_parts, size).compile)
+        hook = _AFTER_BATCH.get()
+        if hook is not None:
+            hook(jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((size, *s.shape[1:]), s.dtype), result))
 
     def _compile_later(self, lower, options, first, context):
         """Trace and compile a program on a background thread once ``first`` has
@@ -548,13 +563,20 @@ class _Engine:
 
 
 class _Program(NamedTuple):
-    """A program (a future of it, while it compiles) and its static block sizes."""
+    """A program (a future of it, while it compiles), its static block sizes, and the
+    shapes of its output (for the results' program)."""
 
     future: concurrent.futures.Future
     sizes: tuple
+    out: object = None
 
     def __call__(self, statics, mesh, *arrays):
         return self.future.result()(statics, self.sizes, mesh, *arrays)
+
+
+# A function of the batch's Result (shapes) to call on a first call while the batch's
+# programs compile, set by a caller that runs a program of its own afterwards.
+_AFTER_BATCH = contextvars.ContextVar("fitfleet_after_batch", default=None)
 
 
 def _done(value):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _problem, _xla
+from . import _batch, _problem, _xla
 from ._batch import fit_batch
 from ._result import Result
 from ._status import is_success
@@ -204,7 +204,13 @@ def multistart(
     # On the host (numpy): an eager JAX op here would compile a program on a first call.
     columns = np.split(starts_flat, np.cumsum([math.prod(shape) for shape in shapes])[:-1], axis=1)
     x0 = structure.unflatten([c.reshape(int(n_starts), *shape) for c, shape in zip(columns, shapes)])
-    results = fit_batch(fun, x0, args, shared_args=True, log_scale=fit_log_scale, progress=progress, **options)
+    # On a first call, sorting's program compiles alongside the fits' programs.
+    prepare = lambda shapes: _batch._COMPILER.submit(_sorted.lower(shapes, x0, np.zeros(int(n_starts), np.int64)).compile)  # noqa: E731
+    token = _batch._AFTER_BATCH.set(prepare)
+    try:
+        results = fit_batch(fun, x0, args, shared_args=True, log_scale=fit_log_scale, progress=progress, **options)
+    finally:
+        _batch._AFTER_BATCH.reset(token)
     return summarise(results, x0, rtol)
 
 

@@ -71,16 +71,26 @@ def filter_jit(fn):
     def jitted(on_cpu):
         return jax.jit(run, static_argnums=(1, 2), compiler_options=cpu_options() if on_cpu else None)
 
+    def split(args, kwargs, is_array=eqx.is_array):
+        arrays, static = eqx.partition((args, kwargs), is_array)
+        static_leaves, structure = jax.tree_util.tree_flatten(static)  # hashable, unlike dicts
+        return arrays, structure, tuple(static_leaves)
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        arrays, static = eqx.partition((args, kwargs), eqx.is_array)
-        static_leaves, structure = jax.tree_util.tree_flatten(static)  # hashable, unlike dicts
         if jax.default_backend() == "cpu":
             try:
-                return jitted(True)(arrays, structure, tuple(static_leaves))
+                return jitted(True)(*split(args, kwargs))
             except Exception as e:  # "`compiler_options` can only be passed to top-level `jax.jit`"
                 if "compiler_options" not in str(e):
                     raise
-        return jitted(False)(arrays, structure, tuple(static_leaves))
+        return jitted(False)(*split(args, kwargs))
 
+    def lower(*args, **kwargs):
+        """Lower (top level, eagerly) for arrays or their shapes (``jax.ShapeDtypeStruct``):
+        compiling the result serves later calls with such arrays."""
+        shaped = lambda x: eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)  # noqa: E731
+        return jitted(jax.default_backend() == "cpu").lower(*split(args, kwargs, shaped))
+
+    wrapper.lower = lower
     return wrapper
