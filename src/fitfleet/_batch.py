@@ -340,15 +340,19 @@ def _traced_step(statics, data, state):
     per model and shapes: the round and the tail vmap it at their own block sizes, and
     vmapping a jaxpr takes a fraction of the time of tracing the step under ``vmap``."""
     arrays, static = eqx.partition(statics, eqx.is_array)
-    aval = lambda a, batched: jax.ShapeDtypeStruct(a.shape[batched:], a.dtype, weak_type=jax.typeof(a).weak_type)  # noqa: E731
-    shapes = (*(jax.tree_util.tree_map(lambda a, b=b: aval(a, b), t) for t, b in ((arrays, 0), (data, 1), (state, 1))),)
-    key = (_signature((static, shapes)), _trace_context())
+
+    def shapes(tree, batched):  # of one fit
+        aval = lambda a: jax.ShapeDtypeStruct(a.shape[batched:], a.dtype, weak_type=jax.typeof(a).weak_type)  # noqa: E731
+        return jax.tree_util.tree_map(aval, tree)
+
+    one = (shapes(arrays, 0), shapes(data, 1), shapes(state, 1))
+    key = (_signature((static, one)), _trace_context())
     if key not in _STEPS:
-        traced = jax.make_jaxpr(lambda a, d, s: _step_one(eqx.combine(a, static), d, s), return_shape=True)(*shapes)
-        _remember(_STEPS, key, traced)
+        step = lambda a, d, s: _step_one(eqx.combine(a, static), d, s)  # noqa: E731
+        _remember(_STEPS, key, jax.make_jaxpr(step, return_shape=True)(*one))
     jaxpr, out = _STEPS[key]
-    run = jaxpr_as_fun(jaxpr)
-    return lambda d, s: jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out), run(*jax.tree_util.tree_leaves((arrays, d, s))))
+    run, structure = jaxpr_as_fun(jaxpr), jax.tree_util.tree_structure(out)
+    return lambda d, s: jax.tree_util.tree_unflatten(structure, run(*jax.tree_util.tree_leaves((arrays, d, s))))
 
 
 def _init(statics, sizes, data, valid):
