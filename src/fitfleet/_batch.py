@@ -539,8 +539,8 @@ class _Engine:
 
     def _prepare_after(self, result, n_parts, size):
         """On a first call, while the batch's programs compile: compile what runs after
-        them, the join of the parts' results and whatever the caller registered with
-        ``_after_batch`` (multi-start's sorting), from one part's ``result`` (shapes)."""
+        them, the join of the parts' results and whatever the caller set in
+        ``_AFTER_BATCH`` (multi-start's sorting), from one part's ``result`` (shapes)."""
         if n_parts > 1:
             _COMPILER.submit(_concatenate_on_device.lower([result] * n_parts, size).compile)
         hook = _AFTER_BATCH.get()
