@@ -347,10 +347,11 @@ def _traced_step(statics, data, state):
 
     one = (shapes(arrays, 0), shapes(data, 1), shapes(state, 1))
     key = (_signature((static, one)), _trace_context())
-    if key not in _STEPS:
+    traced = _STEPS.get(key)  # one lookup: the tail's thread may clear the cache meanwhile
+    if traced is None:
         step = lambda a, d, s: _step_one(eqx.combine(a, static), d, s)  # noqa: E731
-        _remember(_STEPS, key, jax.make_jaxpr(step, return_shape=True)(*one))
-    jaxpr, out = _STEPS[key]
+        traced = _remember(_STEPS, key, jax.make_jaxpr(step, return_shape=True)(*one))
+    jaxpr, out = traced
     run, structure = jaxpr_as_fun(jaxpr), jax.tree_util.tree_structure(out)
     return lambda d, s: jax.tree_util.tree_unflatten(structure, run(*jax.tree_util.tree_leaves((arrays, d, s))))
 
@@ -506,36 +507,37 @@ class _Engine:
     def _programs(self, data, part, block, tail):
         """The programs that run a part: compiled executables, compiling on worker
         threads (tracing stays on this thread, under the caller's JAX configuration:
-        ``enable_x64`` and friends are thread-local), or else the jitted programs."""
+        ``enable_x64`` and friends are thread-local), or else the jitted programs; and
+        whether they are new (this is their first call)."""
         # The round, the longest to compile, goes first; the tail is needed last.
         jitted = {"round": (_ROUND, block), "init": (_INIT, block), "results": (_RESULTS, block), "tail": (_ROUND, tail)}
         abstract = jax.tree_util.tree_map(lambda a: np.broadcast_to(np.zeros((), a.dtype), (part, *a.shape[1:])), data)
         key = _signature((self.statics, abstract, block, tail)) if self.precompiled else None
-        if key is None or key not in _EXECUTABLES:
-            state = _abstract_state(self.statics, abstract)
-            options = _xla.cpu_options() if self.cpu else None
-            programs = {}
-            for name, (program, size) in jitted.items():
-                sizes = (size, tail)
-                if not self.precompiled:
-                    programs[name] = _Program(_done(program), sizes)
-                elif name == "tail" and sizes == programs["round"].sizes:
-                    programs[name] = programs["round"]
+        programs = None if key is None else _EXECUTABLES.get(key)
+        if programs is not None:
+            return programs, False
+        state = _abstract_state(self.statics, abstract)
+        options = _xla.cpu_options() if self.cpu else None
+        programs = {}
+        for name, (program, size) in jitted.items():
+            sizes = (size, tail)
+            if not self.precompiled:
+                programs[name] = _Program(_done(program), sizes)
+            elif name == "tail" and sizes == programs["round"].sizes:
+                programs[name] = programs["round"]
+            else:
+                valid = np.broadcast_to(np.True_, (part,))
+                arrays = {"init": (abstract, valid), "results": (abstract, state)}.get(name, (abstract, state, np.True_))
+                lower = functools.partial(program.lower, self.statics, sizes, self.mesh, *arrays)
+                if name == "tail":
+                    future = _LATER.submit(self._compile_later, lower, options, programs["round"].future, _trace_context())
                 else:
-                    valid = np.broadcast_to(np.True_, (part,))
-                    arrays = {"init": (abstract, valid), "results": (abstract, state)}.get(name, (abstract, state, np.True_))
-                    lower = functools.partial(program.lower, self.statics, sizes, self.mesh, *arrays)
-                    if name == "tail":
-                        future = _LATER.submit(self._compile_later, lower, options, programs["round"].future, _trace_context())
-                    else:
-                        future = _COMPILER.submit(lower().compile, options)
-                    out = eqx.filter_eval_shape(program, *lower.args) if name == "results" else None  # traced already
-                    programs[name] = _Program(future, sizes, out)
-            if key is None:
-                return programs, False
+                    future = _COMPILER.submit(lower().compile, options)
+                out = eqx.filter_eval_shape(program, *lower.args) if name == "results" else None  # traced already
+                programs[name] = _Program(future, sizes, out)
+        if key is not None:
             _remember(_EXECUTABLES, key, programs, limit=32)
-            return programs, True
-        return _EXECUTABLES[key], False
+        return programs, key is not None
 
     def _prepare_after(self, result, n_parts, size):
         """On a first call, while the batch's programs compile: compile what runs after
@@ -622,9 +624,10 @@ def _fit_state_shape(statics, data):
     """Shapes of one fit's solver state for a batch ``data``, without computing anything."""
     one = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a)[1:], a.dtype), data)
     key = _signature((statics, one))
-    if key not in _STATE_SHAPES:
-        _remember(_STATE_SHAPES, key, jax.eval_shape(functools.partial(_init_one, statics), one))
-    return _STATE_SHAPES[key]
+    shapes = _STATE_SHAPES.get(key)
+    if shapes is None:
+        shapes = _remember(_STATE_SHAPES, key, jax.eval_shape(functools.partial(_init_one, statics), one))
+    return shapes
 
 
 def _state_shape(statics, data):
@@ -662,6 +665,7 @@ def _remember(cache, key, value, limit=256):
     if len(cache) >= limit:
         cache.clear()
     cache[key] = value
+    return value
 
 
 def _abstract_state(statics, data):
