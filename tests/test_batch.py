@@ -169,6 +169,29 @@ def test_tail_follows_the_callers_tracing_configuration(x64):
     np.testing.assert_allclose(res.params, plain.params, rtol=1e-12, atol=1e-12)
 
 
+def test_programs_compiled_from_shapes_serve_later_calls(x64, caplog):
+    """A first call compiles what runs after the fits (the parts' join, multi-start's
+    sort) from shapes, in the background; that is only useful if the calls with real
+    arrays then find those programs compiled."""
+    from fitfleet import _xla
+
+    take_rows = _xla.filter_jit(lambda tree, rows: jax.tree_util.tree_map(lambda a: a[rows], tree))
+    tree = {"a": np.arange(14.0).reshape(7, 2), "b": np.arange(7, dtype=np.int32)}
+    rows = np.array([6, 0, 3, 1, 2, 5, 4, 0, 1])  # shapes no other test compiles
+    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+    joined = [{"a": jax.ShapeDtypeStruct((7, 2), tree["a"].dtype)}] * 3
+    take_rows.lower(shapes, rows).compile()
+    _batch._concatenate_on_device.lower(joined, 20).compile()
+    parts = [{"a": jax.device_put(tree["a"])}] * 3
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        out = take_rows(tree, rows)
+        cat = _batch._concatenate_on_device(parts, 20)
+        jax.block_until_ready((out, cat))
+    assert [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()] == []
+    np.testing.assert_array_equal(out["b"], tree["b"][rows])
+    assert cat["a"].shape == (20, 2)
+
+
 def test_no_recompile_on_second_call(x64, caplog):
     """New data, and even a slightly smaller batch (padded to the same programs), reuse
     what the first call compiled."""
