@@ -183,6 +183,8 @@ def test_programs_compiled_from_shapes_serve_later_calls(x64, caplog):
     take_rows.lower(shapes, rows).compile()
     _batch._concatenate_on_device.lower(joined, 20).compile()
     parts = [{"a": jax.device_put(tree["a"])}] * 3
+    # log_compiles, not conftest's count_compilations: this thread's compilations only
+    # (earlier tests may leave a tail's compilation running in the background).
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
         out = take_rows(tree, rows)
         cat = _batch._concatenate_on_device(parts, 20)

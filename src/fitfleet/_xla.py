@@ -78,13 +78,14 @@ def filter_jit(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        parts = split(args, kwargs)
         if jax.default_backend() == "cpu":
             try:
-                return jitted(True)(*split(args, kwargs))
+                return jitted(True)(*parts)
             except Exception as e:  # "`compiler_options` can only be passed to top-level `jax.jit`"
                 if "compiler_options" not in str(e):
                     raise
-        return jitted(False)(*split(args, kwargs))
+        return jitted(False)(*parts)
 
     def lower(*args, **kwargs):
         """Lower (top level, eagerly) for arrays or their shapes (``jax.ShapeDtypeStruct``):
