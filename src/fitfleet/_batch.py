@@ -411,7 +411,7 @@ def _program(local, n_batched, n_shared=0):
     return program
 
 
-_INIT, _ROUND, _RESULTS = (eqx.filter_jit(_program(*a)) for a in ((_init, 2), (_round, 2, 1), (_results, 2)))
+_INIT, _ROUND, _RESULTS = (_xla.filter_jit(_program(*a)) for a in ((_init, 2), (_round, 2, 1), (_results, 2)))
 # Compilations run here, on worker threads, while the caller's thread traces the next
 # program or runs the first one.  The tail's program is traced and compiled later, on
 # its own thread, once the round's is done: until it is ready the round's program
