@@ -83,7 +83,7 @@ def test_compaction_equals_plain_vmapped_loop(x64, monkeypatch):
             return call
 
         programs, fresh = original(self, *args)
-        rounds = {k: p._replace(future=_batch._done(watch(p.future.result()))) for k, p in programs.items() if k in ("round", "tail")}
+        rounds = {k: p._replace(future=_batch._done(watch(p.future.result()))) for k, p in programs.items() if k in ("round", "tail") and p}
         return {**programs, **rounds}, fresh
 
     monkeypatch.setattr(_batch._Engine, "_programs", spy)
@@ -161,7 +161,7 @@ def test_tail_follows_the_callers_tracing_configuration(x64):
     with jax.default_matmul_precision("highest"):
         res = ff.fit_batch(decay, x0, (t2, y2), shared_args=(0,))
     _batch._LATER.submit(lambda: None).result()  # the background work is done
-    tails = [p["tail"] for p in _batch._EXECUTABLES.values() if p["tail"].sizes[0] < p["round"].sizes[0]]
+    tails = [p["tail"] for p in _batch._EXECUTABLES.values() if p["tail"] is not None]
     assert any(t.future.result() is None for t in tails)
     plain = jax.vmap(lambda p, yy: ff.least_squares(decay, p, (jnp.asarray(t2), yy)))(jnp.asarray(x0), jnp.asarray(y2))
     assert int(jnp.min(res.n_steps[far])) > 2 * int(jnp.max(jnp.delete(res.n_steps, far)))

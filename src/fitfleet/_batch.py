@@ -18,11 +18,13 @@ fits in *parts*, *blocks* and *rounds*:
   quarter of its fits (``1/SHRINK``) are still running; blocks with no running fit are
   never touched.  The host reads back one count per round (and updates the progress
   bar), and repeats.
-- The *tail*: the last few running fits (at most ``TAIL``) run to the end in a block of
-  ``TAIL`` fits, so a handful of slow fits do not make a full block step with them.
-  The tail's program is traced and compiled on a background thread once the round's
-  has compiled (a first call does not wait for it); until it is ready, the round's
-  program runs the tail too.
+- The *tail*: on CPU a step costs about in proportion to its block's width, finished
+  fits included, so the last few running fits step in narrower blocks (``TAILS``: at
+  most 16 fits in a block of 16 until at most 4 run, those in a block of 4), one
+  program to the end, and a handful of slow fits do not make a full block step with
+  them.  The tail's program is traced and compiled on a background thread once the
+  round's has compiled (a first call does not wait for it); until it is ready, the
+  round's program runs the tail too.
 
 So a chunk compiles four programs: the initialisation, the round, the results and
 the tail, all on worker threads; the first three while this thread traces the next
@@ -63,7 +65,7 @@ CPU_BLOCK = 64  # fits per block on CPU: small enough that a few slow fits waste
 ACCELERATOR_BLOCK = 2**14  # on GPU/TPU a block should fill the device
 BLOCK_BYTES = 2**20  # a CPU block's working set stays within about what a core's cache holds
 WORK_FACTOR = 8  # working memory of a step relative to its state and data
-TAIL = 16  # the last few running fits run in blocks of this size
+TAILS = (16, 4)  # the last few running fits run in blocks of these sizes
 SHRINK = 4  # a block's loop stops once at most 1/SHRINK of its fits still run
 MEMORY_BUDGET = 2**30  # bytes of state and data per device for one chunk
 # Parts are split, and chunks joined, on the host below this many bytes (a helper program
@@ -356,24 +358,34 @@ def _traced_step(statics, data, state):
     return lambda d, s: jax.tree_util.tree_unflatten(structure, run(*jax.tree_util.tree_leaves((arrays, d, s))))
 
 
-def _init(statics, sizes, data, valid):
+def _init(statics, blocks, data, valid):
     """The initial states; padding (``valid`` False) starts finished, so no round steps it."""
-    state = jax.lax.map(functools.partial(_init_one, statics), data, batch_size=sizes[0])
+    state = jax.lax.map(functools.partial(_init_one, statics), data, batch_size=blocks[0])
     return _pack(eqx.tree_at(lambda s: s.status, state, jnp.where(valid, state.status, jnp.int32(Status.MAX_STEPS))))
 
 
-def _round(statics, sizes, data, packed, finish):
-    """One round over this device's fits in blocks of ``sizes[0]`` (see the module
-    docstring); returns the new (packed) state and how many fits still run.  A round on
-    one block stops at ``sizes[1]`` running fits (the tail's block), or runs them all to
-    the end if ``finish``."""
-    block, tail = sizes
+def _round(statics, blocks, data, packed, stop_at):
+    """One round over this device's fits (see the module docstring), in stages: in
+    blocks of ``blocks[0]``, then, once at most ``blocks[1]`` run, in one block of that
+    size, and so on; returns the new (packed) state and how many fits still run.  The
+    last stage, on one block, stops at ``stop_at`` running fits (the tail's block), or
+    runs them all to the end (0)."""
+    for block, stage_stop in zip(blocks, (*blocks[1:], stop_at)):
+        packed = _stage(statics, block, data, packed, stage_stop)
+    unpack = functools.partial(_unpack, like=_fit_state_shape(statics, data))
+    return packed, jnp.sum(unpack(packed).status == Status.RUNNING, dtype=jnp.int32)[None]
+
+
+def _stage(statics, block, data, packed, stop_at):
+    """The running fits, gathered first, in blocks of ``block``, one block after the
+    other, each until at most ``block // SHRINK`` of its fits run (``stop_at`` if one
+    block holds them all)."""
     unpack = functools.partial(_unpack, like=_fit_state_shape(statics, data))
     running = unpack(packed).status == Status.RUNNING
     n_running = jnp.sum(running, dtype=jnp.int32)
     order = jnp.argsort(~running, stable=True).astype(jnp.int32)  # running fits first
     n_blocks = -(-n_running // block)
-    threshold = jnp.where(n_blocks > 1, block // SHRINK, jnp.where(finish, 0, tail))
+    threshold = jnp.where(n_blocks > 1, block // SHRINK, stop_at)
 
     def run_block(i, packed):
         rows = jax.lax.dynamic_slice_in_dim(order, i * block, block)
@@ -381,12 +393,10 @@ def _round(statics, sizes, data, packed, finish):
         stepped = _pack(_iterate(statics, take(data), unpack(take(packed)), threshold))
         return tuple(a.at[rows].set(b, unique_indices=True) for a, b in zip(packed, stepped))
 
-    packed = jax.lax.fori_loop(0, n_blocks, run_block, packed)
-    return packed, jnp.sum(unpack(packed).status == Status.RUNNING, dtype=jnp.int32)[None]
+    return jax.lax.fori_loop(0, n_blocks, run_block, packed)
 
 
-def _results(statics, sizes, data, packed):
-    block, _ = sizes
+def _results(statics, blocks, data, packed):
     fun, _, template, mask, sigma_batched = statics
     like = _fit_state_shape(statics, data)
 
@@ -394,15 +404,15 @@ def _results(statics, sizes, data, packed):
         problem, _ = _problem.make_problem(fun, _member(template, mask, sigma_batched, ds[0]))
         return _driver.to_result(problem, _unpack(ds[1], like))
 
-    return jax.lax.map(one, (data, packed), batch_size=block)
+    return jax.lax.map(one, (data, packed), batch_size=blocks[0])
 
 
 def _program(local, n_batched, n_shared=0):
     """A jitted program over a chunk: ``local`` on one device, or under ``shard_map``
     on each device's share of the batch axis (a ``mesh`` is given)."""
 
-    def program(statics, sizes, mesh, *arrays):
-        f = functools.partial(local, statics, sizes)
+    def program(statics, blocks, mesh, *arrays):
+        f = functools.partial(local, statics, blocks)
         if mesh is not None:
             specs = (PartitionSpec("batch"),) * n_batched + (PartitionSpec(),) * n_shared
             f = jax.shard_map(f, mesh=mesh, in_specs=specs, out_specs=PartitionSpec("batch"), check_vma=False)
@@ -446,9 +456,8 @@ class _Engine:
     def run(self, data, size, chunk_size, progress):
         chunk, part, block = self._layout(data, size, chunk_size)
         n_chunks, n_parts = math.ceil(size / chunk), chunk // part
-        tail = min(TAIL, block)
         bar = _progress_bar(progress, size)
-        programs, fresh = self._programs(data, part, block, tail)
+        programs, fresh = self._programs(data, part, block)
         if fresh and n_chunks == 1:
             self._prepare_after(programs["results"].out, n_parts, size)
         try:
@@ -494,50 +503,50 @@ class _Engine:
                 done_before = done_now
             if counts.max() == 0:
                 break
-            round_, tail = programs["round"], programs["tail"]
-            has_tail = tail.sizes[0] < round_.sizes[0] and tail.future.done() and tail.future.result() is not None
-            if has_tail and counts.max() <= tail.sizes[0]:
-                round_, finish = tail, True
-            else:
-                finish = not has_tail
-            state, counts = round_(self.statics, self.mesh, data, state, np.asarray(finish))
+            tail = programs["tail"]
+            has_tail = tail is not None and tail.future.done() and tail.future.result() is not None
+            if has_tail and counts.max() <= tail.blocks[0]:
+                state, counts = tail(self.statics, self.mesh, data, state, np.int32(0))
+            else:  # until the tail can take over, or to the end
+                stop_at = np.int32(tail.blocks[0] if has_tail else 0)
+                state, counts = programs["round"](self.statics, self.mesh, data, state, stop_at)
             counts = np.asarray(counts)
         return programs["results"](self.statics, self.mesh, data, state)
 
-    def _programs(self, data, part, block, tail):
+    def _programs(self, data, part, block):
         """The programs that run a part: compiled executables, compiling on worker
         threads (tracing stays on this thread, under the caller's JAX configuration:
         ``enable_x64`` and friends are thread-local), or else the jitted programs; and
         whether they are new (this is their first call)."""
         # The round, the longest to compile, goes first; the tail is needed last.
-        jitted = {"round": (_ROUND, block), "init": (_INIT, block), "results": (_RESULTS, block), "tail": (_ROUND, tail)}
+        jitted = {"round": _ROUND, "init": _INIT, "results": _RESULTS}
+        # On an accelerator a narrower block steps no faster (a step costs its kernel
+        # launches), so there the tail is one block.
+        tail = tuple(size for size in (TAILS if self.cpu else TAILS[:1]) if size < block)
         abstract = jax.tree_util.tree_map(lambda a: np.broadcast_to(np.zeros((), a.dtype), (part, *a.shape[1:])), data)
-        key = _signature((self.statics, abstract, block, tail)) if self.precompiled else None
+        key = _signature((self.statics, abstract, block)) if self.precompiled else None
         programs = None if key is None else _EXECUTABLES.get(key)
         if programs is not None:
             return programs, False
+        if not self.precompiled:
+            programs = {name: _Program(_done(program), (block,)) for name, program in jitted.items()}
+            return {**programs, "tail": _Program(_done(_ROUND), tail) if tail else None}, False
         state = _abstract_state(self.statics, abstract)
         options = _xla.cpu_options() if self.cpu else None
+        valid = np.broadcast_to(np.True_, (part,))
+        arrays = {"round": (abstract, state, np.int32(0)), "init": (abstract, valid), "results": (abstract, state)}
         programs = {}
-        for name, (program, size) in jitted.items():
-            sizes = (size, tail)
-            if not self.precompiled:
-                programs[name] = _Program(_done(program), sizes)
-            elif name == "tail" and sizes == programs["round"].sizes:
-                programs[name] = programs["round"]
-            else:
-                valid = np.broadcast_to(np.True_, (part,))
-                arrays = {"init": (abstract, valid), "results": (abstract, state)}.get(name, (abstract, state, np.True_))
-                lower = functools.partial(program.lower, self.statics, sizes, self.mesh, *arrays)
-                if name == "tail":
-                    future = _LATER.submit(self._compile_later, lower, options, programs["round"].future, _trace_context())
-                else:
-                    future = _COMPILER.submit(lower().compile, options)
-                out = eqx.filter_eval_shape(program, *lower.args) if name == "results" else None  # traced already
-                programs[name] = _Program(future, sizes, out)
-        if key is not None:
-            _remember(_EXECUTABLES, key, programs, limit=32)
-        return programs, key is not None
+        for name, program in jitted.items():
+            args = (self.statics, (block,), self.mesh, *arrays[name])
+            lowered = program.lower(*args)
+            out = eqx.filter_eval_shape(program, *args) if name == "results" else None  # traced already
+            programs[name] = _Program(_COMPILER.submit(lowered.compile, options), (block,), out)
+        programs["tail"] = None
+        if tail:
+            lower = functools.partial(_ROUND.lower, self.statics, tail, self.mesh, *arrays["round"])
+            future = _LATER.submit(self._compile_later, lower, options, programs["round"].future, _trace_context())
+            programs["tail"] = _Program(future, tail)
+        return _remember(_EXECUTABLES, key, programs, limit=32), True
 
     def _prepare_after(self, result, n_parts, size):
         """On a first call, while the batch's programs compile: compile what runs after
@@ -588,15 +597,15 @@ class _Engine:
 
 
 class _Program(NamedTuple):
-    """A program (a future of it, while it compiles), its static block sizes, and the
+    """A program (a future of it, while it compiles), its block sizes (static), and the
     shapes of its output (for the results' program)."""
 
     future: concurrent.futures.Future
-    sizes: tuple
+    blocks: tuple
     out: object = None
 
     def __call__(self, statics, mesh, *arrays):
-        return self.future.result()(statics, self.sizes, mesh, *arrays)
+        return self.future.result()(statics, self.blocks, mesh, *arrays)
 
 
 # A function of the batch's Result (shapes) to call on a first call while the batch's
