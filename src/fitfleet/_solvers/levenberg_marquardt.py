@@ -65,7 +65,6 @@ for large-scale bound-constrained minimization problems", SIAM J. Sci. Comput. 2
 """
 
 import dataclasses
-import functools
 from typing import Any
 
 import equinox as eqx
@@ -211,9 +210,8 @@ def trust_region_damping(A, b, radius, damping_guess, search=True):
     ends on a step that stays short of the radius while the damping falls (MINPACK's
     ``lmpar`` test): near a direction of zero curvature and zero slope, ``‖y(λ)‖`` is flat
     until λ is vanishingly small, and the longer step would gain nothing in the model.
-    One loop body, so the factorisation is written once (and compiled twice: the first
-    iteration, the Newton step, runs before the loop).  Call it on stop-gradient
-    inputs: the damping is a choice, not something to differentiate.
+    One loop, so the factorisation is traced (and compiled) once.  Call it on
+    stop-gradient inputs: the damping is a choice, not something to differentiate.
     ``search=False`` returns at once (a zero step), so that under ``vmap`` fits that
     need no step do not hold the loop.
     """
@@ -245,8 +243,4 @@ def trust_region_damping(A, b, radius, damping_guess, search=True):
     zero = jnp.zeros_like(upper)
     init = (jnp.int32(0), zero, zero, upper, ~jnp.asarray(search), zero, jnp.zeros_like(b), zero)
     running = lambda c: (c[0] < MAX_DAMPING_ITERATIONS) & ~c[4]  # noqa: E731
-    # The first iteration, the Gauss-Newton step, is written out before the loop: near a
-    # solution it is the step taken, and then a vmapped search skips the loop altogether
-    # (each iteration of a loop costs a dozen XLA:CPU kernels, however few lanes need it).
-    first = jax.tree_util.tree_map(functools.partial(jnp.where, running(init)), body(init), init)
-    return jax.lax.while_loop(running, body, first)[5:7]
+    return jax.lax.while_loop(running, body, init)[5:7]
