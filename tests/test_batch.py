@@ -71,19 +71,22 @@ def test_batch_equals_loop_of_single_fits(dtype):
 def test_compaction_equals_plain_vmapped_loop(x64, monkeypatch):
     """Rounds stop early and regroup the stragglers; every fit still takes exactly its own steps."""
     left_running = []  # fits still running after each round
+    ran = []  # which programs ran: the round's, and the tail's (its blocks of 16, then 4)
     original = _batch._Engine._programs
 
     def spy(self, *args):
-        def watch(program):
+        def watch(program, name):
             def call(*a):
                 state, counts = program(*a)
                 left_running.append(int(np.sum(counts)))
+                ran.append(name)
                 return state, counts
 
             return call
 
         programs, fresh = original(self, *args)
-        rounds = {k: p._replace(future=_batch._done(watch(p.future.result()))) for k, p in programs.items() if k in ("round", "tail") and p}
+        # Waiting for the tail's program here makes it serve this first call.
+        rounds = {k: p._replace(future=_batch._done(watch(p.future.result(), k))) for k, p in programs.items() if k in ("round", "tail") and p}
         return {**programs, **rounds}, fresh
 
     monkeypatch.setattr(_batch._Engine, "_programs", spy)
@@ -95,6 +98,7 @@ def test_compaction_equals_plain_vmapped_loop(x64, monkeypatch):
     # A round stopped early with a few fits (the stragglers, a few slower ones) still
     # running, and a later round, on fewer blocks, finished them.
     assert any(0 < n <= 256 // 8 for n in left_running) and left_running[-1] == 0
+    assert "tail" in ran and _batch.TAILS[-1] < _batch.TAILS[0]
     assert int(jnp.min(res.n_steps[far])) > 2 * int(jnp.max(jnp.delete(res.n_steps, far)))
     np.testing.assert_array_equal(res.status, plain.status)
     np.testing.assert_array_equal(res.n_steps, plain.n_steps)
