@@ -130,6 +130,9 @@ class Linearization(eqx.Module):
     jtj: Any  # JᵀJ of the model
     cosine: Any  # the gtol statistic
     jac_finite: Any  # J is finite and JᵀJ does not overflow
+    # ‖J_j‖², JᵀJ's diagonal without the bounds' curvature term: the column norms that
+    # Levenberg-Marquardt's scaling is made of (0 for a point not newly evaluated).
+    col_norm_sq: Any
 
 
 def linearize(problem, u):
@@ -158,21 +161,24 @@ def linearize(problem, u):
         cosine = gradient_cosine(grad, jnp.diagonal(jtj), jnp.sum(rm * rm))
         # A non-finite entry of J makes its column's ‖J_j‖² non-finite: checking n values
         # instead of m·n spares a pass over J (a transposing copy under vmap) every step.
-        return Linearization(r, J, grad, jtj, cosine, jnp.all(jnp.isfinite(jnp.diagonal(jtj))))
+        col_norm_sq = jnp.diagonal(jtj)
+        return Linearization(r, J, grad, jtj, cosine, jnp.all(jnp.isfinite(col_norm_sq)), col_norm_sq)
     lin = linearize(problem.without_bounds(), problem.to_params(u))
     dp, d2p = problem.bounds.derivatives(u)
     grad = dp * lin.grad
     jtj = lin.jtj * (dp[:, None] * dp[None, :])
     model_residual = problem.model(lin.residual, lin.jac)[0]
-    cosine = gradient_cosine(grad, jnp.diagonal(jtj), jnp.sum(model_residual**2))
+    col_norm_sq = jnp.diagonal(jtj)
+    cosine = gradient_cosine(grad, col_norm_sq, jnp.sum(model_residual**2))
     curvature = jnp.maximum(lin.grad * d2p, 0)
-    return Linearization(lin.residual, lin.jac * dp, grad, jtj + jnp.diag(curvature), cosine, lin.jac_finite)
+    return Linearization(lin.residual, lin.jac * dp, grad, jtj + jnp.diag(curvature), cosine, lin.jac_finite, col_norm_sq)
 
 
 def keep_linearization(state, jtj):
     """The current point's linearization, unchanged: the rejected-step branch."""
     return Linearization(
-        state.residual, state.jac, state.grad, jtj, jnp.asarray(jnp.inf, state.cost.dtype), jnp.asarray(True)
+        state.residual, state.jac, state.grad, jtj, jnp.asarray(jnp.inf, state.cost.dtype), jnp.asarray(True),
+        jnp.zeros_like(state.grad),
     )
 
 

@@ -20,14 +20,24 @@ Bounds and ``log_scale``: the fit runs in internal variables ``u`` with ``p = T(
 elementwise (``_bounds``), and ``JᵀJ`` above carries the bounds' curvature term
 ``diag(max(g_p ⊙ T''(u), 0))`` (``_common.linearize``): at an active bound ``T' → 0``
 takes the parameter's column out of ``JᵀJ`` and the plain Gauss-Newton step would blow
-up; the term is what holds ``u`` there.
+up; the term is what holds ``u`` there.  Near a bound the transform is curved on a scale
+of about one unit of ``u`` (``√(u² + 1)``, ``sin u``, ``exp u``), and the model, linear in
+``u``, holds only that far: a start on a lower bound has a Jacobian column shrunk by
+``T'(u) ≈ 0``, and the full step would carry the parameter to 1e6, where the model no
+longer depends on it.  So the direction is shortened (never turned) until no bounded or
+log-scaled entry moves by more than its reach,
+
+    |δ_j| <= max(|u_j|, 1),
+
+which an unbounded parameter does not have: where no parameter is transformed, the step
+is exactly Gauss-Newton's.
 
 A direction that is not finite (a singular JᵀJ: a parameter the residual does not depend
 on, or an exactly rank-deficient Jacobian) or not a descent direction stops the fit with
 ``STEP_FAILED``, and so does a line search that shrinks the step to round-off without
 decreasing the cost; Levenberg-Marquardt's damping is the cure for such problems.
-Stopping tests: see ``_common``; they judge full Gauss-Newton steps: ``xtol`` applies to
-the Gauss-Newton step δ (not the shortened α·δ) and ``ftol`` only to steps with α = 1.
+Stopping tests: see ``_common``; they judge full steps: ``xtol`` applies to the
+direction δ (not the line search's α·δ) and ``ftol`` only to steps with α = 1.
 
 Reference: J. Nocedal & S. Wright, "Numerical Optimization", 2nd ed., §3.1 and §10.3.
 """
@@ -61,12 +71,25 @@ class _Inner(eqx.Module):
     step_length: Any
 
 
-def _direction(lin):
+def _direction(problem, u, lin):
     scale = jnp.sqrt(jnp.diagonal(lin.jtj))
     scale = jnp.where(scale > 0, scale, 1)
     direction = solve_scaled(lin.jtj, -lin.grad, scale, 0)
     usable = jnp.all(jnp.isfinite(direction)) & (lin.grad @ direction < 0)
-    return jnp.where(usable, direction, 0), usable
+    direction = jnp.where(usable, direction, 0)
+    return direction * _within_reach(problem, u, direction), usable
+
+
+def _within_reach(problem, u, direction):
+    """The factor (<= 1) that keeps the step within the reach of each transformed entry
+    (see the module docstring): the direction is shortened, never turned."""
+    if problem.bounds is None:
+        return 1
+    b = problem.bounds
+    transformed = jnp.isfinite(b.lower) | jnp.isfinite(b.upper) | b.log
+    tiny = jnp.finfo(u.dtype).tiny
+    factors = jnp.where(transformed, jnp.maximum(jnp.abs(u), 1) / jnp.maximum(jnp.abs(direction), tiny), 1)
+    return jnp.minimum(1, jnp.min(factors))
 
 
 class GaussNewton(eqx.Module):
@@ -77,7 +100,7 @@ class GaussNewton(eqx.Module):
     def init(self, problem, p):
         lin = linearize(problem, p)
         cost = problem.cost(lin.residual)
-        direction, usable = _direction(lin)
+        direction, usable = _direction(problem, p, lin)
         status = start_status(cost, lin.jac, lin.cosine, self.tol)
         status = jnp.where((status == Status.RUNNING) & ~usable, Status.STEP_FAILED, status)
         inner = _Inner(lin.jtj, direction, jnp.asarray(1, p.dtype))
@@ -99,7 +122,7 @@ class GaussNewton(eqx.Module):
 
         def at_new_point():
             lin = linearize(problem, params)
-            return lin, *_direction(lin)
+            return lin, *_direction(problem, params, lin)
 
         lin, direction, usable = jax.lax.cond(
             accepted,

@@ -18,9 +18,16 @@ bounds (internal variables ``u``, ``p = T(u)``), a start near a bound has a colu
 shrunk by the transform's small slope there, which would allow a huge first step in
 ``u`` (a rate starting on its bound 0 was sent to 2e6, a plateau); so ``D`` starts at
 the column norms the parameters would have away from their bounds, ``‖J_j‖·max|T'|/|T'(u₀)|``
-(``Problem.pinning``); and ``JᵀJ`` carries the bounds' curvature term
+(``Problem.pinning``).  The model's matrix also carries the bounds' curvature term
 ``diag(max(g_p ⊙ T''(u), 0))`` (``_common.linearize``), without which a parameter
-converging onto an active bound creeps there, a constant fraction per step.
+converging onto an active bound creeps there, a constant fraction per step; that term
+is not a column norm and stays out of ``D`` (pinned, it made ``D`` and the first radius
+up to 1e7 times too large where the data pull a parameter against its bound), so with
+it the scaled diagonal may exceed 1.  A column that starts negligible, at most
+``1e3·eps`` of ``‖D·max(|u₀|, 1)‖`` (a rate whose amplitude starts at 0, on its bound),
+would make its parameter's step unbounded (the rate went to 1e13; MINPACK's ``lm`` has
+the same weakness); its scale starts where the first radius lets the
+parameter move by about its own size, ``‖D·max(|u₀|, 1)‖ / (√n·max(|u₀_j|, 1))``.
 
 The damping.  If the Gauss-Newton step (damping 0) lies inside the ball it is taken.
 Otherwise the damping solving ``‖Dδ(damping)‖ = radius`` is found to 10% by Hebden's
@@ -89,6 +96,9 @@ ACCEPT_RATIO = 1e-4
 RADIUS_RTOL = 0.1  # Moré's tolerance on ‖Dδ‖ = radius
 MAX_DAMPING_ITERATIONS = 10
 PLATEAU_RTOL = 1e-3  # the damping search ends where ‖y‖ grows less than this as λ falls
+# A start on a bound is moved inside by 100·eps (``_bounds``): a parameter starting at 0
+# leaves the columns it multiplies (its rate's, say) at about that size.
+NEGLIGIBLE_COLUMN = 1e3
 
 
 class _Inner(eqx.Module):
@@ -114,8 +124,12 @@ class LevenbergMarquardt(eqx.Module):
     def init(self, problem, p):
         lin = linearize(problem, p)
         cost = problem.cost(lin.residual)
-        scale = jnp.sqrt(jnp.diagonal(lin.jtj)) * problem.pinning(p)
-        radius = jnp.linalg.norm(_positive(scale) * jnp.maximum(jnp.abs(p), 1))
+        scale = jnp.sqrt(lin.col_norm_sq) * problem.pinning(p)
+        size = jnp.maximum(jnp.abs(p), 1)
+        budget = jnp.linalg.norm(scale * size)
+        negligible = scale * size <= NEGLIGIBLE_COLUMN * jnp.finfo(p.dtype).eps * budget
+        scale = jnp.where(negligible, budget / (jnp.sqrt(p.size) * size), scale)
+        radius = jnp.linalg.norm(_positive(scale) * size)
         inner = _Inner(
             jtj=lin.jtj,
             scale=scale,
@@ -172,7 +186,7 @@ class LevenbergMarquardt(eqx.Module):
             lin = jax.lax.cond(
                 accepted, lambda: linearize(problem, params), lambda: keep_linearization(state, s.jtj)
             )
-        scale = jnp.maximum(s.scale, jnp.sqrt(jnp.diagonal(lin.jtj)))
+        scale = jnp.maximum(s.scale, jnp.sqrt(lin.col_norm_sq))
         inner = _Inner(jtj=lin.jtj, scale=scale, radius=radius, damping=damping)
 
         status = step_status(
