@@ -420,6 +420,20 @@ def test_amplitude_starting_at_zero_matches_scipy(x64, bounded, rate0):
         np.testing.assert_allclose(float(res.cost), ref.cost, rtol=1e-6)
 
 
+def test_one_sided_transform_near_its_bound_is_exact(x64):
+    """``√(u² + 1) − 1`` computed as written is exactly 0 for |u| < 1e-8: an iterate landed
+    on its bound, where a model such as ``K**n`` has a non-finite derivative; and a start
+    just off its bound came back from ``u`` a relative 1e-3 away."""
+    from fitfleet._bounds import make_bounds
+
+    b = make_bounds(([0.0, 1.0], [np.inf, np.inf]), [False, False], np.ones(2), np.ones(2))
+    p = b.to_params(jnp.array([1e-9, 1e-9]))
+    np.testing.assert_allclose(p, [5e-19, 1.0], rtol=1e-12)
+    assert p[0] > 0
+    start = jnp.array([3e-14, 2.5])
+    np.testing.assert_allclose(b.to_params(b.to_internal(start)), start, rtol=1e-12)
+
+
 def test_wrapped_angle_is_the_same_point(x64):
     from fitfleet._bounds import make_bounds
 

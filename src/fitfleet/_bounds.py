@@ -43,11 +43,13 @@ class Bounds(eqx.Module):
         lo, hi = self.lower, self.upper
         fin_lo, fin_hi = jnp.isfinite(lo), jnp.isfinite(hi)
         lo0, hi0 = jnp.where(fin_lo, lo, 0), jnp.where(fin_hi, hi, 0)
-        root = jnp.sqrt(u * u + 1)
+        # √(u² + 1) − 1 without the cancellation that would put p exactly on its bound
+        # (where a model may be singular: log p, p**q) for any |u| < 1e-8.
+        rise = u * u / (jnp.sqrt(u * u + 1) + 1)
         v = jnp.where(
             fin_lo & fin_hi,
             lo0 + (hi0 - lo0) * (1 + jnp.sin(u)) / 2,
-            jnp.where(fin_lo, lo0 - 1 + root, jnp.where(fin_hi, hi0 + 1 - root, u)),
+            jnp.where(fin_lo, lo0 + rise, jnp.where(fin_hi, hi0 - rise, u)),
         )
         return jnp.where(self.log, jnp.exp(v), v)
 
@@ -88,8 +90,10 @@ class Bounds(eqx.Module):
         # (2v − l − h)/(h − l) rather than 2(v − l)/(h − l) − 1: the middle of the box
         # (scipy's default start) maps to exactly u = 0 however XLA fuses the arithmetic.
         two_sided = jnp.arcsin(jnp.clip((2 * v - lo0 - hi0) / width, -1, 1))
-        one_sided_lo = jnp.sqrt(jnp.maximum((v - lo0 + 1) ** 2 - 1, 0))
-        one_sided_hi = jnp.sqrt(jnp.maximum((hi0 - v + 1) ** 2 - 1, 0))
+        # √((d + 1)² − 1) as √(d(d + 2)): exact for a start just off its bound.
+        d_lo, d_hi = jnp.maximum(v - lo0, 0), jnp.maximum(hi0 - v, 0)
+        one_sided_lo = jnp.sqrt(d_lo * (d_lo + 2))
+        one_sided_hi = jnp.sqrt(d_hi * (d_hi + 2))
         return jnp.where(
             fin_lo & fin_hi, two_sided, jnp.where(fin_lo, one_sided_lo, jnp.where(fin_hi, one_sided_hi, v))
         )
