@@ -83,6 +83,7 @@ def setting(kind, truth, g):
 def run(model, draw, kind, seed):
     g = np.random.default_rng(seed)
     fitfleet_residual = jax.jit(lambda p, t, y: model(jnp, p, t) - y)
+    jac = jax.jit(jax.jacfwd(lambda p: model(jnp, p, T)))  # scipy's exact Jacobian, compiled once
     costs = {name: [] for name in ("fitfleet LM", "fitfleet GN", "scipy trf", "scipy trf, x_scale='jac'")}
     for _ in range(N_DATA):
         truth = np.array(draw(g), float)
@@ -92,7 +93,6 @@ def run(model, draw, kind, seed):
             res = ff.least_squares(fitfleet_residual, jnp.asarray(x0), (jnp.asarray(T), jnp.asarray(y)), method=method, **options)
             costs[f"fitfleet {method.upper()}"].append(float(res.cost) if bool(res.success) else np.inf)
         inside = np.clip(x0, lo + 1e-10, np.where(np.isfinite(hi), hi - 1e-10, np.inf))
-        jac = jax.jit(jax.jacfwd(lambda p: model(jnp, p, T)))
         for name, x_scale in (("scipy trf", 1.0), ("scipy trf, x_scale='jac'", "jac")):
             try:
                 with np.errstate(all="ignore"):
