@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
 import fitfleet as ff
+from fitfleet import _problem
 import problems
 from conftest import count_compilations
 
@@ -531,24 +532,40 @@ def _reverse_only_sum_of_cubes(p, target):
     return jnp.reshape(jnp.sum(_cube(p)) - target, (1,))
 
 
-@pytest.mark.parametrize("m", [2, 10])  # n = 2 params: m == n is the boundary, forward mode
-def test_auto_jacobian_is_forward_mode_when_n_le_m(x64, m):
+@pytest.mark.parametrize("m, mode", [(1, "rev"), (2, "fwd"), (10, "fwd")])  # n = 2: m == n is forward mode
+def test_auto_jacobian_mode_follows_the_shape(x64, m, mode):
+    t = jnp.linspace(0.0, 3.0, m)
+    mode_of = lambda fun, x0, args: _problem.choose_jacobian(fun, _problem.check(fun, x0, args, "auto")).jac  # noqa: E731
+    assert mode_of(problems.exp_decay, jnp.array([1.0, 2.0, 0.0]), (t, jnp.exp(-t))) == ("fwd" if m >= 3 else "rev")
+    assert mode_of(lambda p, t: p[0] * jnp.exp(-p[1] * t), jnp.array([1.0, 2.0]), (t,)) == mode
+
+
+@pytest.mark.parametrize("m", [1, 2, 10])
+def test_auto_jacobian_takes_forward_mode_where_reverse_cannot_work(x64, m):
     t = jnp.linspace(0.0, 3.0, m)
     y = 2.0 * jnp.exp(-1.0 * t)
-    res = ff.least_squares(_forward_only_exp, jnp.array([1.0, 2.0]), (t, y))  # would fail in reverse mode
-    assert res.success
-    np.testing.assert_allclose(res.params, [2.0, 1.0], rtol=1e-6)
-    with pytest.raises((ValueError, TypeError)):
-        ff.least_squares(_forward_only_exp, jnp.array([1.0, 2.0]), (t, y), jac="rev")
+    res = ff.least_squares(_forward_only_exp, jnp.array([1.0, 2.0]) if m > 1 else jnp.array([1.5, 1.0]), (t, y))
+    assert res.success and float(res.cost) < 1e-20
+    if m > 1:
+        np.testing.assert_allclose(res.params, [2.0, 1.0], rtol=1e-6)
 
 
-def test_auto_jacobian_is_reverse_mode_when_n_gt_m(x64):
-    x0 = jnp.array([1.0, 2.0, 0.5])
-    res = ff.least_squares(_reverse_only_sum_of_cubes, x0, (8.0,))  # would fail in forward mode
+@pytest.mark.parametrize("x0", [[1.0], [1.0, 2.0, 0.5]])  # n <= m, where forward mode is preferred, and n > m
+def test_auto_jacobian_takes_reverse_mode_where_forward_cannot_work(x64, x0):
+    res = ff.least_squares(_reverse_only_sum_of_cubes, jnp.array(x0), (8.0,))
     assert res.success
     assert float(res.cost) < 1e-20
-    with pytest.raises((ValueError, TypeError)):
-        ff.least_squares(_reverse_only_sum_of_cubes, x0, (8.0,), jac="fwd")
+
+
+@pytest.mark.parametrize(
+    "fun, x0, args, jac",
+    [(_forward_only_exp, [1.0, 2.0], (np.linspace(0.0, 3.0, 5), np.ones(5)), "rev"), (_reverse_only_sum_of_cubes, [1.0], (8.0,), "fwd")],
+)
+def test_a_jacobian_mode_that_cannot_work_is_a_clear_error_before_compiling(x64, fun, x0, args, jac):
+    args = tuple(map(jnp.asarray, args))  # float64 here, under x64
+    with count_compilations() as names, pytest.raises(ValueError, match=f"`jac='{jac}'`.*jac='auto'"):
+        ff.least_squares(fun, jnp.array(x0), args, jac=jac)
+    assert names == []
 
 
 def test_user_jacobian_with_bounds_and_sigma(x64):

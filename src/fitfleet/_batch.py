@@ -177,6 +177,7 @@ def fit_batch(
     _check_starts(x0, spec.bounds)
     if sigma_batched:
         sigma = _check_batched_sigma(sigma, spec.n_residuals, spec.dtype)
+    spec = _problem.choose_jacobian(fun, spec)
     template = dataclasses.replace(spec, args=tuple(None if b else a for a, b in zip(spec.args, mask)))
     data = (x0, tuple(a for a, b in zip(args, mask) if b), sigma if sigma_batched else None)
     engine = _Engine(fun, solver, template, mask, sigma_batched, _devices(devices))

@@ -40,7 +40,9 @@ def least_squares(
             with backtracking), ``"adam"`` or ``"sgd"`` (optax baselines), or any
             ``optax.GradientTransformation``.
         jac: ``"auto"`` (forward mode when there are no more parameters than residuals,
-            else reverse mode), ``"fwd"``, ``"rev"``, or a callable
+            else reverse mode; the other one where ``fun`` cannot be differentiated in
+            that mode: a ``custom_vjp`` such as diffrax's default adjoint has no forward
+            mode), ``"fwd"``, ``"rev"``, or a callable
             ``jac(params, *args)`` returning the (m, n) Jacobian (or the pytree
             ``jax.jacfwd`` would return).
         ftol: stop when an accepted step reduces the cost F by ``F_old - F_new <= ftol·F_old``
@@ -122,7 +124,7 @@ def least_squares(
         initial_damping=initial_damping,
         differentiable=adjoint.kind == "unroll",
     )
-    return _solve(fun, spec, solver, adjoint)
+    return _solve(fun, _problem.choose_jacobian(fun, spec), solver, adjoint)
 
 
 def _step_bound(max_steps, method, n_params):

@@ -212,8 +212,6 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
             )
     elif jac not in JAC_MODES:
         raise ValueError(f"`jac` must be one of {JAC_MODES} or a callable jac(params, *args); got {jac!r}.")
-    elif jac == "auto":
-        jac = "fwd" if n <= m else "rev"
 
     if loss not in LOSSES:
         raise ValueError(f"`loss` must be one of {LOSSES}; got {loss!r}.")
@@ -222,10 +220,11 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
         raise ValueError(f"`f_scale` must be > 0; got {f_scale!r}.")
     x0_flat = ravel_pytree(x0)[0] if all(_is_concrete(leaf) for leaf in leaves) else jnp.zeros(n, dtype)
     bounds_obj = make_bounds(bounds, log_scale, x0_flat, x0)
+    sigma = _check_sigma(sigma, m, dtype)
     return Spec(
         x0=x0,
         args=args,
-        sigma=_check_sigma(sigma, m, dtype),
+        sigma=sigma,
         bounds=bounds_obj,
         f_scale=jnp.asarray(f_scale, dtype),
         loss=loss,
@@ -236,26 +235,83 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
     )
 
 
-_OUTPUT_SHAPES = {}
+def choose_jacobian(fun, spec):
+    """``spec`` with its Jacobian mode settled: ``"fwd"`` or ``"rev"``, the mode asked for,
+    or for ``"auto"`` the cheaper one (forward when n <= m), checked by tracing
+    ``jax.jacfwd``/``jax.jacrev`` of ``fun``; a Jacobian function stays.  The last check
+    (it traces a derivative): call it once every other argument is validated.
+
+    Not every function has both: a ``custom_vjp`` (diffrax's default adjoint, say) has no
+    forward mode, a ``lax.while_loop`` with a traced trip count no reverse mode.  "auto"
+    then takes the mode that works; an explicit mode that fails is an error here, before
+    anything compiles, rather than deep inside the solver's compilation."""
+    jac, x0, args = spec.jac, spec.x0, spec.args
+    if callable(jac):
+        return spec
+    modes = (jac,) if jac != "auto" else ("fwd", "rev") if spec.n_params <= spec.n_residuals else ("rev", "fwd")
+    for mode in modes:
+        if _traced(_differentiable, fun, x0, args, mode):
+            return dataclasses.replace(spec, jac=mode)
+    errors = {mode: _jacobian_error(fun, x0, args, mode) for mode in modes}  # traced again: not kept
+    how = {"fwd": "forward mode (jax.jacfwd)", "rev": "reverse mode (jax.jacrev)"}
+    reasons = "; ".join(f"{how[mode]}: {type(e).__name__}: {str(e).splitlines()[0].rstrip('.')}" for mode, e in errors.items())
+    if jac != "auto":
+        other = "rev" if jac == "fwd" else "fwd"
+        raise ValueError(
+            f"`jac={jac!r}`: fun cannot be differentiated in {reasons}. Pass jac={other!r} or "
+            f"jac='auto' (which uses whichever mode works), or a Jacobian function jac(params, *args). "
+            "(diffrax's default adjoint has reverse mode only, adjoint=diffrax.ForwardMode() forward mode only.)"
+        ) from errors[jac]
+    raise ValueError(
+        f"fun cannot be differentiated by JAX in either mode ({reasons}). Pass `jac`, a function "
+        "jac(params, *args) returning the (m, n) Jacobian."
+    ) from errors[modes[0]]
 
 
-def _output_shape(fun, x0, args):
-    """``jax.eval_shape(fun, x0, *args)``, remembered per function and input shapes: a
-    repeated call (a multi-start, a batch in a loop) need not trace ``fun`` again."""
+def _differentiable(fun, x0, args, mode):
+    return _jacobian_error(fun, x0, args, mode) is None
+
+
+def _jacobian_error(fun, x0, args, mode):
+    """The exception that tracing ``fun``'s Jacobian in ``mode`` raises, or None."""
+    transform = jax.jacfwd if mode == "fwd" else jax.jacrev
+    try:
+        jax.eval_shape(lambda p, a: transform(lambda q: fun(q, *a))(p), x0, args)
+    except Exception as e:  # whatever JAX raises for an untransformable function
+        return e
+    return None
+
+
+_TRACED = {}
+
+
+def _traced(what, fun, x0, args, *extra):
+    """``what(fun, x0, args, *extra)``, a function of shapes only, remembered per
+    function and input shapes: a repeated call (a multi-start, a batch in a loop) need
+    not trace ``fun`` again."""
     leaves, treedef = jax.tree_util.tree_flatten((x0, args))
     if not all(isinstance(leaf, (jax.Array, np.ndarray)) and _is_concrete(leaf) for leaf in leaves):
-        return jax.eval_shape(fun, x0, *args)
+        return what(fun, x0, args, *extra)
     shapes = tuple((a.shape, a.dtype, getattr(a, "weak_type", False)) for a in leaves)
-    key = (fun, treedef, shapes, jnp.result_type(float))  # float is float64 only under x64
+    key = (what, fun, treedef, shapes, jnp.result_type(float), *extra)  # float is float64 only under x64
     try:
         hash(key)
     except TypeError:  # an unhashable callable
-        return jax.eval_shape(fun, x0, *args)
-    if key not in _OUTPUT_SHAPES:
-        if len(_OUTPUT_SHAPES) > 256:
-            _OUTPUT_SHAPES.clear()
-        _OUTPUT_SHAPES[key] = jax.eval_shape(fun, x0, *args)
-    return _OUTPUT_SHAPES[key]
+        return what(fun, x0, args, *extra)
+    if key not in _TRACED:
+        if len(_TRACED) > 256:
+            _TRACED.clear()
+        _TRACED[key] = what(fun, x0, args, *extra)
+    return _TRACED[key]
+
+
+def _eval_shape(fun, x0, args):
+    return jax.eval_shape(fun, x0, *args)
+
+
+def _output_shape(fun, x0, args):
+    """``jax.eval_shape(fun, x0, *args)``, remembered (see ``_traced``)."""
+    return _traced(_eval_shape, fun, x0, args)
 
 
 def _check_sigma(sigma, m, dtype):
@@ -284,6 +340,7 @@ def make_problem(fun, spec):
 
     Returns the problem and the internal starting point ``u0``.
     """
+    assert callable(spec.jac) or spec.jac in ("fwd", "rev"), "call choose_jacobian first"
     p0, unravel = ravel_pytree(spec.x0)
     problem = Problem(
         fun=fun,
