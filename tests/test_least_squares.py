@@ -683,6 +683,11 @@ def _sqrt_residual(p):
     return jnp.sqrt(p) - 1.0
 
 
+def _jump_away(p, y):
+    """The cost jumps up as soon as p leaves 1: a line search shrinks to round-off."""
+    return p - y + jnp.where(p == 1.0, 0.0, 3.0)
+
+
 def _one_parameter_unused(p, x, y):
     return p[0] * x - y  # p[1] does not affect the residual: JᵀJ is singular
 
@@ -765,9 +770,9 @@ def _status_cases():
             lambda r: (int(r.n_steps) >= 1 and float(r.params[0]) > 0.5 and not np.all(np.isfinite(r.jac)))
             or pytest.fail(f"params {r.params}, n_steps {r.n_steps}"),
         ),
-        "step-failed-gn-singular": lambda: (
-            _one_parameter_unused, np.ones(2), (x_line, yl), dict(method="gn"), ff.Status.STEP_FAILED,
-            lambda r: np.testing.assert_array_equal(r.params, np.ones(2)),
+        "step-failed-gn-line-search-collapsed": lambda: (
+            _jump_away, np.ones(1), (2.0,), dict(method="gn", ftol=0.0, xtol=0.0, gtol=0.0), ff.Status.STEP_FAILED,
+            lambda r: np.testing.assert_array_equal(r.params, np.ones(1)),
         ),
         "step-failed-lm-every-step-rejected": lambda: (
             _shift, np.ones(1), (), dict(jac=_wrong_sign_jac, ftol=0.0, xtol=0.0, gtol=0.0), ff.Status.STEP_FAILED,
@@ -803,17 +808,21 @@ def test_failure_statuses_inside_jit_and_vmap(x64):
     lin = problems.linear_regression()
     X, y = lin.jnp_args()
     fit = jax.jit(jax.vmap(lambda y: ff.least_squares(_one_parameter_unused, jnp.ones(2), (X[:, 1], y), method="gn")))
-    res = fit(jnp.stack([y, y.at[0].set(jnp.nan)]))
+    assert fit(jnp.stack([y, y.at[0].set(jnp.nan)])).message == [ff.Status.GTOL.message, ff.Status.NONFINITE_RESIDUAL.message]
+    tolerances = dict(ftol=0.0, xtol=0.0, gtol=0.0)
+    fails = jax.jit(jax.vmap(lambda y: ff.least_squares(_jump_away, jnp.ones(1), (y,), method="gn", **tolerances)))
+    res = fails(jnp.array([2.0, jnp.nan]))
     assert res.message == [ff.Status.STEP_FAILED.message, ff.Status.NONFINITE_RESIDUAL.message]
     np.testing.assert_array_equal(np.asarray(res.success), [False, False])
 
 
-def test_lm_on_singular_problem_is_damped_not_failed(x64):
-    """The problem Gauss-Newton cannot solve (a parameter the residual ignores) is what
-    Levenberg-Marquardt's damping is for: it fits the parameter that matters."""
+@pytest.mark.parametrize("method", ["lm", "gn"])
+def test_singular_problem_fits_the_parameter_that_matters(x64, method):
+    """A parameter the residual ignores makes JᵀJ singular: Levenberg-Marquardt's
+    damping, and Gauss-Newton's solve that drops dependent directions, fit the other."""
     lin = problems.linear_regression()
     X, y = lin.jnp_args()
-    res = ff.least_squares(_one_parameter_unused, jnp.ones(2), (X[:, 1], y))
+    res = ff.least_squares(_one_parameter_unused, jnp.ones(2), (X[:, 1], y), method=method)
     assert res.success, res.message
     x, yy = np.asarray(X[:, 1]), np.asarray(y)
     np.testing.assert_allclose(float(res.params[0]), float(x @ yy / (x @ x)), rtol=1e-8)
@@ -864,6 +873,28 @@ def test_damping_search_stops_on_a_flat_step_length(x64):
 def test_damping_search_can_be_skipped(x64):
     damping, y = _damping_search(np.eye(2), np.ones(2), 0.1, search=False)
     assert float(damping) == 0 and not np.any(np.asarray(y))
+
+
+@pytest.mark.parametrize("n", [5, 12])  # the unrolled factorisation (n <= 8) and the looped one
+@pytest.mark.parametrize("rank", ["full", "deficient"])
+def test_solve_semidefinite_solves_in_the_directions_that_are_determined(dtype, n, rank):
+    from fitfleet._linalg import solve_semidefinite
+
+    rng = np.random.default_rng(n)
+    B = rng.standard_normal((3 * n, n))
+    if rank == "deficient":
+        B[:, 2] = B[:, 0] - 2 * B[:, 1]  # column 2 depends on earlier ones
+        B[:, n - 1] = 0  # and the last is empty
+    A = B.T @ B
+    d = np.sqrt(np.where(np.diag(A) > 0, np.diag(A), 1))
+    b = A @ rng.standard_normal(n)  # in A's range: A x = b is solvable
+    x = np.asarray(jax.jit(solve_semidefinite)(jnp.asarray(A / np.outer(d, d), dtype), jnp.asarray(b / d, dtype))) / d
+    rtol = 1e-9 if dtype == "float64" else 2e-3
+    np.testing.assert_allclose(A @ x, b, rtol=rtol, atol=rtol * np.abs(b).max())
+    if rank == "full":
+        np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=100 * rtol)
+    else:
+        assert x[2] == 0 and x[n - 1] == 0  # dropped directions take no part
 
 
 def test_status_enum_messages_and_success():

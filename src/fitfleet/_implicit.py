@@ -65,6 +65,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._linalg import solve_semidefinite
 from ._solvers._common import linearize
 from ._status import is_success
 
@@ -142,25 +143,9 @@ def _solution_jvp(primals, tangents):
 def _solve_symmetric(H, b):
     """``H⁻¹b`` for symmetric ``H``, by a Cholesky factorisation that drops dependent
     directions instead of failing (see the module docstring)."""
-    n = b.shape[0]
     d = jnp.sqrt(jnp.abs(jnp.diagonal(H)))
     d = jnp.where(d > 0, d, 1)
-    A = H / (d[:, None] * d[None, :])  # unit diagonal: pivots are sines² of angles
-    cutoff = 10 * n * jnp.finfo(A.dtype).eps  # numpy's pseudo-inverse cut-off
-    rows = jnp.arange(n)
-
-    def column(j, L):
-        pivot = A[j, j] - L[j] @ L[j]
-        keep = pivot > cutoff
-        root = jnp.sqrt(jnp.where(keep, pivot, 1))
-        below = jnp.where((rows > j) & keep, (A[:, j] - L @ L[j]) / root, 0)
-        return L.at[:, j].set(jnp.where(rows == j, jnp.where(keep, root, 0), below))
-
-    L = jax.lax.fori_loop(0, n, column, jnp.zeros_like(A))
-    kept = jnp.diagonal(L) > 0
-    L = L + jnp.diag(jnp.where(kept, 0, 1).astype(A.dtype))
-    z = jnp.where(kept, jax.scipy.linalg.solve_triangular(L, b / d, lower=True), 0)
-    return jnp.where(kept, jax.scipy.linalg.solve_triangular(L, z, lower=True, trans="T"), 0) / d
+    return solve_semidefinite(H / (d[:, None] * d[None, :]), b / d) / d
 
 
 def _jvp_where_given(fn, primals, tangents):

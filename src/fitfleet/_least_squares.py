@@ -47,7 +47,8 @@ def least_squares(
             ``jax.jacfwd`` would return).
         ftol: stop when an accepted step reduces the cost F by ``F_old - F_new <= ftol·F_old``
             and the reduction agreed with the model's (ratio > 1/4).
-        xtol: stop when the proposed step satisfies ``‖δ‖ <= xtol·(xtol + ‖p‖)``.
+        xtol: stop when the proposed full step (see the README's stopping tests)
+            satisfies ``‖δ‖ <= xtol·(xtol + ‖p‖)``.
         gtol: stop when ``max_j |(Jᵀr)_j| / (‖J_j‖·‖r‖) <= gtol`` (the cosine between the
             residual and each Jacobian column; for optax methods ``‖Jᵀr‖∞ <= gtol``).
             A tolerance of 0 disables its test.

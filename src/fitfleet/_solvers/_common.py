@@ -14,7 +14,11 @@ parameter vector, ``δ`` the proposed step, ``g = Jᵀr``):
   of ε goes with a relative parameter change of √ε; a step much larger than that while
   the cost barely moves means a flat valley is being crossed, not that the fit is done.
 - ``xtol``: ``‖δ‖ <= xtol · (xtol + ‖p‖)`` for the proposed step, accepted or not: a
-  step that small cannot change the answer at the requested precision.
+  step that small cannot change the answer at the requested precision.  Only a full
+  step counts: Gauss-Newton's direction (not the line search's fraction of it), or a
+  Levenberg-Marquardt step the trust region did not cut short (damping 0); a step
+  shortened to fit a small radius says nothing about the distance to the minimum, and
+  LM stops instead once the radius itself is that small.
 
 A tolerance of 0 disables its test (``gtol = 0`` still stops at an exactly stationary
 point).  A positive tolerance below the machine epsilon of the parameters' dtype acts
@@ -101,8 +105,12 @@ def start_status(cost, jac, cosine, tol):
     return status.astype(jnp.int32)
 
 
-def step_status(*, accepted, jac_finite, cosine, reduction, cost_old, ratio, step, params, tol):
-    """Status after one proposed step, in priority order (first match wins)."""
+def step_status(*, accepted, jac_finite, cosine, reduction, cost_old, ratio, step, params, tol, full_step=True):
+    """Status after one proposed step, in priority order (first match wins).
+
+    ``full_step``: False where ``step`` was cut short (by a trust region): a short step
+    then says nothing about the distance to the minimum, and the ``xtol`` test is left
+    to the solver."""
     tol = tol.at_precision(params.dtype)
     step_norm = jnp.linalg.norm(step)
     params_norm = jnp.linalg.norm(params)
@@ -113,7 +121,7 @@ def step_status(*, accepted, jac_finite, cosine, reduction, cost_old, ratio, ste
         (accepted & ~jac_finite, Status.NONFINITE_JACOBIAN),
         (accepted & (cosine <= tol.gtol), Status.GTOL),
         (accepted & (ratio > 0.25) & (reduction <= tol.ftol * cost_old) & parameters_settled, Status.FTOL),
-        (step_norm <= relative(tol.xtol), Status.XTOL),
+        (full_step & (step_norm <= relative(tol.xtol)), Status.XTOL),
     ]
     status = jnp.asarray(Status.RUNNING, jnp.int32)
     for condition, code in reversed(conditions):

@@ -4,7 +4,12 @@ At an accepted point the Gauss-Newton direction solves the normal equations
 
     JᵀJ δ = -Jᵀr
 
-(in the Jacobi-scaled variables of ``_linalg.solve_scaled``, with no damping).  Each step
+in the Jacobi-scaled variables (``JᵀJ`` divided by its diagonal's square roots on both
+sides), with no damping.  Where ``JᵀJ`` is singular (a parameter the residual does not
+depend on at this point, an amplitude at 0 leaving its rate's column empty; or columns
+that depend on each other), the dependent directions are left out of the step and the
+normal equations are solved in the others (``_linalg.solve_semidefinite``: a Cholesky
+factorisation that drops a pivot below ``10·n·eps``), still a descent direction.  Each step
 then tries ``p + α δ`` starting from α = 1 and accepts it when the cost decreases
 sufficiently (Armijo's condition, c = 1e-4):
 
@@ -32,10 +37,10 @@ log-scaled entry moves by more than its reach,
 which an unbounded parameter does not have: where no parameter is transformed, the step
 is exactly Gauss-Newton's.
 
-A direction that is not finite (a singular JᵀJ: a parameter the residual does not depend
-on, or an exactly rank-deficient Jacobian) or not a descent direction stops the fit with
-``STEP_FAILED``, and so does a line search that shrinks the step to round-off without
-decreasing the cost; Levenberg-Marquardt's damping is the cure for such problems.
+A direction that is not finite or not a descent direction (the gradient vanishes in
+every direction kept) stops the fit with ``STEP_FAILED``, and so does a line search that
+shrinks the step to round-off without decreasing the cost; Levenberg-Marquardt's
+damping is the cure for such problems.
 Stopping tests: see ``_common``; they judge full steps: ``xtol`` applies to the
 direction δ (not the line search's α·δ) and ``ftol`` only to steps with α = 1.
 
@@ -48,7 +53,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._linalg import solve_scaled
+from .._linalg import solve_semidefinite
 from .._status import Status
 from ._common import (
     State,
@@ -74,7 +79,7 @@ class _Inner(eqx.Module):
 def _direction(problem, u, lin):
     scale = jnp.sqrt(jnp.diagonal(lin.jtj))
     scale = jnp.where(scale > 0, scale, 1)
-    direction = solve_scaled(lin.jtj, -lin.grad, scale, 0)
+    direction = solve_semidefinite(lin.jtj / (scale[:, None] * scale[None, :]), -lin.grad / scale) / scale
     usable = jnp.all(jnp.isfinite(direction)) & (lin.grad @ direction < 0)
     direction = jnp.where(usable, direction, 0)
     return direction * _within_reach(problem, u, direction), usable
