@@ -445,6 +445,20 @@ def test_matrix_shaped_residual_is_flattened(x64):
 # --------------------------------------------------------------------------- Jacobians
 
 
+def test_a_list_of_numbers_is_an_array_and_a_list_of_arrays_a_pytree(dtype):
+    """As in scipy, x0=[1.0, 2.0] hands fun an array (so p**2 works); a list of arrays
+    is a pytree, and comes back as one."""
+    target = np.array([4.0, 9.0])
+    res = ff.least_squares(lambda p: p**2 - target, [1.0, 1])
+    assert isinstance(res.params, jax.Array) and res.params.dtype == dtype
+    np.testing.assert_allclose(res.params, [2.0, 3.0], rtol=1e-5)
+    res = ff.least_squares(lambda p: jnp.concatenate([p[0] ** 2 - 4.0, p[1] ** 2 - 9.0]), [jnp.ones(1), jnp.ones(1)])
+    assert isinstance(res.params, list) and len(res.params) == 2
+    np.testing.assert_allclose(np.concatenate(res.params), [2.0, 3.0], rtol=1e-5)
+    batch = ff.fit_batch(lambda p, y: p**2 - y, [[1.0, 1.0], [1.0, 1.0]], ([[4.0, 9.0], [1.0, 16.0]],))
+    np.testing.assert_allclose(batch.params, [[2.0, 3.0], [1.0, 4.0]], rtol=1e-5)
+
+
 def test_user_jacobian_array_matches_autodiff(x64):
     prob = problems.exp_decay_noisy()
     x0, args = prob.jnp_x0(), prob.jnp_args()

@@ -107,8 +107,8 @@ def fit_batch(
 
     Args:
         fun: ``fun(params, *args)`` for ONE fit, as for :func:`least_squares`.
-        x0: starting parameters with a leading batch axis (an array (B, ...) or a pytree
-            whose every leaf has the same leading size B).
+        x0: starting parameters with a leading batch axis (an array (B, ...), nested
+            lists of numbers, or a pytree whose every leaf has the same leading size B).
         args: tuple of extra arguments; each carries a leading batch axis unless listed
             in ``shared_args``.
         shared_args: indices into ``args`` of arguments common to every fit (a shared
@@ -155,8 +155,8 @@ def fit_batch(
             "For a single argument write args=(x,)."
         )
     mask = _batched_mask(shared_args, len(args))
-    x0 = jax.tree_util.tree_map(lambda leaf: _as_input(leaf, "x0"), x0)
-    args = jax.tree_util.tree_map(lambda leaf: _as_input(leaf, "args"), args)
+    x0 = jax.tree_util.tree_map(lambda leaf: _as_input(leaf, "x0"), _problem.numbers_as_array(x0))
+    args = jax.tree_util.tree_map(lambda leaf: _as_input(leaf, "args"), tuple(map(_problem.numbers_as_array, args)))
     size = _batch_size(x0, args, mask)
     sigma, sigma_batched = _split_sigma(sigma, size)
 

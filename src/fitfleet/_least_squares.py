@@ -32,10 +32,12 @@ def least_squares(
     Args:
         fun: ``fun(params, *args)`` returning the residuals, a floating array of any
             shape (treated as flat), written in ``jax.numpy``.
-        x0: starting parameters, an array or a pytree of arrays.  Its dtype sets the
-            precision of the fit (float32 or float64); integers become floats.
-        args: a tuple of extra arguments to ``fun`` (arrays or pytrees of arrays),
-            traced, so new data of the same shape does not recompile.
+        x0: starting parameters, an array or a pytree of arrays (a list or tuple of
+            plain numbers is an array, as in scipy).  Its dtype sets the precision of
+            the fit (float32 or float64); integers become floats.
+        args: a tuple of extra arguments to ``fun`` (arrays or pytrees of arrays; a
+            list of numbers is an array), traced, so new data of the same shape does
+            not recompile.
         method: ``"lm"`` (Levenberg-Marquardt, the default), ``"gn"`` (Gauss-Newton
             with backtracking), ``"adam"`` or ``"sgd"`` (optax baselines), or any
             ``optax.GradientTransformation``.

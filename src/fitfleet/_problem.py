@@ -141,6 +141,21 @@ def _as_float_leaf(leaf, name):
     return arr
 
 
+def numbers_as_array(x0):
+    """A list or tuple of plain numbers (nested or not) is an array, as numpy and scipy
+    read it, so ``x0=[1.0, 2.0]`` gives ``fun`` an array; any other pytree stays one.
+    (For ``x0`` and each of ``args``.)"""
+    if not isinstance(x0, (list, tuple)):
+        return x0
+    leaves = jax.tree_util.tree_leaves(x0)
+    if not leaves or not all(isinstance(leaf, (int, float, np.number)) and not isinstance(leaf, bool) for leaf in leaves):
+        return x0
+    try:
+        return np.asarray(x0)
+    except ValueError:  # ragged: a pytree after all
+        return x0
+
+
 def _as_arg_leaf(leaf):
     if isinstance(leaf, (bool, int, float, complex, np.ndarray, np.generic)):
         return jnp.asarray(leaf)
@@ -165,7 +180,7 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
             f"`args` must be a tuple of extra arguments to fun; got {type(args).__name__}. "
             "For a single argument write args=(x,)."
         )
-    x0 = jax.tree_util.tree_map(lambda leaf: _as_float_leaf(leaf, "x0"), x0)
+    x0 = jax.tree_util.tree_map(lambda leaf: _as_float_leaf(leaf, "x0"), numbers_as_array(x0))
     leaves = jax.tree_util.tree_leaves(x0)
     if not leaves:
         raise ValueError("`x0` has no parameters: pass an array or a pytree of arrays.")
@@ -173,7 +188,7 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
     n = sum(int(np.prod(leaf.shape)) for leaf in leaves)
     if n == 0:
         raise ValueError("`x0` has no parameters: every array in it is empty.")
-    args = jax.tree_util.tree_map(_as_arg_leaf, args)
+    args = jax.tree_util.tree_map(_as_arg_leaf, tuple(map(numbers_as_array, args)))
 
     try:
         out = _output_shape(fun, x0, args)

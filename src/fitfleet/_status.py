@@ -46,8 +46,9 @@ MESSAGES = {
     Status.XTOL: "xtol: the relative step size was below xtol",
     Status.MAX_STEPS: "max_steps reached before any tolerance was met",
     Status.NONFINITE_RESIDUAL: (
-        "the residual is not finite at the starting point (or, for a first-order "
-        "method, at an iterate: the last finite one is returned)"
+        "the residual is not finite at the starting point, or so large that its cost "
+        "overflows (or, for a first-order method, at an iterate: the last finite one is "
+        "returned)"
     ),
     Status.NONFINITE_JACOBIAN: "the Jacobian is not finite (or JᵀJ overflows) at an accepted point",
     Status.STEP_FAILED: (
