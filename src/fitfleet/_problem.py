@@ -235,11 +235,10 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
         raise ValueError(f"`f_scale` must be > 0; got {f_scale!r}.")
     x0_flat = ravel_pytree(x0)[0] if all(_is_concrete(leaf) for leaf in leaves) else jnp.zeros(n, dtype)
     bounds_obj = make_bounds(bounds, log_scale, x0_flat, x0)
-    sigma = _check_sigma(sigma, m, dtype)
     return Spec(
         x0=x0,
         args=args,
-        sigma=sigma,
+        sigma=_check_sigma(sigma, m, dtype),
         bounds=bounds_obj,
         f_scale=jnp.asarray(f_scale, dtype),
         loss=loss,

@@ -63,9 +63,9 @@ steps only (damping 0): a step the trust region cut short says nothing about the
 distance to the minimum (on MGH's Brown almost-linear function a step of relative size
 1e-9 took the cost from 6e18 to 1e5, and the fit would have stopped there).  The test
 also holds when the radius itself falls to ``radius <= xtol · ‖D p‖`` (MINPACK's form
-of it), which ends a fit whose steps stay short, every one rejected or cut.  With ``xtol = 0`` such a fit stops with ``STEP_FAILED`` once the
-radius is below ``eps · (‖D p‖ + ‖r‖)``, where no representable step can change the
-cost.
+of it), which ends a fit whose steps stay short, every one rejected or cut.  With
+``xtol = 0`` such a fit stops with ``STEP_FAILED`` once the radius is below
+``eps · (‖D p‖ + ‖r‖)``, where no representable step can change the cost.
 
 References: K. Levenberg (1944); D. Marquardt (1963); J. J. Moré, "The Levenberg-Marquardt
 algorithm: implementation and theory", Lecture Notes in Mathematics 630 (1978);
