@@ -236,7 +236,7 @@ def test_profile_from_starting_parameters_with_bounds_and_log_scale(x64):
 @pytest.mark.parametrize(
     "options, error, text",
     [
-        (dict(index=5), ValueError, "`index` must be an int in \\[0, 2\\)"),
+        (dict(index=5), ValueError, "`index` must be a parameter name or an int in \\[0, 2\\)"),
         (dict(grid=[[1.0]]), ValueError, "1-D"),
         (dict(grid=[np.nan]), ValueError, "finite"),
         (dict(level=0.0), ValueError, "level"),

@@ -785,16 +785,16 @@ def _status_cases():
             or pytest.fail(f"params {r.params}, n_steps {r.n_steps}"),
         ),
         "step-failed-gn-line-search-collapsed": lambda: (
-            _jump_away, np.ones(1), (2.0,), dict(method="gn", ftol=0.0, xtol=0.0, gtol=0.0), ff.Status.STEP_FAILED,
+            _jump_away, np.ones(1), (2.0,), dict(method="gn", ftol=0.0, xtol=0.0, gtol=1e-12), ff.Status.STEP_FAILED,
             lambda r: np.testing.assert_array_equal(r.params, np.ones(1)),
         ),
         "step-failed-lm-every-step-rejected": lambda: (
-            _shift, np.ones(1), (), dict(jac=_wrong_sign_jac, ftol=0.0, xtol=0.0, gtol=0.0), ff.Status.STEP_FAILED,
+            _shift, np.ones(1), (), dict(jac=_wrong_sign_jac, ftol=0.0, xtol=0.0, gtol=1e-12), ff.Status.STEP_FAILED,
             lambda r: (np.all(np.asarray(r.params) == 1.0) and int(r.n_jev) == 1 and int(r.n_steps) >= 1)
             or pytest.fail(f"params {r.params}, n_jev {r.n_jev}"),
         ),
         "step-failed-lm-every-step-rejected-from-zero": lambda: (
-            _shift, np.zeros(1), (), dict(jac=_wrong_sign_jac, ftol=0.0, xtol=0.0, gtol=0.0), ff.Status.STEP_FAILED,
+            _shift, np.zeros(1), (), dict(jac=_wrong_sign_jac, ftol=0.0, xtol=0.0, gtol=1e-12), ff.Status.STEP_FAILED,
             lambda r: (np.all(np.asarray(r.params) == 0.0) and int(r.n_jev) == 1 and int(r.n_steps) >= 1)
             or pytest.fail(f"params {r.params}, n_jev {r.n_jev}"),
         ),
@@ -823,7 +823,7 @@ def test_failure_statuses_inside_jit_and_vmap(x64):
     X, y = lin.jnp_args()
     fit = jax.jit(jax.vmap(lambda y: ff.least_squares(_one_parameter_unused, jnp.ones(2), (X[:, 1], y), method="gn")))
     assert fit(jnp.stack([y, y.at[0].set(jnp.nan)])).message == [ff.Status.GTOL.message, ff.Status.NONFINITE_RESIDUAL.message]
-    tolerances = dict(ftol=0.0, xtol=0.0, gtol=0.0)
+    tolerances = dict(ftol=0.0, xtol=0.0, gtol=1e-12)
     fails = jax.jit(jax.vmap(lambda y: ff.least_squares(_jump_away, jnp.ones(1), (y,), method="gn", **tolerances)))
     res = fails(jnp.array([2.0, jnp.nan]))
     assert res.message == [ff.Status.STEP_FAILED.message, ff.Status.NONFINITE_RESIDUAL.message]
@@ -937,12 +937,11 @@ BAD_INPUTS = [
     ("x0-wrong-shape", problems.linear, np.zeros(2), _LIN.args, {}, TypeError, "x0"),
     ("x0-empty", problems.exp_decay, np.zeros(0), (_T, _Y), {}, ValueError, "`x0`"),
     ("x0-empty-tree", problems.exp_decay, {}, (_T, _Y), {}, ValueError, "`x0`"),
-    ("x0-complex", problems.exp_decay, _X0 + 0j, (_T, _Y), {}, TypeError, "`x0`"),
+    ("x0-complex", problems.exp_decay, _X0 + 0j, (_T, _Y), {}, ValueError, "`x0`"),
     ("x0-string", problems.exp_decay, "1, 2, 0", (_T, _Y), {}, TypeError, "`x0`"),
     ("x0-outside-bounds", problems.exp_decay, _X0, (_T, _Y), dict(bounds=(0.5, 10.0)), ValueError, "`x0`"),
     ("x0-nan-with-bounds", problems.exp_decay, np.array([1.0, np.nan, 0.0]), (_T, _Y), dict(bounds=(-5, 5)), ValueError, "`x0`"),
     ("x0-nonpositive-log-scale", problems.exp_decay, _X0, (_T, _Y), dict(log_scale=True), ValueError, "`x0`"),
-    ("args-list", problems.exp_decay, _X0, [_T, _Y], {}, TypeError, "`args`"),
     ("args-array", problems.exp_decay, _X0, _T, {}, TypeError, "`args`"),
     ("method-unknown", problems.exp_decay, _X0, (_T, _Y), dict(method="levenberg"), ValueError, "`method`"),
     ("method-none", problems.exp_decay, _X0, (_T, _Y), dict(method=None), ValueError, "`method`"),
@@ -982,6 +981,16 @@ BAD_INPUTS = [
     ("f_scale-zero", problems.exp_decay, _X0, (_T, _Y), dict(loss="huber", f_scale=0.0), ValueError, "`f_scale`"),
     ("f_scale-negative", problems.exp_decay, _X0, (_T, _Y), dict(loss="huber", f_scale=-1.0), ValueError, "`f_scale`"),
     ("f_scale-nan", problems.exp_decay, _X0, (_T, _Y), dict(loss="huber", f_scale=np.nan), ValueError, "`f_scale`"),
+    # issue 18 §1/§4: options that used to wrap, or pass silently
+    ("max_steps-int64-wraps", problems.exp_decay, _X0, (_T, _Y), dict(max_steps=np.int64(2**32)), ValueError, "`max_steps`"),
+    ("max_steps-overflows", problems.exp_decay, _X0, (_T, _Y), dict(max_steps=2**31), ValueError, "`max_steps`"),
+    ("max_steps-fraction", problems.exp_decay, _X0, (_T, _Y), dict(max_steps=10.5), TypeError, "`max_steps`"),
+    ("tolerances-all-zero", problems.exp_decay, _X0, (_T, _Y), dict(ftol=0.0, xtol=0.0, gtol=0.0), ValueError, "`ftol`"),
+    ("bounds-infinite-reversed", problems.exp_decay, _X0, (_T, _Y), dict(bounds=(np.inf, -np.inf)), ValueError, "`bounds`"),
+    ("sigma-covariance-not-symmetric", problems.exp_decay, _X0, (_T, _Y), dict(sigma=np.eye(40) + np.triu(np.full((40, 40), 0.01), 1)), ValueError, "symmetric"),
+    ("log_scale-string", problems.exp_decay, np.ones(3), (_T, _Y), dict(log_scale="False"), TypeError, "`log_scale`"),
+    ("jac-transposed", problems.exp_decay, _X0, (_T, _Y), dict(jac=lambda p, t, y: jnp.zeros((3, 40))), ValueError, "transposed"),
+    ("jac-wrong-tree", problems.exp_decay, _X0, (_T, _Y), dict(jac=lambda p, t, y: (jnp.zeros((40, 2)), jnp.zeros((40, 1)))), ValueError, "`jac`"),
 ]
 
 

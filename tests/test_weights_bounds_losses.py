@@ -426,7 +426,7 @@ def test_one_sided_transform_near_its_bound_is_exact(x64):
     just off its bound came back from ``u`` a relative 1e-3 away."""
     from fitfleet._bounds import make_bounds
 
-    b = make_bounds(([0.0, 1.0], [np.inf, np.inf]), [False, False], np.ones(2), np.ones(2))
+    b = make_bounds((np.array([0.0, 1.0]), np.array([np.inf, np.inf])), np.array([False, False]), np.float64)
     p = b.to_params(jnp.array([1e-9, 1e-9]))
     np.testing.assert_allclose(p, [5e-19, 1.0], rtol=1e-12)
     assert p[0] > 0
@@ -437,7 +437,7 @@ def test_one_sided_transform_near_its_bound_is_exact(x64):
 def test_wrapped_angle_is_the_same_point(x64):
     from fitfleet._bounds import make_bounds
 
-    b = make_bounds(([0.0, 1.0, -np.inf], [5.0, np.inf, np.inf]), [False, True, False], np.ones(3), np.ones(3))
+    b = make_bounds((np.array([0.0, 1.0, -np.inf]), np.array([5.0, np.inf, np.inf])), np.array([False, True, False]), np.float64)
     u = jnp.asarray([[-1.3e7, 40.0, 9.0], [7.0, -3.0, -9.0], [3.0, 0.5, 1e9]])
     w = jax.vmap(b.wrapped)(u)
     assert np.all(np.abs(w[:, 0]) <= np.pi) and np.array_equal(w[:, 1:], u[:, 1:])  # one-sided: untouched

@@ -56,9 +56,9 @@ import numpy as np
 from jax.extend.core import jaxpr_as_fun
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from . import _driver, _implicit, _problem, _xla
+from . import _driver, _problem, _setup, _validate, _xla
 from ._least_squares import least_squares
-from ._solvers import make_solver
+from ._setup import DEFAULTS
 from ._status import Status
 
 CPU_BLOCK = 64  # fits per block on CPU: small enough that a few slow fits waste little
@@ -143,65 +143,34 @@ def fit_batch(
         >>> res.params[:, 1].round(4).tolist(), res.success.tolist()
         ([0.5, 1.0, 2.0], [True, True, True])
     """
-    options = dict(
-        method=method, jac=jac, ftol=ftol, xtol=xtol, gtol=gtol, max_steps=max_steps, bounds=bounds,
-        log_scale=log_scale, loss=loss, f_scale=f_scale, learning_rate=learning_rate,
-        initial_damping=initial_damping, adjoint=adjoint, grad_on_failure=grad_on_failure,
-    )  # fmt: skip
-    _implicit.make_adjoint(adjoint, grad_on_failure, 1)  # validates both, before anything runs
-    if not isinstance(args, tuple):
-        raise TypeError(
-            f"`args` must be a tuple of extra arguments to fun; got {type(args).__name__}. "
-            "For a single argument write args=(x,)."
-        )
+    options = {name: value for name, value in locals().items() if name in DEFAULTS}
+    args = _validate.arguments(args)
     mask = _batched_mask(shared_args, len(args))
-    x0 = jax.tree_util.tree_map(lambda leaf: _as_input(leaf, "x0"), _problem.numbers_as_array(x0))
-    args = jax.tree_util.tree_map(lambda leaf: _as_input(leaf, "args"), tuple(map(_problem.numbers_as_array, args)))
+    x0 = _validate.parameters(x0)
     size = _batch_size(x0, args, mask)
-    sigma, sigma_batched = _split_sigma(sigma, size)
+    sigma_batched = sigma is not None and np.ndim(sigma) >= 2 and np.shape(sigma)[0] == size
 
-    if _problem.any_tracer((x0, args, sigma, options)):
-        return _vmapped_least_squares(fun, x0, args, mask, sigma, sigma_batched, options)
+    if _validate.any_traced((x0, args, sigma, options)):
+        _setup.check_options(options)
+        return _vmapped_least_squares(fun, x0, args, mask, sigma_batched, options)
 
     first = lambda t: jax.tree_util.tree_map(lambda a: a[0], t)  # noqa: E731
     args0 = tuple(first(a) if b else a for a, b in zip(args, mask))
-    spec = _problem.check(
-        fun, first(x0), args0, jac, sigma=first(sigma) if sigma_batched else sigma, bounds=bounds,
-        log_scale=log_scale, loss=loss, f_scale=f_scale,
-    )  # fmt: skip
-    solver = make_solver(
-        method, n_params=spec.n_params, ftol=ftol, xtol=xtol, gtol=gtol, max_steps=max_steps,
-        learning_rate=learning_rate, initial_damping=initial_damping, batched=True,
-    )  # fmt: skip
+    one = dict(options, sigma=first(sigma) if sigma_batched else sigma)
+    spec, solver, _ = _setup.prepare(fun, first(x0), args0, one, batched=True)
     x0 = jax.tree_util.tree_map(lambda a: a.astype(spec.dtype), x0)
-    _check_starts(x0, spec.bounds)
-    if sigma_batched:
-        sigma = _check_batched_sigma(sigma, spec.n_residuals, spec.dtype)
-    spec = _problem.choose_jacobian(fun, spec)
+    _validate.start(_flat_rows(x0), spec.box, np.asarray(spec.log or False), "x0")
+    sigma_data = None
+    if sigma_batched:  # the given sigmas, and a covariance's Cholesky factors (computed once, here)
+        given = _validate.batched_sigma(sigma, size, spec.n_residuals, spec.dtype)
+        sigma_data = (given, None if given.ndim == 2 else _problem.whitening(given))
     template = dataclasses.replace(spec, args=tuple(None if b else a for a, b in zip(spec.args, mask)))
-    data = (x0, tuple(a for a, b in zip(args, mask) if b), sigma if sigma_batched else None)
+    data = (x0, tuple(a for a, b in zip(args, mask) if b), sigma_data)
     engine = _Engine(fun, solver, template, mask, sigma_batched, _devices(devices))
-    return engine.run(data, size, chunk_size, progress)
+    return engine.run(data, size, _chunk_size(chunk_size), _validate.boolean("progress", progress))
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _as_input(leaf, name):
-    """Arrays stay where they are (numpy on the host: slicing them compiles nothing)."""
-    if isinstance(leaf, (jax.Array, jax.core.Tracer)):
-        arr = leaf
-    else:
-        try:
-            arr = np.asarray(leaf)
-        except Exception as e:
-            raise TypeError(f"`{name}` must hold arrays; got {type(leaf).__name__}.") from e
-    if name == "x0":
-        if jnp.issubdtype(arr.dtype, jnp.complexfloating):
-            raise TypeError("`x0` is complex; fitfleet fits real parameters. Split it into real and imaginary parts.")
-        if not jnp.issubdtype(arr.dtype, jnp.floating):
-            arr = arr.astype(jnp.result_type(float))
-    return arr
 
 
 def _batched_mask(shared_args, n_args):
@@ -238,6 +207,14 @@ def _batch_size(x0, args, mask):
     size = sizes.pop()
     if size == 0:
         raise ValueError("`x0` has an empty batch axis: there is nothing to fit.")
+    arg_sizes = {np.shape(leaf)[0] for a, b in zip(args, mask) if b for leaf in jax.tree_util.tree_leaves(a) if np.ndim(leaf)}
+    if len(arg_sizes) == 1 and size not in arg_sizes and len(leaves) == 1 and np.ndim(leaves[0]) == 1:
+        (other,) = arg_sizes
+        raise ValueError(
+            f"`x0` has a leading axis of {size} but the batched `args` have {other} rows: x0 needs a batch axis, "
+            f"one start per fit, shape ({other}, n_params) (np.broadcast_to(x0, ({other}, len(x0))) starts every fit "
+            "from the same point); or list shared args in shared_args."
+        )
     for i, (arg, batched) in enumerate(zip(args, mask)):
         if not batched:
             continue
@@ -250,64 +227,41 @@ def _batch_size(x0, args, mask):
     return size
 
 
-def _split_sigma(sigma, size):
-    """``(sigma, batched)``: batched when it has two or more axes, the first of size B."""
-    if sigma is None:
-        return None, False
-    sigma = sigma if isinstance(sigma, (jax.Array, jax.core.Tracer)) else np.asarray(sigma)
-    return sigma, sigma.ndim >= 2 and sigma.shape[0] == size
+def _flat_rows(x0):
+    return np.concatenate([np.asarray(leaf, np.float64).reshape(np.shape(leaf)[0], -1) for leaf in jax.tree_util.tree_leaves(x0)], 1)
 
 
-def _check_starts(x0, bounds):
-    flat = np.concatenate([np.asarray(leaf).reshape(np.shape(leaf)[0], -1) for leaf in jax.tree_util.tree_leaves(x0)], 1)
-    if bounds is None:
-        return
-    bad = ~np.all(np.isfinite(flat), axis=1)
-    if np.any(bad):
-        raise ValueError(f"`x0` must be finite; rows {np.flatnonzero(bad)[:10].tolist()} are not.")
-    log = np.asarray(bounds.log)
-    if np.any(log & (flat <= 0)):
-        rows = np.flatnonzero(np.any(log & (flat <= 0), axis=1))
-        raise ValueError(f"`x0` must be positive where log_scale is set; rows {rows[:10].tolist()} are not.")
-    v = np.where(log, np.log(np.where(log, flat, 1)), flat)
-    outside = (v < np.asarray(bounds.lower)) | (v > np.asarray(bounds.upper))
-    if np.any(outside):
-        rows = np.flatnonzero(np.any(outside, axis=1))
-        raise ValueError(f"`x0` is outside `bounds` in rows {rows[:10].tolist()}: start inside [lower, upper].")
-
-
-def _check_batched_sigma(sigma, m, dtype):
-    per_fit = jax.vmap(lambda s: _problem._check_sigma(s, m, dtype))(sigma)
-    if per_fit.ndim == 3:
-        bad = ~np.all(np.isfinite(np.asarray(per_fit)), axis=(1, 2))
-        what = "symmetric positive definite covariances"
-    else:
-        bad = ~np.all(np.asarray(per_fit) > 0, axis=1)
-        what = "positive standard deviations"
-    if np.any(bad):
-        raise ValueError(f"`sigma` must hold {what}; rows {np.flatnonzero(bad)[:10].tolist()} do not.")
-    return per_fit
+def _chunk_size(chunk_size):
+    return None if chunk_size is None else _validate.integer("chunk_size", chunk_size, minimum=1)
 
 
 def _devices(devices):
-    devices = list(jax.devices() if devices is None else devices)
-    if not devices:
-        raise ValueError("`devices` is empty: pass jax devices to run on, or None for all.")
+    """``None`` (every device of the default backend), a platform name (``"cpu"``,
+    ``"gpu"``), or a list of devices."""
+    if devices is None:
+        return jax.devices()
+    if isinstance(devices, str):
+        try:
+            return jax.devices(devices)
+        except RuntimeError as e:
+            raise ValueError(f"`devices={devices!r}`: no such platform here ({e}). Pass None for the default devices.") from e
+    devices = list(devices) if isinstance(devices, (list, tuple)) else [devices]
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise ValueError(f"`devices` must be None, a platform name such as 'cpu', or a list of jax devices; got {devices!r}.")
     return devices
 
 
-def _vmapped_least_squares(fun, x0, args, mask, sigma, sigma_batched, options):
+def _vmapped_least_squares(fun, x0, args, mask, sigma_batched, options):
     """The traceable path: one vmapped ``while_loop``, no host-side compaction."""
     batched_args = tuple(a for a, b in zip(args, mask) if b)
+    sigma = options.pop("sigma")
 
     def one(x0_i, bargs_i, sigma_i):
         it = iter(bargs_i)
         args_i = tuple(next(it) if b else a for a, b in zip(args, mask))
         return least_squares(fun, x0_i, args_i, sigma=sigma_i if sigma_batched else sigma, **options)
 
-    return jax.vmap(one, in_axes=(0, 0, 0 if sigma_batched else None))(
-        x0, batched_args, sigma if sigma_batched else None
-    )
+    return jax.vmap(one, in_axes=(0, 0, 0 if sigma_batched else None))(x0, batched_args, sigma if sigma_batched else None)
 
 
 # --------------------------------------------------------------------------- the engine
@@ -318,7 +272,10 @@ def _member(template, mask, sigma_batched, data):
     x0, batched_args, sigma = data
     it = iter(batched_args)
     args = tuple(next(it) if b else a for a, b in zip(template.args, mask))
-    return dataclasses.replace(template, x0=x0, args=args, sigma=sigma if sigma_batched else template.sigma)
+    if not sigma_batched:
+        return dataclasses.replace(template, x0=x0, args=args)
+    given, factor = sigma
+    return dataclasses.replace(template, x0=x0, args=args, sigma=given if factor is None else factor, sigma_given=given)
 
 
 def _iterate(statics, data, state, threshold):
@@ -402,8 +359,9 @@ def _results(statics, blocks, data, packed):
     like = _fit_state_shape(statics, data)
 
     def one(ds):
-        problem, _ = _problem.make_problem(fun, _member(template, mask, sigma_batched, ds[0]))
-        return _driver.to_result(problem, _unpack(ds[1], like))
+        spec = _member(template, mask, sigma_batched, ds[0])
+        problem, _ = _problem.make_problem(fun, spec)
+        return _driver.to_result(problem, _unpack(ds[1], like), spec=spec)
 
     return jax.lax.map(one, (data, packed), batch_size=blocks[0])
 

@@ -99,54 +99,20 @@ class Bounds(eqx.Module):
         )
 
 
-def make_bounds(bounds, log_scale, x0_flat, x0):
-    """Validate ``bounds``/``log_scale`` against the flat start; return a ``Bounds``.
-
-    Runs in Python on concrete values when possible, so an infeasible start is a clear
-    ``ValueError`` before compilation.  Returns ``None`` when nothing is constrained.
-    """
-    n = x0_flat.shape[0]
-    dtype = x0_flat.dtype
-    log = _flat_option(log_scale, n, x0, "log_scale", bool)
-    if bounds is None:
-        lo = np.full(n, -np.inf)
-        hi = np.full(n, np.inf)
-    else:
-        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
-            raise ValueError("`bounds` must be a pair (lower, upper) of scalars, arrays or pytrees like x0.")
-        lo = _flat_option(bounds[0], n, x0, "bounds[0] (lower)", float)
-        hi = _flat_option(bounds[1], n, x0, "bounds[1] (upper)", float)
-    if not np.any(log) and np.all(np.isinf(lo)) and np.all(np.isinf(hi)):
-        return None
-    if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
-        raise ValueError("`bounds` contain NaN: use -inf/inf for a missing bound.")
-    if np.any(lo >= hi):
-        raise ValueError("`bounds`: every lower bound must be strictly below its upper bound.")
-    # A lower bound of 0 on a log_scale parameter only restates its positivity: allowed.
-    if np.any(log & (lo < 0) & np.isfinite(lo)) or np.any(log & (hi <= 0)):
-        raise ValueError(
-            "`bounds` of a log_scale parameter must be positive, or 0 for the lower one "
-            "(they bound p, not log p)."
-        )
-    try:
-        x = np.asarray(x0_flat)
-    except Exception:  # traced start (under vmap/jit): checked by the caller's data
-        x = None
-    if x is not None:
-        if np.any(~np.isfinite(x)):
-            raise ValueError("`x0` must be finite.")
-        if np.any((x < lo) | (x > hi)):
-            bad = np.flatnonzero((x < lo) | (x > hi))
-            raise ValueError(
-                f"`x0` is outside `bounds` at flat index {bad.tolist()}: start inside [lower, upper]."
-            )
-        if np.any(log & (x <= 0)):
-            raise ValueError("`x0` must be positive where log_scale is set.")
-    lo_v = np.where(log, np.log(np.where(log & (lo > 0), lo, 1)), lo)
+def make_bounds(box, log, dtype):
+    """The transform for checked bounds (``_validate.bounds``: ``None`` or flat
+    ``(lower, upper)`` on the parameters' own scale) and log-scale mask ``log``.  The
+    bounds of a log-scaled parameter become bounds on ``log p`` (a lower bound of 0
+    becomes none)."""
+    n = np.size(log)
+    lo, hi = (np.full(n, -np.inf), np.full(n, np.inf)) if box is None else (np.asarray(box[0]), np.asarray(box[1]))
+    log = np.asarray(log, bool)
+    with np.errstate(divide="ignore"):
+        lo_v = np.where(log, np.log(np.where(log & (lo > 0), lo, 1)), lo)
     lo_v = np.where(log & ~(lo > 0), -np.inf, lo_v)
     hi_v = np.where(log, np.log(np.where(log & np.isfinite(hi), hi, 1)), hi)
     hi_v = np.where(log & ~np.isfinite(hi), np.inf, hi_v)
-    return Bounds(jnp.asarray(lo_v, dtype), jnp.asarray(hi_v, dtype), jnp.asarray(log))
+    return Bounds(np.asarray(lo_v, dtype), np.asarray(hi_v, dtype), log)
 
 
 def strictly_inside(b, x0_flat):
@@ -156,25 +122,3 @@ def strictly_inside(b, x0_flat):
     v = jnp.where(v <= b.lower, b.lower + step, v)
     v = jnp.where(v >= b.upper, b.upper - step, v)
     return jnp.where(b.log, jnp.exp(v), v).astype(x0_flat.dtype)
-
-
-def _flat_option(value, n, x0, name, kind):
-    """A scalar, a flat array of length n, or a pytree like x0 (leaves broadcast to
-    x0's leaves) -> flat numpy array of length n."""
-    try:
-        if np.ndim(value) == 0 and not isinstance(value, (dict, list, tuple)):
-            return np.full(n, value, dtype=kind)
-        if jax.tree_util.tree_structure(value) == jax.tree_util.tree_structure(x0):
-            leaves = jax.tree_util.tree_map(
-                lambda v, x: np.broadcast_to(np.asarray(v, dtype=kind), np.shape(x)).ravel(), value, x0
-            )
-            flat = np.concatenate(jax.tree_util.tree_leaves(leaves))
-        else:
-            flat = np.asarray(value, dtype=kind).ravel()
-    except Exception as e:
-        raise ValueError(
-            f"`{name}` must be a scalar, an array with x0's {n} entries, or a pytree like x0: {e}"
-        ) from e
-    if flat.size != n:
-        raise ValueError(f"`{name}` has {flat.size} entries but x0 has {n} parameters.")
-    return flat

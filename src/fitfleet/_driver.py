@@ -43,8 +43,9 @@ def run(solver, problem, p0, adjoint=_implicit.IMPLICIT):
     return jax.lax.while_loop(running, body, state)
 
 
-def to_result(problem, state, adjoint=_implicit.IMPLICIT):
-    """The Result in the user's parameters, differentiable as ``adjoint`` says.
+def to_result(problem, state, adjoint=_implicit.IMPLICIT, spec=None):
+    """The Result in the user's parameters, differentiable as ``adjoint`` says, with
+    the record of the problem ``spec`` (a ``_problem.Spec``) describes.
 
     With bounds the solver's Jacobian is in internal variables, and first-order methods
     never form one: then the Jacobian is evaluated once more, at the solution, in the
@@ -77,4 +78,10 @@ def to_result(problem, state, adjoint=_implicit.IMPLICIT):
         n_jev=n_jev,
         loss=problem.loss,
         f_scale=problem.f_scale,
+        **({} if spec is None else record(spec)),
     )
+
+
+def record(spec):
+    """What a Result remembers of its problem (see ``Result``)."""
+    return dict(sigma=spec.sigma_given, names=spec.names, order=spec.order, bounds=spec.box, log_scale=spec.log)

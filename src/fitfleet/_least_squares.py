@@ -1,9 +1,7 @@
 """The front door: ``least_squares(fun, x0, args, ...) -> Result``."""
 
-import numpy as np
-
-from . import _driver, _implicit, _problem, _xla
-from ._solvers import make_solver
+from . import _driver, _problem, _xla
+from ._setup import DEFAULTS, prepare
 
 
 def least_squares(
@@ -112,34 +110,11 @@ def least_squares(
         >>> abs(float(dk_dy @ y)) < 1e-4, float(jnp.abs(dk_dy).max()) > 0.01
         (True, True)
     """
-    spec = _problem.check(
-        fun, x0, args, jac, sigma=sigma, bounds=bounds, log_scale=log_scale, loss=loss, f_scale=f_scale
-    )
-    adjoint = _implicit.make_adjoint(adjoint, grad_on_failure, _step_bound(max_steps, method, spec.n_params))
-    solver = make_solver(
-        method,
-        n_params=spec.n_params,
-        ftol=ftol,
-        xtol=xtol,
-        gtol=gtol,
-        max_steps=max_steps,
-        learning_rate=learning_rate,
-        initial_damping=initial_damping,
-        differentiable=adjoint.kind == "unroll",
-    )
-    return _solve(fun, _problem.choose_jacobian(fun, spec), solver, adjoint)
-
-
-def _step_bound(max_steps, method, n_params):
-    """A Python bound on the steps, to size unroll's checkpoints (a traced max_steps is
-    allowed: then the default budget is the estimate; only recomputation time changes)."""
-    try:
-        return int(np.asarray(max_steps))
-    except Exception:  # None, or traced
-        return 100 * (n_params + 1) if method in ("lm", "gn") else 10_000
+    options = {name: value for name, value in locals().items() if name in DEFAULTS}
+    return _solve(fun, *prepare(fun, x0, args, options))
 
 
 @_xla.filter_jit
 def _solve(fun, spec, solver, adjoint):
     problem, u0 = _problem.make_problem(fun, spec)
-    return _driver.to_result(problem, _driver.run(solver, problem, u0, adjoint), adjoint)
+    return _driver.to_result(problem, _driver.run(solver, problem, u0, adjoint), adjoint, spec)

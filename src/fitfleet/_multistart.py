@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _batch, _problem, _xla
+from . import _batch, _validate, _xla
 from ._batch import fit_batch
 from ._result import Result
 from ._status import is_success
@@ -177,7 +177,7 @@ def multistart(
         >>> [round(k, 3) for k in ms.best.params.tolist()], ms.p_star > 0.5
         ([0.3, 3.0], True)
     """
-    if _problem.any_tracer((lower, upper, args, key)):
+    if _validate.any_traced((lower, upper, args, key)):
         raise TypeError(
             "multistart groups optima on the host, so it cannot run under jit/grad/vmap; "
             "draw starts yourself and call fit_batch, which can."
@@ -190,7 +190,7 @@ def multistart(
         raise ValueError(f"`rtol` must be a positive number; got {rtol!r}.")
     if "shared_args" in options or "x0" in options:
         raise TypeError("multistart shares `args` among all starts and draws x0 itself; use fit_batch for per-fit data.")
-    dtype = jnp.dtype(dtype or jnp.result_type(float))
+    dtype = _validate.floating_dtype("dtype", dtype or jnp.result_type(float))
     template = _structure(lower, upper)
     leaves, structure = jax.tree_util.tree_flatten(template)
     shapes = [np.shape(leaf) for leaf in leaves]

@@ -1,9 +1,9 @@
-"""Everything about the user's problem: validation at the boundary, and the residual
-and Jacobian in flat coordinates for the solvers.
+"""The user's problem: checked once (``check``, with ``_validate``), then the residual
+and Jacobian in flat internal coordinates for the solvers (``Problem``).
 
-Validation happens here and only here, in Python, before anything is compiled:
-shapes and dtypes come from ``jax.eval_shape``, so a bad argument costs one abstract
-trace, never a compilation, and its error names the argument and the fix.
+Checks happen in Python before anything is compiled: shapes and dtypes come from
+``jax.eval_shape``, so a bad argument costs one abstract trace, never a compilation,
+and its error names the argument and the fix.
 """
 
 import dataclasses
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from . import _validate
 from ._bounds import make_bounds, strictly_inside
 from ._losses import LOSSES, robust_cost, robust_model
 
@@ -109,15 +110,21 @@ def _flat_user_jac(J, r, p):
     return jnp.concatenate(blocks, axis=1).astype(p.dtype)
 
 
-# --------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------------- the checked problem
 
 
 class Spec(eqx.Module):
-    """A validated problem: normalised inputs plus what validation learnt about them."""
+    """A validated problem: normalised inputs plus what validation learnt about them.
+
+    ``bounds`` is the solver's change of variables (or None); ``box``, ``log`` and
+    ``sigma_given`` are the user's bounds, log-scale mask and sigma as the Result records
+    them; ``names``/``order`` name the flat parameters and list them in the user's order.
+    """
 
     x0: Any
     args: tuple
-    sigma: Any
+    sigma: Any  # whitening: per-residual sigma (m,) or the covariance's Cholesky factor
+    sigma_given: Any
     bounds: Any
     f_scale: Any
     loss: str = eqx.field(static=True)
@@ -125,71 +132,65 @@ class Spec(eqx.Module):
     n_params: int = eqx.field(static=True)
     n_residuals: int = eqx.field(static=True)
     dtype: Any = eqx.field(static=True)
+    names: tuple = eqx.field(static=True)
+    order: tuple = eqx.field(static=True)
+    box: Any = eqx.field(static=True)  # None, or (lower, upper): tuples of floats, user scale
+    log: Any = eqx.field(static=True)  # None, or a tuple of bools
 
 
-def _as_float_leaf(leaf, name):
-    if isinstance(leaf, jax.ShapeDtypeStruct):
-        return leaf
-    try:
-        arr = leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
-    except TypeError as e:
-        raise TypeError(f"`{name}` must be an array or a pytree of arrays; got {type(leaf)}.") from e
-    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
-        raise TypeError(f"`{name}` is complex; fitfleet fits real parameters. Split it into real and imaginary parts.")
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        arr = arr.astype(jnp.result_type(float))
-    return arr
-
-
-def numbers_as_array(x0):
-    """A list or tuple of plain numbers (nested or not) is an array, as numpy and scipy
-    read it, so ``x0=[1.0, 2.0]`` gives ``fun`` an array; any other pytree stays one.
-    (For ``x0`` and each of ``args``.)"""
-    if not isinstance(x0, (list, tuple)):
-        return x0
-    leaves = jax.tree_util.tree_leaves(x0)
-    if not leaves or not all(isinstance(leaf, (int, float, np.number)) and not isinstance(leaf, bool) for leaf in leaves):
-        return x0
-    try:
-        return np.asarray(x0)
-    except ValueError:  # ragged: a pytree after all
-        return x0
-
-
-def _as_arg_leaf(leaf):
-    if isinstance(leaf, (bool, int, float, complex, np.ndarray, np.generic)):
-        return jnp.asarray(leaf)
-    return leaf
-
-
-def _is_concrete(x):
-    return not isinstance(x, jax.core.Tracer)
-
-
-def any_tracer(tree):
-    """True when called under a JAX transformation of these inputs (jit, grad, vmap)."""
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
-
-
-def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss="linear", f_scale=1.0) -> Spec:
-    """Validate the user's problem; raise a clear error before anything compiles."""
+def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss="linear", f_scale=1.0, x0_name="x0") -> Spec:
+    """Validate the user's problem (``_validate``), trace ``fun`` once for its output
+    shape (``jax.eval_shape``: no compilation), and return the :class:`Spec`."""
     if not callable(fun):
         raise TypeError(f"`fun` must be callable as fun(params, *args); got {type(fun).__name__}.")
-    if not isinstance(args, tuple):
-        raise TypeError(
-            f"`args` must be a tuple of extra arguments to fun; got {type(args).__name__}. "
-            "For a single argument write args=(x,)."
-        )
-    x0 = jax.tree_util.tree_map(lambda leaf: _as_float_leaf(leaf, "x0"), numbers_as_array(x0))
+    args = _validate.arguments(args)
+    names, order = parameter_names(_validate.numbers_as_array(x0))  # before dicts get sorted
+    x0 = _validate.parameters(x0, x0_name)
     leaves = jax.tree_util.tree_leaves(x0)
     if not leaves:
-        raise ValueError("`x0` has no parameters: pass an array or a pytree of arrays.")
+        raise ValueError(f"`{x0_name}` has no parameters: pass an array or a pytree of arrays.")
     dtype = jnp.result_type(*leaves)
-    n = sum(int(np.prod(leaf.shape)) for leaf in leaves)
+    n = sum(int(np.prod(np.shape(leaf))) for leaf in leaves)
     if n == 0:
-        raise ValueError("`x0` has no parameters: every array in it is empty.")
-    args = jax.tree_util.tree_map(_as_arg_leaf, tuple(map(numbers_as_array, args)))
+        raise ValueError(f"`{x0_name}` has no parameters: every array in it is empty.")
+    _validate.choice("loss", loss, LOSSES)
+    _validate.real("f_scale", f_scale, positive=True)
+    log = _validate.flat(log_scale, n, x0, "log_scale", bool)
+    box = _validate.bounds(bounds, n, x0, log)
 
+    out = _residual_shape(fun, x0, args)
+    m = int(np.prod(out.shape))
+    if m == 0:
+        raise ValueError("`fun` returned an empty residual array: there is nothing to fit.")
+    if callable(jac):
+        _check_user_jac(fun, jac, x0, args, out, n)
+    elif jac not in JAC_MODES:
+        raise ValueError(f"`jac` must be one of {JAC_MODES} or a callable jac(params, *args); got {jac!r}.")
+
+    if not _validate.any_traced(leaves):
+        _validate.start(np.concatenate([np.ravel(np.asarray(leaf, np.float64)) for leaf in leaves]), box, log, x0_name)
+    sigma_given = _validate.sigma(sigma, m, dtype)
+    return Spec(
+        x0=x0,
+        args=args,
+        sigma=None if sigma_given is None else whitening(sigma_given),
+        sigma_given=sigma_given,
+        bounds=None if box is None and not np.any(log) else make_bounds(box, log, dtype),
+        f_scale=np.asarray(f_scale, dtype) if not _validate.is_traced(f_scale) else f_scale.astype(dtype),
+        loss=loss,
+        jac=jac,
+        n_params=n,
+        n_residuals=m,
+        dtype=dtype,
+        names=names,
+        order=order,
+        box=None if box is None else (tuple(box[0].tolist()), tuple(box[1].tolist())),
+        log=tuple(log.tolist()) if np.any(log) else None,
+    )
+
+
+def _residual_shape(fun, x0, args):
+    """The shape of ``fun(x0, *args)``, which must be one real floating array."""
     try:
         out = _output_shape(fun, x0, args)
     except Exception as e:
@@ -212,41 +213,101 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
             f"`fun` must return a real floating-point array; it returned dtype {out.dtype}. "
             "Make the residual float, e.g. model(x) - y with float data."
         )
+    return out
+
+
+def whitening(sigma):
+    """What ``Problem.whiten`` divides by: sigma itself, or a covariance's Cholesky factor."""
+    if sigma is None or np.ndim(sigma) == 1 or np.ndim(sigma) == 0:
+        return sigma
+    if _validate.is_traced(sigma) or isinstance(sigma, jax.Array):
+        return jnp.linalg.cholesky(sigma)
+    return np.linalg.cholesky(np.asarray(sigma, np.float64)).astype(sigma.dtype)
+
+
+def _check_user_jac(fun, jac, x0, args, out, n):
+    """A Jacobian function must return an (m, n) array or exactly what ``jax.jacfwd``
+    would (shape, or pytree structure and leaf shapes).  A square Jacobian could be
+    transposed with the right shape: it is probed once against ``jax.jvp`` along one
+    random direction (concrete inputs only)."""
     m = int(np.prod(out.shape))
-    if m == 0:
-        raise ValueError("`fun` returned an empty residual array: there is nothing to fit.")
-
-    if callable(jac):
-        jout = jax.eval_shape(jac, x0, *args)
-        size = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(jout))
-        if size != m * n:
+    got = jax.eval_shape(jac, x0, *args)
+    if isinstance(got, jax.ShapeDtypeStruct):
+        single = isinstance(x0, (jax.Array, np.ndarray))
+        ok = tuple(got.shape) in ((m, n), (*out.shape, *np.shape(x0)) if single else (m, n))
+    else:  # a pytree: exactly jax.jacfwd's, x0's structure with leaves of shape out.shape + leaf.shape
+        expected = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct((*out.shape, *np.shape(leaf)), out.dtype), x0)
+        shapes = lambda tree: [tuple(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)]  # noqa: E731
+        ok = jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(expected) and shapes(got) == shapes(expected)
+    if not ok:
+        what = got.shape if isinstance(got, jax.ShapeDtypeStruct) else f"a {jax.tree_util.tree_structure(got)}"
+        raise ValueError(
+            f"`jac` returned {what}, but the Jacobian of {m} residuals with respect to {n} parameters "
+            f"is an array of shape ({m}, {n}) (or the pytree jax.jacfwd(fun) returns)."
+            + (" Is it transposed?" if isinstance(got, jax.ShapeDtypeStruct) and tuple(got.shape) == (n, m) else "")
+        )
+    if m == n and n > 1 and not _validate.any_traced((x0, args)):
+        p0, unravel = ravel_pytree(x0)
+        direction = np.random.default_rng(0).standard_normal(n)
+        J = np.asarray(_flat_user_jac(jac(x0, *args), jnp.zeros(m), p0), np.float64)
+        try:
+            _, exact = jax.jvp(lambda q: jnp.ravel(fun(unravel(q), *args)), (p0,), (jnp.asarray(direction, p0.dtype),))
+        except Exception:  # fun has no JAX derivative (a callback, say): nothing to compare with
+            return
+        exact = np.asarray(exact, np.float64)
+        error, error_transposed = np.linalg.norm(J @ direction - exact), np.linalg.norm(J.T @ direction - exact)
+        if error_transposed <= 1e-4 * np.linalg.norm(exact) < error:
             raise ValueError(
-                f"`jac` returned {size} entries but the Jacobian of {m} residuals with respect "
-                f"to {n} parameters has {m * n}: return an array of shape ({m}, {n}) "
-                "(or the pytree jax.jacfwd(fun) would return)."
+                "`jac` returns the transpose of the Jacobian (checked against automatic differentiation of fun at "
+                "x0 along a random direction): return J[i, j] = d r_i / d p_j, shape (m, n)."
             )
-    elif jac not in JAC_MODES:
-        raise ValueError(f"`jac` must be one of {JAC_MODES} or a callable jac(params, *args); got {jac!r}.")
 
-    if loss not in LOSSES:
-        raise ValueError(f"`loss` must be one of {LOSSES}; got {loss!r}.")
-    check_tolerance("f_scale", f_scale)
-    if _is_concrete(f_scale) and not float(f_scale) > 0:
-        raise ValueError(f"`f_scale` must be > 0; got {f_scale!r}.")
-    x0_flat = ravel_pytree(x0)[0] if all(_is_concrete(leaf) for leaf in leaves) else jnp.zeros(n, dtype)
-    bounds_obj = make_bounds(bounds, log_scale, x0_flat, x0)
-    return Spec(
-        x0=x0,
-        args=args,
-        sigma=_check_sigma(sigma, m, dtype),
-        bounds=bounds_obj,
-        f_scale=jnp.asarray(f_scale, dtype),
-        loss=loss,
-        jac=jac,
-        n_params=n,
-        n_residuals=m,
-        dtype=dtype,
-    )
+
+def parameter_names(x0):
+    """``(names, order)``: a name per flat parameter (``ravel_pytree`` order) and the
+    flat indices in the user's own order (a dict's keys as the user wrote them, where
+    JAX sorts them): ``"vmax"``, ``"A[1]"``, ``"rates.k[0]"``, ``"p[2]"`` for a plain array."""
+    paths_leaves = jax.tree_util.tree_flatten_with_path(x0)[0]
+    names, spans, start = [], [], 0
+    for path, leaf in paths_leaves:
+        base = "".join(_key_name(k) for k in path).lstrip(".") or "p"
+        shape = np.shape(leaf)
+        size = int(np.prod(shape))
+        if shape == ():
+            names.append(base)
+        else:
+            names += [f"{base}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape)]
+        spans.append(range(start, start + size))
+        start += size
+    rank = [_user_rank(x0, path) for path, _ in paths_leaves]
+    order = [i for k in sorted(range(len(spans)), key=lambda k: rank[k]) for i in spans[k]]
+    return tuple(names), tuple(order)
+
+
+def _key_name(key):
+    if isinstance(key, jax.tree_util.DictKey):
+        return f".{key.key}"
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return f".{key.name}"
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return f"[{key.idx}]"
+    return f"[{getattr(key, 'key', key)}]"
+
+
+def _user_rank(tree, path):
+    """The position of a leaf when dicts are walked in their own (insertion) order."""
+    rank = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey) and isinstance(tree, dict):
+            rank.append(list(tree).index(key.key))
+            tree = tree[key.key]
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            rank.append(key.idx)
+            tree = tree[key.idx]
+        else:
+            rank.append(0)
+            tree = getattr(tree, key.name, None) if isinstance(key, jax.tree_util.GetAttrKey) else None
+    return tuple(rank)
 
 
 def choose_jacobian(fun, spec):
@@ -304,7 +365,7 @@ def _traced(what, fun, x0, args, *extra):
     function and input shapes: a repeated call (a multi-start, a batch in a loop) need
     not trace ``fun`` again."""
     leaves, treedef = jax.tree_util.tree_flatten((x0, args))
-    if not all(isinstance(leaf, (jax.Array, np.ndarray)) and _is_concrete(leaf) for leaf in leaves):
+    if not all(isinstance(leaf, (jax.Array, np.ndarray)) and not _validate.is_traced(leaf) for leaf in leaves):
         return what(fun, x0, args, *extra)
     shapes = tuple((a.shape, a.dtype, getattr(a, "weak_type", False)) for a in leaves)
     key = (what, fun, treedef, shapes, jnp.result_type(float), *extra)  # float is float64 only under x64
@@ -328,27 +389,6 @@ def _output_shape(fun, x0, args):
     return _traced(_eval_shape, fun, x0, args)
 
 
-def _check_sigma(sigma, m, dtype):
-    """Per-residual standard deviations (m,) or a covariance (m, m) -> sigma or its Cholesky factor."""
-    if sigma is None:
-        return None
-    sigma = jnp.asarray(sigma, dtype)
-    if sigma.ndim == 2 and sigma.shape == (m, m):
-        factor = jnp.linalg.cholesky(sigma)
-        if _is_concrete(factor) and not bool(jnp.all(jnp.isfinite(factor))):
-            raise ValueError("`sigma` as a covariance matrix must be symmetric positive definite.")
-        return factor
-    if sigma.size != m:
-        raise ValueError(
-            f"`sigma` must hold one standard deviation per residual ({m}) or be an ({m}, {m}) "
-            f"covariance matrix; got shape {sigma.shape}."
-        )
-    sigma = sigma.reshape(m)
-    if _is_concrete(sigma) and not bool(jnp.all(sigma > 0)):
-        raise ValueError("`sigma` must be positive: standard deviations of the measurements.")
-    return sigma
-
-
 def make_problem(fun, spec):
     """Flatten ``x0`` and build the flat :class:`Problem`; call inside the traced solve.
 
@@ -369,15 +409,3 @@ def make_problem(fun, spec):
     if spec.bounds is None:
         return problem, p0
     return problem, spec.bounds.to_internal(strictly_inside(spec.bounds, p0))
-
-
-def check_tolerance(name, value):
-    """Hyper-parameters are non-negative finite numbers; traced values (under vmap) are trusted."""
-    if isinstance(value, jax.core.Tracer):
-        return value
-    arr = np.asarray(value)
-    if arr.ndim != 0 or not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)):
-        raise TypeError(f"`{name}` must be a real scalar; got {value!r}.")
-    if not np.isfinite(arr) or arr < 0:
-        raise ValueError(f"`{name}` must be finite and >= 0; got {value!r}.")
-    return value

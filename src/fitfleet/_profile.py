@@ -38,9 +38,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from . import _xla
-from ._bounds import _flat_option
-from ._problem import check_tolerance
+from . import _validate
 from ._least_squares import least_squares
+from ._setup import check_options
 from ._result import Result
 from ._stats import chi2_1_ppf
 from ._uncertainty import uncertainty
@@ -86,45 +86,25 @@ class Profile(eqx.Module):
     level: float = eqx.field(static=True)
 
 
-def profile(
-    fun,
-    res,
-    args=(),
-    index=0,
-    grid=None,
-    *,
-    n_points=21,
-    absolute_sigma=False,
-    level=0.95,
-    sigma=None,
-    bounds=None,
-    log_scale=False,
-    loss="linear",
-    f_scale=1.0,
-    method="lm",
-    jac="auto",
-    ftol=1e-8,
-    xtol=1e-8,
-    gtol=1e-8,
-    max_steps=None,
-):
+def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigma=False, level=0.95, **options):
     """Profile likelihood of parameter ``index`` and its likelihood-ratio interval.
 
     Args:
         fun, args: the residual function and its extra arguments, as for the fit.
         res: the fit's :class:`Result` (one fit), or starting parameters, in which case
             the optimum is found first with :func:`least_squares`.
-        index: the parameter to profile, a flat index into ``ravel_pytree(params)``.
+        index: the parameter to profile: a flat index into ``ravel_pytree(params)``, or
+            its name (``Result.names``, e.g. ``"km"`` for a dict of parameters).
         grid: the values to fix it at (1-D); default: ``n_points`` values spanning
             ``±2·√χ²₁(level)`` standard errors around the estimate (about ±3.9 for 95%),
             geometric for a ``log_scale`` parameter, and kept inside its bounds.
         absolute_sigma: ``True`` if ``sigma`` are the true errors (Δχ² statistic);
             ``False`` to profile the error scale too (see the module docstring).
         level: confidence level of the interval.
-        sigma, bounds, log_scale, loss, f_scale, method, jac, ftol, xtol, gtol,
-            max_steps: the options of the refits, as for :func:`least_squares`; pass the
-            fit's ``sigma``, ``bounds``, ``log_scale`` and ``loss``, since a Result does
-            not record them.  ``jac`` must be an autodiff mode.
+        **options: options of the refits, as for :func:`least_squares` (``method``,
+            ``ftol``, ``max_steps``, ...).  ``sigma``, ``bounds``, ``log_scale``,
+            ``loss`` and ``f_scale`` default to what the Result recorded of its fit.
+            ``jac`` must be an autodiff mode.
 
     Returns:
         A :class:`Profile`.  ``jax.vmap`` over data sets works, with a given ``grid``.
@@ -142,43 +122,36 @@ def profile(
         >>> [round(float(v), 3) for v in prof.ci]  # = slope ± 1.96 stderr, the model is linear
         [1.881, 2.068]
     """
-    if not isinstance(args, tuple):
-        raise TypeError(f"`args` must be a tuple of extra arguments to fun; got {type(args).__name__}.")
-    if not isinstance(absolute_sigma, (bool, np.bool_)):
-        raise TypeError(f"`absolute_sigma` must be True or False; got {absolute_sigma!r}.")
-    if callable(jac):
+    args = _validate.arguments(args)
+    _validate.boolean("absolute_sigma", absolute_sigma)
+    if callable(options.get("jac")):
         raise TypeError("profile refits with automatic differentiation: pass jac='auto', 'fwd' or 'rev'.")
-    level = float(level)
-    if not 0 < level < 1:
-        raise ValueError(f"`level` must be in (0, 1), e.g. 0.95; got {level!r}.")
-    options = dict(
-        sigma=sigma, loss=loss, f_scale=f_scale, method=method, jac=jac, ftol=ftol, xtol=xtol, gtol=gtol,
-        max_steps=max_steps,
-    )  # fmt: skip
-    if not isinstance(res, Result):
-        res = least_squares(fun, res, args, bounds=bounds, log_scale=log_scale, **options)
+    level = _check_level(level)
+    if isinstance(res, Result):
+        options = {**recorded_options(res), **options}
+    else:
+        res = least_squares(fun, res, args, **options)
+    options = check_options(options)
     if res.residual.ndim != 1:
         raise ValueError(
             "`res` is a batched Result: profile one fit at a time, e.g. with jax.vmap over "
             "the data sets and an explicit `grid`."
         )
-    n = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(res.params))
-    if not (isinstance(index, (int, np.integer)) and 0 <= index < n):
-        raise ValueError(f"`index` must be an int in [0, {n}) (a flat parameter index); got {index!r}.")
-    index = int(index)
-    lower = _flat_option(-np.inf if bounds is None else bounds[0], n, res.params, "bounds[0] (lower)", float)
-    upper = _flat_option(np.inf if bounds is None else bounds[1], n, res.params, "bounds[1] (upper)", float)
-    log = _flat_option(log_scale, n, res.params, "log_scale", bool)
+    names = res.flat_names()
+    n = len(names)
+    index = parameter_index(index, names)
+    log = _validate.flat(options["log_scale"], n, res.params, "log_scale", bool)
+    box = _validate.bounds(options["bounds"], n, res.params, log)
+    lower, upper = box if box is not None else (np.full(n, -np.inf), np.full(n, np.inf))
     threshold = chi2_1_ppf(level)
 
     if grid is None:
-        if not (isinstance(n_points, (int, np.integer)) and n_points >= 3):
-            raise ValueError(f"`n_points` must be an int >= 3; got {n_points!r}.")
+        _validate.integer("n_points", n_points, minimum=3)
     else:
         grid = jnp.asarray(grid, jnp.result_type(*jax.tree_util.tree_leaves(res.params)))
         if grid.ndim != 1 or grid.shape[0] < 1:
             raise ValueError(f"`grid` must be a 1-D array of values of parameter {index}; got shape {grid.shape}.")
-        if not isinstance(grid, jax.core.Tracer):
+        if not _validate.is_traced(grid):
             g = np.asarray(grid)
             if np.any(~np.isfinite(g)) or np.any(g < lower[index]) or np.any(g > upper[index]):
                 raise ValueError(f"`grid` must be finite and inside the bounds of parameter {index}.")
@@ -187,11 +160,11 @@ def profile(
 
     keep = np.arange(n) != index
     unbounded = np.all(np.isinf(lower[keep])) and np.all(np.isinf(upper[keep]))
-    # Tolerances as arrays (checked here, traced in the compiled profile: a new value
-    # compiles nothing, as for least_squares); bounds as plain Python values (static).
+    # Tolerances as arrays (traced in the compiled profile: a new value compiles
+    # nothing, as for least_squares); bounds as plain Python values (static).
     for name in ("ftol", "xtol", "gtol", "max_steps"):
-        if options[name] is not None and not isinstance(options[name], jax.core.Tracer):
-            options[name] = np.asarray(check_tolerance(name, options[name]))
+        if options[name] is not None and not _validate.is_traced(options[name]):
+            options[name] = np.asarray(options[name])
     refit_options = dict(
         options,
         bounds=None if unbounded or n == 1 else (tuple(lower[keep].tolist()), tuple(upper[keep].tolist())),
@@ -309,3 +282,32 @@ def _interval(grid, statistic, estimate, threshold):
     upper = upper_end(values, roots, estimate)
     lower = -upper_end(-values[::-1], roots[::-1], -estimate)
     return jnp.stack([lower, upper])
+
+
+def recorded_options(res):
+    """The options a Result recorded of its fit (``sigma``, ``bounds``, ``log_scale``,
+    ``loss``, ``f_scale``), for refitting the same problem."""
+    recorded = dict(sigma=res.sigma, bounds=res.bounds, log_scale=res.log_scale or False, loss=res.loss)
+    if res.f_scale is not None:
+        recorded["f_scale"] = res.f_scale
+    return recorded
+
+
+def parameter_index(index, names):
+    """A flat parameter index from an index or a name."""
+    if isinstance(index, str):
+        if index not in names:
+            raise ValueError(f"`index`: no parameter named {index!r}; the parameters are {names}.")
+        return names.index(index)
+    n = len(names)
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n:
+        raise ValueError(f"`index` must be a parameter name or an int in [0, {n}) (a flat index); got {index!r}.")
+    return int(index)
+
+
+def _check_level(level):
+    _validate.real("level", level)
+    level = float(level)
+    if not 0 < level < 1:
+        raise ValueError(f"`level` must be in (0, 1), e.g. 0.95; got {level!r}.")
+    return level

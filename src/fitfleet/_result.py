@@ -3,6 +3,7 @@
 from typing import Any
 
 import equinox as eqx
+import jax
 import numpy as np
 
 from ._status import MESSAGES, Status, is_success
@@ -32,6 +33,15 @@ class Result(eqx.Module):
             the final ``jac`` (the engine does not keep J in its loop).
         loss, f_scale: the robust loss the fit minimised (``cost`` is that loss), which
             :func:`uncertainty` and :func:`covariance` use unless told otherwise.
+        sigma: the ``sigma`` the residual was whitened by (standard deviations (m,) or a
+            covariance (m, m); ``None`` for none).
+        names: a name per flat parameter, in the order of ``jac``'s columns (``"vmax"``,
+            ``"A[1]"``, ``"p[0]"``); ``order``: the same parameters in the user's own
+            order (a dict's keys as written), for display.
+        bounds: ``(lower, upper)``, flat tuples on the parameters' own scale, or
+            ``None``; ``log_scale``: a flat tuple of bools, or ``None`` for none.  With
+            ``sigma``, ``loss`` and ``f_scale`` they let :func:`uncertainty`,
+            :func:`profile` and the plots analyse the fit without being told again.
 
     Example:
         >>> import jax.numpy as jnp
@@ -52,6 +62,11 @@ class Result(eqx.Module):
     n_jev: Any
     loss: str = eqx.field(static=True, default="linear")
     f_scale: Any = None  # None: 1 (a Result built by hand)
+    sigma: Any = None
+    names: tuple = eqx.field(static=True, default=None)
+    order: tuple = eqx.field(static=True, default=None)
+    bounds: Any = eqx.field(static=True, default=None)
+    log_scale: Any = eqx.field(static=True, default=None)
 
     @property
     def success(self):
@@ -65,3 +80,52 @@ class Result(eqx.Module):
         if codes.ndim == 0:
             return MESSAGES[Status(int(codes))]
         return np.vectorize(lambda c: MESSAGES[Status(int(c))], otypes=[object])(codes).tolist()
+
+    def flat_names(self):
+        """The names of the flat parameters (``jac``'s columns); ``p[i]`` when unrecorded."""
+        if self.names is not None:
+            return list(self.names)
+        n = np.shape(self.jac)[-1] if self.jac is not None else np.size(self.params)
+        return [f"p[{i}]" for i in range(n)]
+
+    def display_order(self):
+        """Flat parameter indices in the user's order."""
+        return list(self.order) if self.order is not None else list(range(len(self.flat_names())))
+
+    def __repr__(self):
+        try:
+            codes = np.asarray(self.status)
+            cost = np.asarray(self.cost, np.float64)
+            flat = np.concatenate([np.reshape(np.asarray(leaf, np.float64), (*codes.shape, -1)) for leaf in jax.tree_util.tree_leaves(self.params)], -1)
+        except Exception:  # traced values: no numbers to show
+            return eqx.Module.__repr__(self)
+        names = self.flat_names()
+        if codes.ndim == 0:
+            verdict = "success" if is_success(codes) else "failure"
+            lines = [
+                f"Result: {verdict}, status {int(codes)} ({MESSAGES[Status(int(codes))]})",
+                f"  cost = {float(cost):.6g}   n_steps = {int(self.n_steps)}, n_fev = {int(self.n_fev)}, n_jev = {int(self.n_jev)}",
+            ]
+            shown = self.display_order()[:_MAX_SHOWN]
+            lines.append("  params: " + ", ".join(f"{names[i]} = {flat[i]:.6g}" for i in shown) + (", ..." if len(names) > _MAX_SHOWN else ""))
+            return "\n".join(lines)
+        counts = {Status(int(c)): int(k) for c, k in zip(*np.unique(codes, return_counts=True))}
+        tally = ", ".join(f"{k} {s.name.lower()}" for s, k in counts.items())
+        finite = cost[np.isfinite(cost)]
+        spread = (
+            f"min {finite.min():.4g}, median {np.median(finite):.4g}, max {finite.max():.4g}" if finite.size else "none finite"
+        )
+        return "\n".join(
+            [
+                f"Result of {codes.size} fits{' ' + str(codes.shape) if codes.ndim > 1 else ''}: "
+                f"{int(np.sum(is_success(codes)))} succeeded ({tally})",
+                f"  cost: {spread}",
+                f"  params: {len(names)} per fit ({', '.join(names[i] for i in self.display_order()[:_MAX_SHOWN])}"
+                f"{', ...' if len(names) > _MAX_SHOWN else ''})",
+            ]
+        )
+
+    __str__ = __repr__
+
+
+_MAX_SHOWN = 12  # parameters listed by repr

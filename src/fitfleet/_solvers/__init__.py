@@ -6,37 +6,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._problem import check_tolerance
 from ._common import State, Tolerances
 from .gauss_newton import GaussNewton
 from .levenberg_marquardt import LevenbergMarquardt
 from .optax_baseline import OptaxSolver
 
 METHODS = ("lm", "gn", "adam", "sgd")
-DEFAULT_LEARNING_RATE = {"adam": 1e-3, "sgd": 1e-3}
 
 
 def make_solver(
-    method, *, n_params, ftol, xtol, gtol, max_steps, learning_rate, initial_damping,
-    differentiable=False, batched=False,
+    method, *, ftol, xtol, gtol, max_steps, learning_rate, initial_damping, differentiable=False, batched=False,
 ):  # fmt: skip
-    """Validate the options and build the solver; hyper-parameters become arrays.
+    """Build the solver from checked options (``_setup.prepare``); hyper-parameters
+    become arrays, so a new value, or a vmapped one, never recompiles.
 
     ``differentiable``: the steps themselves carry gradients (``adjoint="unroll"``).
     ``batched``: the batch engine's mode (see ``LevenbergMarquardt.batched``).
     """
-    for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
-        check_tolerance(name, value)
-    is_optax = isinstance(method, optax.GradientTransformation)
-    if not is_optax and method not in METHODS:
-        raise ValueError(
-            f"`method` must be one of {METHODS} or an optax.GradientTransformation; got {method!r}."
-        )
-    if max_steps is None:
-        max_steps = 100 * (n_params + 1) if method in ("lm", "gn") else 10_000
-    check_tolerance("max_steps", max_steps)
-    if isinstance(max_steps, float) and not float(max_steps).is_integer():
-        raise TypeError(f"`max_steps` must be a whole number; got {max_steps!r}.")
     real = jnp.result_type(float)
     tol = Tolerances(
         ftol=_hyper(ftol, real),
@@ -45,20 +31,13 @@ def make_solver(
         max_steps=_hyper(max_steps, jnp.int32),
     )
     if method == "lm":
-        check_tolerance("initial_damping", initial_damping)
         return LevenbergMarquardt(
-            tol=tol,
-            initial_damping=_hyper(initial_damping, real),
-            differentiable=differentiable,
-            batched=batched,
+            tol=tol, initial_damping=_hyper(initial_damping, real), differentiable=differentiable, batched=batched
         )
     if method == "gn":
         return GaussNewton(tol=tol)
-    if is_optax:
+    if isinstance(method, optax.GradientTransformation):
         return OptaxSolver(tol=tol, learning_rate=None, name="optax", transform=method)
-    if learning_rate is None:
-        learning_rate = DEFAULT_LEARNING_RATE[method]
-    check_tolerance("learning_rate", learning_rate)
     return OptaxSolver(tol=tol, learning_rate=_hyper(learning_rate, real), name=method)
 
 

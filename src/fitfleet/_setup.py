@@ -1,0 +1,107 @@
+"""The options of a fit, their defaults, and the order in which a fit is set up.
+
+Every entry point (``least_squares``, ``fit_batch``, and through them ``profile``,
+``curve_fit``, ``multistart``) calls :func:`prepare`, so a default lives here once and
+every door checks the same things in the same order:
+
+1. the options (``_validate``: tolerances, integers, choices; no tracing);
+2. the problem (``_problem.check``: ``x0``, ``args``, ``sigma``, ``bounds``,
+   ``log_scale``, ``loss``; one abstract trace of ``fun``);
+3. the adjoint and the solver (hyper-parameters become arrays, so a new value, or a
+   vmapped one, never recompiles);
+4. the Jacobian mode (``_problem.choose_jacobian``: traces a derivative, so last).
+"""
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _implicit, _problem, _validate
+from ._solvers import METHODS, make_solver
+
+# The public signatures of least_squares and fit_batch spell these out (a test checks
+# that they agree).
+DEFAULTS = dict(
+    method="lm",
+    jac="auto",
+    ftol=1e-8,
+    xtol=1e-8,
+    gtol=1e-8,
+    max_steps=None,
+    sigma=None,
+    bounds=None,
+    log_scale=False,
+    loss="linear",
+    f_scale=1.0,
+    learning_rate=None,
+    initial_damping=1e-3,
+    adjoint="implicit",
+    grad_on_failure="nan",
+)
+DEFAULT_LEARNING_RATE = 1e-3
+
+
+def default_max_steps(method, n_params):
+    """The step budget when ``max_steps`` is None: ``100·(n + 1)`` for Newton-type
+    methods (MINPACK's default for ``lmder``), 10,000 for first-order ones."""
+    return 100 * (n_params + 1) if method in ("lm", "gn") else 10_000
+
+
+class Setup(NamedTuple):
+    spec: Any  # _problem.Spec, its Jacobian mode settled
+    solver: Any
+    adjoint: Any
+
+
+def check_options(options):
+    """Complete ``options`` with the defaults and check what can be checked before the
+    problem is known; returns the completed dict."""
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unexpected option(s) {sorted(unknown)}; the options are {sorted(DEFAULTS)}.")
+    o = {**DEFAULTS, **options}
+    method = o["method"]
+    if not (_is_optax(method) or method in METHODS):
+        raise ValueError(f"`method` must be one of {METHODS} or an optax.GradientTransformation; got {method!r}.")
+    _validate.tolerances(o["ftol"], o["xtol"], o["gtol"])
+    if o["max_steps"] is not None:
+        o["max_steps"] = _validate.integer("max_steps", o["max_steps"])
+    _validate.real("initial_damping", o["initial_damping"])
+    if o["learning_rate"] is not None:
+        _validate.real("learning_rate", o["learning_rate"], positive=True)
+    _validate.choice("adjoint", o["adjoint"], _implicit.ADJOINTS)
+    _validate.choice("grad_on_failure", o["grad_on_failure"], _implicit.ON_FAILURE)
+    return o
+
+
+def prepare(fun, x0, args, options, *, batched=False):
+    """Check everything and build the fit's pieces; see the module docstring.
+
+    ``batched``: for the batch engine (``x0``/``args`` are then one member's).
+    """
+    o = check_options(options)
+    spec = _problem.check(
+        fun, x0, args, o["jac"], sigma=o["sigma"], bounds=o["bounds"], log_scale=o["log_scale"], loss=o["loss"],
+        f_scale=o["f_scale"],
+    )  # fmt: skip
+    method = o["method"]
+    max_steps = o["max_steps"]
+    if max_steps is None:
+        max_steps = default_max_steps(method, spec.n_params)
+    bound = max_steps if isinstance(max_steps, int) else default_max_steps(method, spec.n_params)
+    adjoint = _implicit.make_adjoint(o["adjoint"], o["grad_on_failure"], bound)
+    learning_rate = o["learning_rate"]
+    if learning_rate is None and method in ("adam", "sgd"):
+        learning_rate = DEFAULT_LEARNING_RATE
+    solver = make_solver(
+        method, ftol=o["ftol"], xtol=o["xtol"], gtol=o["gtol"], max_steps=max_steps, learning_rate=learning_rate,
+        initial_damping=o["initial_damping"], differentiable=adjoint.kind == "unroll", batched=batched,
+    )  # fmt: skip
+    return Setup(_problem.choose_jacobian(fun, spec), solver, adjoint)
+
+
+def _is_optax(method):
+    import optax
+
+    return isinstance(method, optax.GradientTransformation)
+

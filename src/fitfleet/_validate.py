@@ -1,0 +1,279 @@
+"""Every check of user input, in one layer, before anything is traced or compiled.
+
+Concrete values are checked with numpy (an eager JAX operation would compile a small
+program per check); traced values (under the user's ``jit``/``vmap``/``grad``) cannot
+be looked at and are trusted.  Every error names the argument and says how to fix it.
+Entry points call these through ``_setup.prepare`` (and the batch and analysis front
+doors for what is theirs alone); nothing below the front doors raises on user input.
+"""
+
+import numbers
+
+import jax
+import numpy as np
+
+INT32_MAX = 2**31 - 1
+
+
+def is_traced(x):
+    return isinstance(x, jax.core.Tracer)
+
+
+def any_traced(tree):
+    """True when called under a JAX transformation of these inputs (jit, grad, vmap)."""
+    return any(is_traced(leaf) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+# --------------------------------------------------------------------------- scalars
+
+
+def real(name, value, *, positive=False, finite=True):
+    """A real scalar ``>= 0`` (``> 0`` if ``positive``); returned unchanged."""
+    if is_traced(value) or isinstance(value, jax.Array) and not _is_concrete_array(value):
+        return value
+    arr = np.asarray(value)
+    if arr.ndim != 0 or arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise TypeError(f"`{name}` must be a real number; got {value!r}.")
+    if finite and not np.isfinite(arr):
+        raise ValueError(f"`{name}` must be finite; got {value!r}.")
+    if arr < 0 or (positive and not arr > 0):
+        raise ValueError(f"`{name}` must be {'> 0' if positive else '>= 0'}; got {value!r}.")
+    return value
+
+
+def integer(name, value, *, minimum=0, maximum=INT32_MAX):
+    """A whole number in ``[minimum, maximum]`` (checked before any cast: an int32
+    option must not wrap), as a Python int; a traced value is returned unchanged."""
+    if is_traced(value):
+        return value
+    arr = np.asarray(value)
+    if arr.ndim != 0 or arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise TypeError(f"`{name}` must be a whole number; got {value!r}.")
+    if not np.isfinite(arr) or arr != np.floor(arr):
+        raise TypeError(f"`{name}` must be a whole number; got {value!r}.")
+    number = int(arr)
+    if not minimum <= number <= maximum:
+        raise ValueError(f"`{name}` must be between {minimum} and {maximum}; got {number}.")
+    return number
+
+
+def boolean(name, value):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"`{name}` must be True or False; got {value!r}.")
+
+
+def choice(name, value, choices):
+    if isinstance(value, str) and value in choices:
+        return value
+    raise ValueError(f"`{name}` must be one of {tuple(choices)}; got {value!r}.")
+
+
+def tolerances(ftol, xtol, gtol):
+    """Each ``>= 0``; at least one of them positive, or nothing could stop a fit but its
+    step budget (scipy refuses that too)."""
+    for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
+        real(name, value)
+    concrete = [v for v in (ftol, xtol, gtol) if not is_traced(v)]
+    if len(concrete) == 3 and all(float(v) == 0 for v in concrete):
+        raise ValueError("`ftol`, `xtol` and `gtol` are all 0, so no test could end a fit: set at least one > 0.")
+
+
+def _is_concrete_array(a):
+    try:
+        np.asarray(a)
+        return True
+    except Exception:  # a jax array inside a trace
+        return False
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def numbers_as_array(value):
+    """A list or tuple of plain numbers (nested or not) is an array, as numpy and scipy
+    read it, so ``x0=[1.0, 2.0]`` gives ``fun`` an array; any other pytree stays one."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    leaves = jax.tree_util.tree_leaves(value)
+    if not leaves or not all(isinstance(leaf, numbers.Real) and not isinstance(leaf, bool) for leaf in leaves):
+        return value
+    try:
+        return np.asarray(value)
+    except ValueError:  # ragged: a pytree after all
+        return value
+
+
+def parameters(x0, name="x0"):
+    """Starting parameters: a pytree of real floating arrays (numbers and lists of
+    numbers become numpy arrays; integers become the default float; complex is an
+    error, as in scipy).  JAX arrays stay where they are."""
+
+    def leaf(a):
+        if is_traced(a) or isinstance(a, jax.ShapeDtypeStruct):
+            dtype = a.dtype
+        else:
+            if not isinstance(a, jax.Array):
+                try:
+                    a = np.asarray(a)
+                except Exception as e:
+                    raise TypeError(f"`{name}` must be an array or a pytree of arrays; got {type(a).__name__}.") from e
+            dtype = a.dtype
+        if np.issubdtype(dtype, np.complexfloating):
+            raise ValueError(f"`{name}` is complex; fitfleet fits real parameters: split it into real and imaginary parts.")
+        if not np.issubdtype(dtype, np.number) and dtype != bool:
+            raise TypeError(f"`{name}` must hold numbers; got dtype {dtype}.")
+        if not np.issubdtype(dtype, np.floating):
+            a = np.asarray(a).astype(jax.numpy.result_type(float)) if not is_traced(a) else a.astype(float)
+        return a
+
+    return jax.tree_util.tree_map(leaf, numbers_as_array(x0))
+
+
+def arguments(args, name="args"):
+    """``args`` as a tuple (a list is taken as scipy takes it); each entry that is a list
+    of numbers becomes an array, Python and numpy scalars become arrays."""
+    if isinstance(args, list):
+        args = tuple(args)
+    if not isinstance(args, tuple):
+        raise TypeError(
+            f"`{name}` must be a tuple of extra arguments to fun; got {type(args).__name__}. "
+            "For a single argument write args=(x,)."
+        )
+    as_leaf = lambda a: np.asarray(a) if isinstance(a, (bool, int, float, np.generic)) else a  # noqa: E731
+    return jax.tree_util.tree_map(as_leaf, tuple(map(numbers_as_array, args)))
+
+
+def flat(value, n, like, name, kind=float):
+    """A scalar, a flat array of ``n`` entries, or a pytree like ``like`` (its leaves
+    broadcast to ``like``'s) -> a flat numpy array of ``n`` entries."""
+    if kind is bool and _has_string(value):
+        raise TypeError(f"`{name}` must be True/False, or booleans per parameter; got {value!r}.")
+    try:
+        if not isinstance(value, (dict, list, tuple)) and np.size(value) == 1:  # a scalar, or scipy's Bounds(0, 1)
+            out = np.full(n, np.ravel(value)[0], dtype=kind)
+        elif jax.tree_util.tree_structure(value) == jax.tree_util.tree_structure(like) and n > 0:
+            leaves = jax.tree_util.tree_map(lambda v, x: np.broadcast_to(np.asarray(v, kind), np.shape(x)).ravel(), value, like)
+            out = np.concatenate(jax.tree_util.tree_leaves(leaves))
+        else:
+            out = np.asarray(value, dtype=kind).ravel()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"`{name}` must be a scalar, an array of the {n} flat parameters, or a pytree like x0: {e}") from e
+    if out.size != n:
+        raise ValueError(f"`{name}` has {out.size} entries but x0 has {n} parameters.")
+    return out
+
+
+def _has_string(value):
+    return any(isinstance(leaf, (str, bytes)) or np.asarray(leaf).dtype.kind in "US" for leaf in jax.tree_util.tree_leaves(value))
+
+
+def bounds(value, n, like, log):
+    """``(lower, upper)`` flat float64 numpy arrays on the parameters' own scale, or
+    ``None`` for no bounds.  Takes a pair (scalars, flat arrays, or pytrees like x0)
+    or an object with ``lb`` and ``ub`` (``scipy.optimize.Bounds``)."""
+    if value is None:
+        return None
+    if hasattr(value, "lb") and hasattr(value, "ub"):
+        value = (value.lb, value.ub)
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise ValueError("`bounds` must be a pair (lower, upper) of scalars, arrays or pytrees like x0, or scipy.optimize.Bounds.")
+    lo = flat(value[0], n, like, "bounds[0] (lower)")
+    hi = flat(value[1], n, like, "bounds[1] (upper)")
+    if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
+        raise ValueError("`bounds` contain NaN: use -inf/inf for a missing bound.")
+    if np.any(lo == np.inf) or np.any(hi == -np.inf):
+        raise ValueError("`bounds`: a lower bound of +inf or an upper bound of -inf leaves no feasible value (did you swap them?).")
+    if np.any(lo >= hi):
+        bad = np.flatnonzero(lo >= hi)[:10].tolist()
+        raise ValueError(f"`bounds`: every lower bound must be strictly below its upper bound (not at flat index {bad}).")
+    # A lower bound of 0 on a log_scale parameter only restates its positivity: allowed.
+    if np.any(log & (lo < 0) & np.isfinite(lo)) or np.any(log & (hi <= 0)):
+        raise ValueError("`bounds` of a log_scale parameter must be positive, or 0 for the lower one (they bound p, not log p).")
+    if not np.any(np.isfinite(lo) | np.isfinite(hi)):
+        return None
+    return lo, hi
+
+
+def start(flat_x0, box, log, name="x0"):
+    """A concrete flat start (rows of starts for a batch): finite, inside the box,
+    positive where log-scaled."""
+    x = np.atleast_2d(np.asarray(flat_x0, np.float64))
+    rows = lambda bad: np.flatnonzero(np.any(bad, axis=1))[:10].tolist()  # noqa: E731
+    where = (lambda bad: f"in rows {rows(bad)}") if np.ndim(flat_x0) == 2 else (lambda bad: f"at flat index {np.flatnonzero(bad[0])[:10].tolist()}")
+    if box is None and not np.any(log):
+        return
+    if np.any(~np.isfinite(x)):
+        raise ValueError(f"`{name}` must be finite ({where(~np.isfinite(x))}).")
+    if box is not None:
+        outside = (x < box[0]) | (x > box[1])
+        if np.any(outside):
+            raise ValueError(f"`{name}` is outside `bounds` {where(outside)}: start inside [lower, upper].")
+    if np.any(log & (x <= 0)):
+        raise ValueError(f"`{name}` must be positive where log_scale is set (not {where(log & (x <= 0))}).")
+
+
+def sigma(value, m, dtype, name="sigma"):
+    """Per-residual standard deviations, shape (m,) (any shape of m entries, or a
+    scalar), or an (m, m) symmetric positive definite covariance; returned as a numpy
+    array of ``dtype`` (a traced sigma is reshaped only)."""
+    if value is None:
+        return None
+    if is_traced(value):
+        return value.astype(dtype) if np.ndim(value) == 2 and np.shape(value) == (m, m) else value.reshape(m).astype(dtype)
+    s = np.asarray(value)
+    if not np.issubdtype(s.dtype, np.number) or np.iscomplexobj(s):
+        raise TypeError(f"`{name}` must be real numbers; got dtype {s.dtype}.")
+    s = s.astype(np.float64)
+    if s.ndim == 2 and s.shape == (m, m) and m > 1:
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"`{name}` as a covariance matrix must be finite.")
+        if not np.allclose(s, s.T, rtol=1e-10, atol=1e-14 * np.max(np.abs(s))):
+            raise ValueError(f"`{name}` as a covariance matrix must be symmetric; it is not (sigma - sigma.T is not ~0).")
+        try:
+            np.linalg.cholesky(s)
+        except np.linalg.LinAlgError as e:
+            raise ValueError(f"`{name}` as a covariance matrix must be positive definite.") from e
+        return s.astype(dtype)
+    if s.size == 1 and m > 1:
+        s = np.full(m, float(s.reshape(())))
+    if s.size != m:
+        raise ValueError(
+            f"`{name}` must hold one standard deviation per residual ({m}) or be an ({m}, {m}) covariance matrix; got shape {s.shape}."
+        )
+    s = s.reshape(m)
+    if not np.all(np.isfinite(s) & (s > 0)):
+        raise ValueError(f"`{name}` must be positive and finite: standard deviations of the measurements.")
+    return s.astype(dtype)
+
+
+def batched_sigma(value, size, m, dtype):
+    """A per-fit sigma: (B, m) standard deviations or (B, m, m) covariances."""
+    s = np.asarray(value, np.float64)
+    if s.ndim == 3:
+        rows = [i for i in range(size) if not _is_covariance(s[i], m)]
+        what = "symmetric positive definite (m, m) covariances"
+    else:
+        s = s.reshape(size, -1)
+        rows = np.flatnonzero(~np.all(np.isfinite(s) & (s > 0), axis=1)).tolist() if s.shape[1] == m else list(range(size))
+        what = f"{m} positive standard deviations"
+    if rows:
+        raise ValueError(f"`sigma` per fit must hold {what}; rows {rows[:10]} do not.")
+    return s.astype(dtype)
+
+
+def _is_covariance(s, m):
+    if s.shape != (m, m) or not np.all(np.isfinite(s)) or not np.allclose(s, s.T, rtol=1e-10, atol=1e-14 * np.max(np.abs(s))):
+        return False
+    try:
+        np.linalg.cholesky(s)
+        return True
+    except np.linalg.LinAlgError:
+        return False
+
+
+def floating_dtype(name, dtype):
+    d = np.dtype(dtype)
+    if not np.issubdtype(d, np.floating):
+        raise TypeError(f"`{name}` must be a floating dtype such as float32 or float64; got {d}.")
+    return d
