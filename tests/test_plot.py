@@ -100,6 +100,7 @@ def labels_of(ax):
 def test_fit_curve_residuals_and_error_bars(dtype, tmp_path):
     s, v = mm_data(dtype)
     res = ff.least_squares(mm_residual, jnp.array([10.0, 10.0], dtype), (s, v))
+    assert res.params.dtype == dtype
     fig = fp.fit(res, mm_model, s, v, 0.5, fig=Figure(layout="constrained"))
     render(fig, tmp_path)
     main, lower = fig.axes
