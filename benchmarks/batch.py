@@ -57,7 +57,7 @@ def settle():
     """Wait until fitfleet's background compilation (the tail's program, which a first
     call of fit_batch leaves compiling) is done; seconds waited."""
     t0 = time.perf_counter()
-    ff._batch._LATER.submit(lambda: None).result()
+    ff.wait_for_compilation()
     return time.perf_counter() - t0
 
 

@@ -2,7 +2,9 @@
 
 References: ``least_squares`` on each member alone (itself checked against scipy in
 test_least_squares.py), ``jax.vmap(least_squares)`` (one plain while loop, no
-compaction), and a one-device run for the multi-device engine.
+compaction), and a one-device run for the multi-device engine.  Both paths are tested
+on CPU: the CPU path (host-driven rounds) and the accelerator path (one device program),
+forced with ``ff.engine_settings(path="accelerator")``.
 """
 
 import json
@@ -18,7 +20,9 @@ import numpy as np
 import pytest
 
 import fitfleet as ff
-from fitfleet import _batch
+from conftest import count_compilations
+from fitfleet import _problem, _xla
+from fitfleet._engine import host, programs, runtime
 from fitfleet._status import Status
 
 T = np.linspace(0.0, 6.0, 24)
@@ -62,17 +66,22 @@ def test_batch_equals_loop_of_single_fits(dtype):
     if dtype == "float64":
         assert res.status.tolist() == [int(r.status) for r in singles]
         assert res.n_steps.tolist() == [int(r.n_steps) for r in singles]
-        # The batch evaluates J at every step (a fit alone, at accepted points), and
-        # once more for the Result's jac.
-        assert res.n_jev.tolist() == [int(r.n_steps) + 2 for r in singles]
+        # The same count as a fit alone (the batch's extra evaluations are uncounted).
+        assert res.n_jev.tolist() == [int(r.n_jev) for r in singles]
+        assert res.n_fev.tolist() == [int(r.n_fev) for r in singles]
     assert bool(jnp.all(res.success))
 
 
 def test_compaction_equals_plain_vmapped_loop(x64, monkeypatch):
     """Rounds stop early and regroup the stragglers; every fit still takes exactly its own steps."""
+    x0, y, far = decay_data(256, seed=1, n_far=5)
+    # Default tolerances: with 1e-12 some fits stop on round-off, where FTOL or XTOL
+    # (or one more step) can flip between two compilations of the same arithmetic.
+    ff.fit_batch(decay, x0, (T, y), shared_args=(0,))  # compiles; the tail's program in the background
+    ff.wait_for_compilation()
     left_running = []  # fits still running after each round
     ran = []  # which programs ran: the round's, and the tail's (its blocks of 16, then 4)
-    original = _batch._Engine._programs
+    original = host.Engine._programs
 
     def spy(self, *args):
         def watch(program, name):
@@ -85,25 +94,101 @@ def test_compaction_equals_plain_vmapped_loop(x64, monkeypatch):
             return call
 
         programs, fresh = original(self, *args)
-        # Waiting for the tail's program here makes it serve this first call.
-        rounds = {k: p._replace(future=_batch._done(watch(p.future.result(), k))) for k, p in programs.items() if k in ("round", "tail") and p}
+        rounds = {k: p._replace(future=host._done(watch(p.future.result(), k))) for k, p in programs.items() if k in ("round", "tail") and p}
         return {**programs, **rounds}, fresh
 
-    monkeypatch.setattr(_batch._Engine, "_programs", spy)
-    x0, y, far = decay_data(256, seed=1, n_far=5)
-    # Default tolerances: with 1e-12 some fits stop on round-off, where FTOL or XTOL
-    # (or one more step) can flip between two compilations of the same arithmetic.
+    monkeypatch.setattr(host.Engine, "_programs", spy)
     res = ff.fit_batch(decay, x0, (T, y), shared_args=(0,))
     plain = jax.vmap(lambda p, yy: ff.least_squares(decay, p, (jnp.asarray(T), yy)))(jnp.asarray(x0), jnp.asarray(y))
     # A round stopped early with a few fits (the stragglers, a few slower ones) still
     # running, and a later round, on fewer blocks, finished them.
     assert any(0 < n <= 256 // 8 for n in left_running) and left_running[-1] == 0
-    assert "tail" in ran and _batch.TAILS[-1] < _batch.TAILS[0]
+    assert "tail" in ran and host.TAILS[-1] < host.TAILS[0]
     assert int(jnp.min(res.n_steps[far])) > 2 * int(jnp.max(jnp.delete(res.n_steps, far)))
     np.testing.assert_array_equal(res.status, plain.status)
     np.testing.assert_array_equal(res.n_steps, plain.n_steps)
     np.testing.assert_allclose(res.params, plain.params, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(res.jac, plain.jac, rtol=1e-12, atol=1e-12)
+
+
+def test_accelerator_path_equals_plain_vmapped_loop(dtype):
+    """The accelerator path (one device program: rounds, on-device sorting, a ladder of
+    widths), forced on CPU: every fit takes its own steps, to the last few ulps."""
+    x0, y, far = decay_data(256, seed=1, n_far=5)
+    x0, y, t = x0.astype(dtype), y.astype(dtype), T.astype(dtype)
+    with ff.engine_settings(path="accelerator"):
+        res = ff.fit_batch(decay, x0, (t, y), shared_args=(0,))
+    plain = jax.vmap(lambda p, yy: ff.least_squares(decay, p, (jnp.asarray(t), yy)))(jnp.asarray(x0), jnp.asarray(y))
+    assert int(jnp.min(res.n_steps[far])) > 2 * int(jnp.max(jnp.delete(res.n_steps, far)))  # stragglers
+    np.testing.assert_array_equal(res.success, plain.success)
+    if dtype == "float32":  # a fit stopping on round-off may meet FTOL in one compilation, XTOL in another
+        np.testing.assert_allclose(res.params, plain.params, rtol=1e-5, atol=1e-5)
+        return
+    np.testing.assert_array_equal(res.status, plain.status)
+    np.testing.assert_array_equal(res.n_steps, plain.n_steps)
+    np.testing.assert_array_equal(res.n_jev, plain.n_jev)
+    # Bitwise on XLA:CPU today; a width's compilation may reorder a reduction elsewhere.
+    np.testing.assert_array_max_ulp(res.params, plain.params, maxulp=4)
+    np.testing.assert_array_max_ulp(res.cost, plain.cost, maxulp=4)
+
+
+def test_accelerator_path_synchronises_once_per_call(x64):
+    """The accelerator path launches one program and reads nothing back, however many
+    fits and rounds; the CPU path reads back a count per round.  (Shapes shared with the
+    tests above, where they need not differ, so that little compiles again.)"""
+    x0, y, _ = decay_data(256, seed=12)
+    x0_far, y_far, far = decay_data(1024, seed=12, n_far=10)
+    counts, results = {}, {}
+    for name, path, start, data in (
+        ("easy", "accelerator", x0, y), ("stragglers", "accelerator", x0_far, y_far),
+        ("stragglers", "cpu", *decay_data(256, seed=1, n_far=5)[:2]),
+    ):  # fmt: skip
+        with ff.engine_settings(path=path):
+            ff.fit_batch(decay, start, (T, data), shared_args=(0,))  # compiles
+            with runtime.counting() as c:
+                results[name, path] = jax.block_until_ready(ff.fit_batch(decay, start, (T, data), shared_args=(0,)))
+        counts[name, path] = c
+    steps = np.asarray(results["stragglers", "accelerator"].n_steps)
+    assert steps[far].min() > 4 * np.median(steps)  # the stragglers needed later rounds
+    assert counts["easy", "accelerator"] == counts["stragglers", "accelerator"]
+    assert counts["stragglers", "accelerator"].fetches == 0 and counts["stragglers", "accelerator"].launches == 1
+    assert counts["stragglers", "cpu"].fetches >= 2  # a count per round and part
+    # A slightly smaller batch is padded to the same program: nothing compiles, and the
+    # padding and the Results' trimming take a launch each at most.
+    with ff.engine_settings(path="accelerator"), count_compilations() as compiled, runtime.counting() as c:
+        fewer = jax.block_until_ready(ff.fit_batch(decay, x0_far[:1000], (T, y_far[:1000]), shared_args=(0,)))
+    assert "run" not in compiled and c.launches <= 3 and c.fetches == 0  # "run": the device program
+    np.testing.assert_array_equal(fewer.params, results["stragglers", "accelerator"].params[:1000])
+
+
+def test_caches_clear_and_background_compilation_can_be_turned_off(x64):
+    x0, y, _ = decay_data(40, seed=13, n_far=2)
+    t3, y3 = np.concatenate([T, T[-1:] + 0.5]), np.concatenate([y, y[:, -1:]], 1)  # shapes no other test uses
+    with ff.engine_settings(background=False):
+        res = ff.fit_batch(decay, x0, (t3, y3), shared_args=(0,))
+    assert not runtime._background  # nothing left running: the tail compiled before the call returned
+    assert all(p["tail"].future.done() for p in host._EXECUTABLES.values() if p["tail"] is not None)
+    assert host._EXECUTABLES and programs._STEPS and _problem._TRACED
+    ff.clear_caches()
+    assert not host._EXECUTABLES and not programs._STEPS and not _problem._TRACED
+    again = ff.fit_batch(decay, x0, (t3, y3), shared_args=(0,))
+    np.testing.assert_array_equal(again.params, res.params)
+    with pytest.raises(ValueError, match="`path`"):
+        with ff.engine_settings(path="gpu"):
+            pass
+
+
+def test_unknown_compiler_options_are_dropped(monkeypatch):
+    """XLA rejects a compilation with an option it does not know; cpu_options() drops
+    the ones this XLA names as unknown and keeps the others."""
+    monkeypatch.setattr(_xla, "CPU_OPTIONS", {**_xla.CPU_OPTIONS, "xla_fitfleet_no_such_option": True})
+    _xla.cpu_options.cache_clear()
+    try:
+        options = _xla.cpu_options()
+    finally:
+        _xla.cpu_options.cache_clear()
+    assert "xla_fitfleet_no_such_option" not in options
+    assert options == _xla.cpu_options()
 
 
 def test_chunks_equal_one_chunk_and_progress(x64, capsys):
@@ -156,17 +241,17 @@ def test_pytree_params_and_all_args_batched(x64):
 
 
 def test_tail_follows_the_callers_tracing_configuration(x64):
-    """The tail's program is traced on a background thread: where the caller set a
-    thread-local option it cannot reproduce there, there is no tail program, and the
-    round's program finishes the stragglers (same fits)."""
+    """The tail's program is traced on the calling thread, under the caller's
+    thread-local configuration, and only compiled in the background."""
     x0, y, far = decay_data(64, seed=8, n_far=3)
     t2 = np.concatenate([T, T[-1:] + 0.25])  # shapes no other test compiles
     y2 = np.concatenate([y, y[:, -1:]], 1)
     with jax.default_matmul_precision("highest"):
-        res = ff.fit_batch(decay, x0, (t2, y2), shared_args=(0,))
-    _batch._LATER.submit(lambda: None).result()  # the background work is done
-    tails = [p["tail"] for p in _batch._EXECUTABLES.values() if p["tail"] is not None]
-    assert any(t.future.result() is None for t in tails)
+        ff.fit_batch(decay, x0, (t2, y2), shared_args=(0,))
+        ff.wait_for_compilation()
+        res = ff.fit_batch(decay, x0, (t2, y2), shared_args=(0,))  # with the tail
+    tails = [p["tail"] for p in host._EXECUTABLES.values() if p["tail"] is not None]
+    assert tails and all(t.future.result() is not None for t in tails)
     plain = jax.vmap(lambda p, yy: ff.least_squares(decay, p, (jnp.asarray(t2), yy)))(jnp.asarray(x0), jnp.asarray(y2))
     assert int(jnp.min(res.n_steps[far])) > 2 * int(jnp.max(jnp.delete(res.n_steps, far)))
     np.testing.assert_array_equal(res.status, plain.status)
@@ -185,13 +270,13 @@ def test_programs_compiled_from_shapes_serve_later_calls(x64, caplog):
     shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
     joined = [{"a": jax.ShapeDtypeStruct((7, 2), tree["a"].dtype)}] * 3
     take_rows.lower(shapes, rows).compile()
-    _batch._concatenate_on_device.lower(joined, 20).compile()
+    programs.concatenate_on_device.lower(joined, 20).compile()
     parts = [{"a": jax.device_put(tree["a"])}] * 3
     # log_compiles, not conftest's count_compilations: this thread's compilations only
     # (earlier tests may leave a tail's compilation running in the background).
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
         out = take_rows(tree, rows)
-        cat = _batch._concatenate_on_device(parts, 20)
+        cat = programs.concatenate_on_device(parts, 20)
         jax.block_until_ready((out, cat))
     assert [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()] == []
     np.testing.assert_array_equal(out["b"], tree["b"][rows])
@@ -270,8 +355,10 @@ MULTI_DEVICE = textwrap.dedent(
     many = ff.fit_batch(decay, x0, (T, y), shared_args=(0,))
     chunked = ff.fit_batch(decay, x0, (T, y), shared_args=(0,), chunk_size=30)
     one = ff.fit_batch(decay, x0, (T, y), shared_args=(0,), devices=jax.devices()[:1])
+    with ff.engine_settings(path="accelerator"):
+        accelerator = ff.fit_batch(decay, x0, (T, y), shared_args=(0,))
     diff = lambda a, b: max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-    print(json.dumps(dict(sharded=diff(many, one), chunked=diff(chunked, one),
+    print(json.dumps(dict(sharded=diff(many, one), chunked=diff(chunked, one), accelerator=diff(accelerator, one),
                           steps=np.asarray(one.n_steps).tolist(), n_shards=len(many.params.sharding.device_set))))
     """
 )
@@ -285,4 +372,4 @@ def test_multi_device_equals_one_device():
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["n_shards"] == 4
     assert max(report["steps"]) > 2 * sorted(report["steps"])[35]  # stragglers were present
-    assert report["sharded"] <= 1e-12 and report["chunked"] <= 1e-12
+    assert report["sharded"] <= 1e-12 and report["chunked"] <= 1e-12 and report["accelerator"] <= 1e-12

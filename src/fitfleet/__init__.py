@@ -8,7 +8,8 @@ Example:
     2.0
 """
 
-from ._batch import fit_batch
+from ._engine import fit_batch
+from ._engine.runtime import clear_caches, settings as engine_settings, wait as wait_for_compilation
 from ._curve_fit import curve_fit, curve_fit_batch
 from ._identifiability import Identifiability, identifiability
 from ._least_squares import least_squares
@@ -18,5 +19,5 @@ from ._result import Result
 from ._status import Status
 from ._uncertainty import Uncertainty, covariance, uncertainty
 
-__all__ = ["Result", "Status", "fit_batch", "least_squares", "Uncertainty", "covariance", "uncertainty", "Identifiability", "identifiability", "Profile", "profile", "curve_fit", "curve_fit_batch", "MultiStartResult", "Optimum", "multistart"]
+__all__ = ["Result", "Status", "fit_batch", "least_squares", "Uncertainty", "covariance", "uncertainty", "Identifiability", "identifiability", "Profile", "profile", "curve_fit", "curve_fit_batch", "MultiStartResult", "Optimum", "multistart", "clear_caches", "engine_settings", "wait_for_compilation"]
 __version__ = "0.1.0"

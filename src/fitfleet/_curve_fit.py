@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._batch import fit_batch
+from ._engine import fit_batch
 from ._least_squares import least_squares
 from ._losses import LOSSES
 from ._status import Status

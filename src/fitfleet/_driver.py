@@ -43,13 +43,15 @@ def run(solver, problem, p0, adjoint=_implicit.IMPLICIT):
     return jax.lax.while_loop(running, body, state)
 
 
-def to_result(problem, state, adjoint=_implicit.IMPLICIT, spec=None):
+def to_result(problem, state, adjoint=_implicit.IMPLICIT, spec=None, jac_dropped=False):
     """The Result in the user's parameters, differentiable as ``adjoint`` says, with
     the record of the problem ``spec`` (a ``_problem.Spec``) describes.
 
     With bounds the solver's Jacobian is in internal variables, and first-order methods
     never form one: then the Jacobian is evaluated once more, at the solution, in the
-    user's parameters, so uncertainties never see the change of variables.
+    user's parameters, so uncertainties never see the change of variables (and
+    ``n_jev`` counts it).  ``jac_dropped``: the batch engine did not carry the ``J`` a
+    solver formed; evaluating it again is the engine's doing and is not counted.
     """
     implicit = adjoint.kind == "implicit"
     # Implicit: the primal values come from the undifferentiated solve; attach() gives
@@ -60,8 +62,9 @@ def to_result(problem, state, adjoint=_implicit.IMPLICIT, spec=None):
     params = primal_problem.to_params(state.params)
     jac, grad, n_jev = state.jac, state.grad, state.n_jev
     if problem.bounds is not None or jac is None:
+        counted = problem.bounds is not None or not jac_dropped
         lin = linearize(primal_problem.without_bounds(), params)
-        jac, grad, n_jev = lin.jac, lin.grad, n_jev + 1
+        jac, grad, n_jev = lin.jac, lin.grad, n_jev + counted
     fields = (params, state.residual, state.cost, jac, grad)
     if implicit:
         fields = _implicit.attach(state.params, problem, fields[1:])

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _batch, _validate, _xla
-from ._batch import fit_batch
+from . import _validate, _xla
+from ._engine import fit_batch, runtime
 from ._result import Result
 from ._status import is_success
 from ._samplers import SAMPLERS, check_box, to_box, unit_cube
@@ -205,12 +205,12 @@ def multistart(
     columns = np.split(starts_flat, np.cumsum([math.prod(shape) for shape in shapes])[:-1], axis=1)
     x0 = structure.unflatten([c.reshape(int(n_starts), *shape) for c, shape in zip(columns, shapes)])
     # On a first call, sorting's program compiles alongside the fits' programs.
-    prepare = lambda shapes: _batch._COMPILER.submit(_sorted.lower(shapes, x0, np.zeros(int(n_starts), np.int64)).compile)  # noqa: E731
-    token = _batch._AFTER_BATCH.set(prepare)
+    prepare = lambda shapes: runtime.compile_soon(_sorted.lower(shapes, x0, np.zeros(int(n_starts), np.int64)))  # noqa: E731
+    token = runtime.AFTER_BATCH.set(prepare)
     try:
         results = fit_batch(fun, x0, args, shared_args=True, log_scale=fit_log_scale, progress=progress, **options)
     finally:
-        _batch._AFTER_BATCH.reset(token)
+        runtime.AFTER_BATCH.reset(token)
     return summarise(results, x0, rtol)
 
 

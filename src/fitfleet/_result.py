@@ -25,12 +25,11 @@ class Result(eqx.Module):
         n_steps: solver iterations (each proposes one trial point).
         n_fev: residual evaluations at trial points (the residual a Jacobian evaluation
             yields with it is not counted again).
-        n_jev: Jacobian evaluations: one per accepted point, plus one at the solution
-            when bounds or a first-order method require it in the user's parameters.
-            In :func:`fit_batch` and :func:`multistart`, Levenberg-Marquardt evaluates
-            the Jacobian with the residual at every trial point (under ``vmap`` skipping
-            it saves nothing): there it is one at the start, one per step and one for
-            the final ``jac`` (the engine does not keep J in its loop).
+        n_jev: Jacobian evaluations the method needs: one at the start and one per
+            accepted point, plus one at the solution when bounds or a first-order method
+            require it in the user's parameters.  The same in :func:`fit_batch` and
+            :func:`multistart` as for the fit alone (a batch may evaluate more, where
+            under ``vmap`` skipping one saves nothing; those are not counted).
         loss, f_scale: the robust loss the fit minimised (``cost`` is that loss), which
             :func:`uncertainty` and :func:`covariance` use unless told otherwise.
         sigma: the ``sigma`` the residual was whitened by (standard deviations (m,) or a

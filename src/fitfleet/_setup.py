@@ -74,11 +74,9 @@ def check_options(options):
     return o
 
 
-def prepare(fun, x0, args, options, *, batched=False):
-    """Check everything and build the fit's pieces; see the module docstring.
-
-    ``batched``: for the batch engine (``x0``/``args`` are then one member's).
-    """
+def prepare(fun, x0, args, options):
+    """Check everything and build the fit's pieces; see the module docstring.  (The
+    batch engine passes one member's ``x0``/``args``.)"""
     o = check_options(options)
     spec = _problem.check(
         fun, x0, args, o["jac"], sigma=o["sigma"], bounds=o["bounds"], log_scale=o["log_scale"], loss=o["loss"],
@@ -95,7 +93,7 @@ def prepare(fun, x0, args, options, *, batched=False):
         learning_rate = DEFAULT_LEARNING_RATE
     solver = make_solver(
         method, ftol=o["ftol"], xtol=o["xtol"], gtol=o["gtol"], max_steps=max_steps, learning_rate=learning_rate,
-        initial_damping=o["initial_damping"], differentiable=adjoint.kind == "unroll", batched=batched,
+        initial_damping=o["initial_damping"], differentiable=adjoint.kind == "unroll",
     )  # fmt: skip
     return Setup(_problem.choose_jacobian(fun, spec), solver, adjoint)
 

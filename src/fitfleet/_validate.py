@@ -277,3 +277,81 @@ def floating_dtype(name, dtype):
     if not np.issubdtype(d, np.floating):
         raise TypeError(f"`{name}` must be a floating dtype such as float32 or float64; got {d}.")
     return d
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def shared_args_mask(shared_args, n_args):
+    """``fit_batch``'s ``shared_args`` as a tuple: True for each batched argument."""
+    if shared_args is True:
+        return (False,) * n_args
+    if shared_args is False or shared_args is None:
+        return (True,) * n_args
+    try:
+        shared = {int(i) for i in ([shared_args] if np.ndim(shared_args) == 0 else shared_args)}
+    except TypeError as e:
+        raise TypeError(f"`shared_args` must be True or a tuple of indices into args; got {shared_args!r}.") from e
+    if any(not -n_args <= i < n_args for i in shared):
+        raise ValueError(f"`shared_args` {sorted(shared)} indexes outside args, which has {n_args} entries.")
+    shared = {i % n_args for i in shared}
+    return tuple(i not in shared for i in range(n_args))
+
+
+def batch_size(x0, args, mask):
+    """The number of fits: the leading axis every leaf of ``x0`` and of the batched
+    ``args`` must share."""
+    leaves = jax.tree_util.tree_leaves(x0)
+    if not leaves:
+        raise ValueError("`x0` has no parameters: pass an array (batch, ...) or a pytree of such arrays.")
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+    if None in sizes:
+        raise ValueError(
+            "every array in `x0` needs a leading batch axis (one row per fit), but some are "
+            "scalars. Pass an array of shape (batch, n_params) (e.g. np.asarray(x0) for a "
+            "nested list: a list is a pytree, each of its entries a parameter)."
+        )
+    if len(sizes) != 1:
+        raise ValueError(f"every array in `x0` needs the same leading batch axis (one row per fit); got leading sizes {sorted(sizes)}.")
+    size = sizes.pop()
+    if size == 0:
+        raise ValueError("`x0` has an empty batch axis: there is nothing to fit.")
+    arg_sizes = {np.shape(leaf)[0] for a, b in zip(args, mask) if b for leaf in jax.tree_util.tree_leaves(a) if np.ndim(leaf)}
+    if len(arg_sizes) == 1 and size not in arg_sizes and len(leaves) == 1 and np.ndim(leaves[0]) == 1:
+        (other,) = arg_sizes
+        raise ValueError(
+            f"`x0` has a leading axis of {size} but the batched `args` have {other} rows: x0 needs a batch axis, "
+            f"one start per fit, shape ({other}, n_params) (np.broadcast_to(x0, ({other}, len(x0))) starts every fit "
+            "from the same point); or list shared args in shared_args."
+        )
+    for i, (arg, batched) in enumerate(zip(args, mask)):
+        if not batched:
+            continue
+        for leaf in jax.tree_util.tree_leaves(arg):
+            if np.ndim(leaf) == 0 or np.shape(leaf)[0] != size:
+                raise ValueError(
+                    f"`args[{i}]` needs a leading batch axis of size {size} like x0 (got shape "
+                    f"{np.shape(leaf)}); list it in shared_args if it is common to all fits."
+                )
+    return size
+
+
+def flat_rows(x0):
+    """A batch of starts as a (fits, flat parameters) float64 numpy array."""
+    return np.concatenate([np.asarray(leaf, np.float64).reshape(np.shape(leaf)[0], -1) for leaf in jax.tree_util.tree_leaves(x0)], 1)
+
+
+def devices(value):
+    """``None`` (every device of the default backend), a platform name (``"cpu"``,
+    ``"gpu"``), or a list of devices -> a list of devices."""
+    if value is None:
+        return jax.devices()
+    if isinstance(value, str):
+        try:
+            return jax.devices(value)
+        except RuntimeError as e:
+            raise ValueError(f"`devices={value!r}`: no such platform here ({e}). Pass None for the default devices.") from e
+    found = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not found or not all(isinstance(d, jax.Device) for d in found):
+        raise ValueError(f"`devices` must be None, a platform name such as 'cpu', or a list of jax devices; got {value!r}.")
+    return found

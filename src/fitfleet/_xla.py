@@ -67,6 +67,8 @@ def filter_jit(fn):
         args, kwargs = eqx.combine(arrays, jax.tree_util.tree_unflatten(structure, static_leaves))
         return fn(*args, **kwargs)
 
+    run.__name__ = run.__qualname__ = getattr(fn, "__name__", "run")  # the program's name in JAX's logs
+
     @functools.cache
     def jitted(on_cpu):
         return jax.jit(run, static_argnums=(1, 2), compiler_options=cpu_options() if on_cpu else None)
@@ -113,3 +115,13 @@ class _Lowered:
             return executable(eqx.filter((args, kwargs), eqx.is_array))
 
         return call
+
+
+def x64(enabled):
+    """A context in which ``enable_x64`` is ``enabled`` on this thread (for worker
+    threads, which do not inherit the caller's thread-local setting)."""
+    if callable(getattr(jax, "enable_x64", None)):
+        return jax.enable_x64(enabled)
+    from jax.experimental import disable_x64, enable_x64  # older jax
+
+    return enable_x64() if enabled else disable_x64()

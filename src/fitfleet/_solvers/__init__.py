@@ -1,5 +1,30 @@
-"""Solvers: each is an ``equinox.Module`` with ``init(problem, p) -> State`` and
-``step(problem, state) -> State``; the loop around them lives in ``_driver``."""
+"""Solvers, and the contract between a solver and the loops that run it.
+
+A solver is an ``equinox.Module`` (its hyper-parameters arrays, so new values never
+recompile) with
+
+- ``init(problem, p) -> State`` and ``step(problem, state) -> State`` (``_common.State``:
+  the point, its residual, cost, Jacobian and gradient, a ``Status``, the counters
+  ``n_steps``/``n_fev``/``n_jev`` and the method's own ``inner`` variables).  A step
+  proposes and evaluates one trial point and sets the status; it never raises.
+  ``_driver.run`` loops ``while status == RUNNING``.
+- ``forms_jacobian``: whether ``init``/``step`` evaluate ``J`` (Newton-type methods) or
+  gradients only (first-order methods, whose ``State.jac`` is None).
+
+The batch engine (``fitfleet._engine``) runs the same ``init``/``step``, vmapped, on
+states it may thin out:
+
+- ``State.jac`` may be None in a state that comes from ``init``'s with its ``J``
+  dropped: a step must then use only ``JᵀJ``/``Jᵀr`` (in ``inner``/``grad``) and keep
+  ``jac`` None (``_common.linearize_like``), so that a batch does not carry (m, n) per
+  fit through its loop; the Result evaluates ``J`` once, at the solution.
+- Nothing else differs: a batched step is the same step, and every counter means the
+  same (``n_jev`` counts the Jacobians the method needs, where a fit alone evaluates
+  them; under ``vmap`` a ``lax.cond`` runs both branches, so the batch may evaluate
+  more, uncounted).  A solver writes its step so that both branches of such a choice
+  are cheap together (LM evaluates ``J`` at the trial point, whose residual XLA then
+  computes once for both branches).
+"""
 
 import jax
 import jax.numpy as jnp
@@ -15,13 +40,12 @@ METHODS = ("lm", "gn", "adam", "sgd")
 
 
 def make_solver(
-    method, *, ftol, xtol, gtol, max_steps, learning_rate, initial_damping, differentiable=False, batched=False,
+    method, *, ftol, xtol, gtol, max_steps, learning_rate, initial_damping, differentiable=False,
 ):  # fmt: skip
     """Build the solver from checked options (``_setup.prepare``); hyper-parameters
     become arrays, so a new value, or a vmapped one, never recompiles.
 
     ``differentiable``: the steps themselves carry gradients (``adjoint="unroll"``).
-    ``batched``: the batch engine's mode (see ``LevenbergMarquardt.batched``).
     """
     real = jnp.result_type(float)
     tol = Tolerances(
@@ -32,7 +56,7 @@ def make_solver(
     )
     if method == "lm":
         return LevenbergMarquardt(
-            tol=tol, initial_damping=_hyper(initial_damping, real), differentiable=differentiable, batched=batched
+            tol=tol, initial_damping=_hyper(initial_damping, real), differentiable=differentiable
         )
     if method == "gn":
         return GaussNewton(tol=tol)

@@ -25,6 +25,7 @@ point).  A positive tolerance below the machine epsilon of the parameters' dtype
 as that epsilon, as in scipy, so float32 fits with the default tolerances stop cleanly.
 """
 
+import dataclasses
 from typing import Any
 
 import equinox as eqx
@@ -39,7 +40,7 @@ class State(eqx.Module):
     params: Any  # flat parameter vector p
     residual: Any
     cost: Any
-    jac: Any  # (m, n), or None for methods that never form it
+    jac: Any  # (m, n), or None: never formed (first-order methods), or not carried (a batch)
     grad: Any  # Jᵀr
     status: Any
     n_steps: Any
@@ -180,6 +181,13 @@ def linearize(problem, u):
     cosine = gradient_cosine(grad, col_norm_sq, jnp.sum(model_residual**2))
     curvature = jnp.maximum(lin.grad * d2p, 0)
     return Linearization(lin.residual, lin.jac * dp, grad, jtj + jnp.diag(curvature), cosine, lin.jac_finite, col_norm_sq)
+
+
+def linearize_like(problem, u, state):
+    """:func:`linearize` at ``u``, without ``J`` where ``state`` carries none (a batch's
+    states: see the solvers' contract in ``fitfleet._solvers``)."""
+    lin = linearize(problem, u)
+    return lin if state.jac is not None else dataclasses.replace(lin, jac=None)
 
 
 def keep_linearization(state, jtj):

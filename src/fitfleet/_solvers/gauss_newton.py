@@ -63,6 +63,7 @@ from ._common import (
     counter,
     keep_linearization,
     linearize,
+    linearize_like,
     start_status,
     step_status,
 )
@@ -101,6 +102,7 @@ class GaussNewton(eqx.Module):
     """Gauss-Newton with backtracking (see the module docstring for the algorithm)."""
 
     tol: Tolerances
+    forms_jacobian = True  # the solvers' contract (``fitfleet._solvers``)
 
     def init(self, problem, p):
         lin = linearize(problem, p)
@@ -125,9 +127,9 @@ class GaussNewton(eqx.Module):
 
         params = jnp.where(accepted, trial, state.params)
 
-        def at_new_point():
-            lin = linearize(problem, params)
-            return lin, *_direction(problem, params, lin)
+        def at_new_point():  # at trial (= params where accepted): see levenberg_marquardt
+            lin = linearize_like(problem, trial, state)
+            return lin, *_direction(problem, trial, lin)
 
         lin, direction, usable = jax.lax.cond(
             accepted,

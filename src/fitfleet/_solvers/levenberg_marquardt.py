@@ -55,9 +55,10 @@ Reasoning about the step through a radius rather than updating the damping direc
 (Nielsen's rule, say) is what makes the step length, not only its direction, respond
 to how well the model predicted the last step.
 
-The Jacobian is evaluated once per accepted point, never at a rejected trial point
-(except in the batch engine's ``batched`` mode, where under ``vmap`` both branches of a
-choice cost the same, so ``(r, J)`` is evaluated together at every trial point).
+The Jacobian is evaluated once per accepted point, never at a rejected trial point.
+(Under ``vmap`` both branches of that choice run: then ``J`` is evaluated at every
+trial point, and XLA computes the trial residual once for both, so a batched step costs
+one fused evaluation of ``(r, J)``.)
 Stopping tests: see ``_common``.  The ``xtol`` test on the step counts Gauss-Newton
 steps only (damping 0): a step the trust region cut short says nothing about the
 distance to the minimum (on MGH's Brown almost-linear function a step of relative size
@@ -74,7 +75,6 @@ for large-scale bound-constrained minimization problems", SIAM J. Sci. Comput. 2
 (scipy's ``trf``); J. Nocedal & S. Wright, "Numerical Optimization" (2006), §4.3.
 """
 
-import dataclasses
 from typing import Any
 
 import equinox as eqx
@@ -91,6 +91,7 @@ from ._common import (
     counter,
     keep_linearization,
     linearize,
+    linearize_like,
     start_status,
     step_status,
 )
@@ -118,11 +119,7 @@ class LevenbergMarquardt(eqx.Module):
     initial_damping: Any
     # adjoint="unroll": re-solve for the step with gradients flowing through J and r.
     differentiable: bool = eqx.field(static=True, default=False)
-    # The batch engine's mode.  Under vmap a cond evaluates both branches anyway, so the
-    # Jacobian is evaluated at every trial point, together with its residual (one
-    # evaluation per step); and J itself is not carried (only JᵀJ and Jᵀr are needed),
-    # which spares writing it to memory on every step: the Result recomputes it once.
-    batched: bool = eqx.field(static=True, default=False)
+    forms_jacobian = True  # the solvers' contract (``fitfleet._solvers``)
 
     def init(self, problem, p):
         lin = linearize(problem, p)
@@ -140,8 +137,7 @@ class LevenbergMarquardt(eqx.Module):
             damping=jnp.asarray(self.initial_damping, p.dtype),
         )
         status = start_status(cost, lin.jac, lin.cosine, self.tol)
-        jac = None if self.batched else lin.jac
-        return State(p, lin.residual, cost, jac, lin.grad, status, counter(), counter(1), counter(1), inner)
+        return State(p, lin.residual, cost, lin.jac, lin.grad, status, counter(), counter(1), counter(1), inner)
 
     def step(self, problem, state):
         s = state.inner
@@ -164,11 +160,7 @@ class LevenbergMarquardt(eqx.Module):
         step = scaled_step / d
 
         trial = problem.move(state.params, step)
-        if self.batched:
-            trial_lin = dataclasses.replace(linearize(problem, trial), jac=None)
-            trial_residual = trial_lin.residual
-        else:
-            trial_residual = problem.residual(trial)
+        trial_residual = problem.residual(trial)
         trial_cost = problem.cost(trial_residual)
         reduction = state.cost - trial_cost
         predicted = -(state.grad @ step) - 0.5 * step @ (s.jtj @ step)
@@ -182,13 +174,11 @@ class LevenbergMarquardt(eqx.Module):
         radius = jnp.where(ratio < 0.25, 0.25 * step_norm, jnp.where((ratio > 0.75) & on_boundary, 2 * s.radius, s.radius))
 
         params = jnp.where(accepted, trial, state.params)
-        if self.batched:
-            kept = keep_linearization(state, s.jtj)
-            lin = jax.tree_util.tree_map(lambda new, old: jnp.where(accepted, new, old), trial_lin, kept)
-        else:
-            lin = jax.lax.cond(
-                accepted, lambda: linearize(problem, params), lambda: keep_linearization(state, s.jtj)
-            )
+        # At ``trial`` (= params where accepted), so that under vmap, where both branches
+        # run, the trial residual above and the one that comes with J are one computation.
+        lin = jax.lax.cond(
+            accepted, lambda: linearize_like(problem, trial, state), lambda: keep_linearization(state, s.jtj)
+        )
         scale = jnp.maximum(s.scale, jnp.sqrt(lin.col_norm_sq))
         inner = _Inner(jtj=lin.jtj, scale=scale, radius=radius, damping=damping)
 
@@ -210,8 +200,7 @@ class LevenbergMarquardt(eqx.Module):
         collapsed = ~(radius > eps * (scaled_params_norm + jnp.linalg.norm(lin.residual)))  # NaN too
         status = jnp.where((status == Status.RUNNING) & (radius <= xtol * scaled_params_norm), Status.XTOL, status)
         status = jnp.where((status == Status.RUNNING) & collapsed, Status.STEP_FAILED, status)
-        n_jev = 1 if self.batched else accepted
-        return advance(problem, state, params=params, lin=lin, n_jev=n_jev, status=status, inner=inner)
+        return advance(problem, state, params=params, lin=lin, n_jev=accepted, status=status, inner=inner)
 
 
 def _positive(scale):

@@ -37,6 +37,7 @@ class OptaxSolver(eqx.Module):
     learning_rate: Any
     name: str = eqx.field(static=True)
     transform: Any = eqx.field(static=True, default=None)
+    forms_jacobian = False  # the solvers' contract (``fitfleet._solvers``): steps see gradients only
 
     def _optimiser(self):
         if self.transform is not None:

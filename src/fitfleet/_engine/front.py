@@ -1,0 +1,127 @@
+"""``fit_batch``: check, set up one member's fit, and hand the batch to the engine."""
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from .. import _problem, _setup, _validate
+from .._least_squares import least_squares
+from .._setup import DEFAULTS
+from .host import Engine
+
+
+def fit_batch(
+    fun,
+    x0,
+    args=(),
+    *,
+    shared_args=(),
+    method="lm",
+    jac="auto",
+    ftol=1e-8,
+    xtol=1e-8,
+    gtol=1e-8,
+    max_steps=None,
+    sigma=None,
+    bounds=None,
+    log_scale=False,
+    loss="linear",
+    f_scale=1.0,
+    learning_rate=None,
+    initial_damping=1e-3,
+    adjoint="implicit",
+    grad_on_failure="nan",
+    chunk_size=None,
+    devices=None,
+    progress=False,
+):
+    """Fit many independent problems ``fun(params_i, *args_i)`` at once.
+
+    Each fit is exactly :func:`least_squares` on its own slice of the batch; they share
+    compiled programs, and a slow fit never holds the others back (see
+    ``fitfleet._engine``).  On GPU/TPU the whole batch runs in one device program; on
+    CPU in cache-sized blocks, one thread per core (``fitfleet.engine_settings`` picks
+    the path).
+
+    Args:
+        fun: ``fun(params, *args)`` for ONE fit, as for :func:`least_squares`.
+        x0: starting parameters with a leading batch axis (an array (B, ...), nested
+            lists of numbers, or a pytree whose every leaf has the same leading size B).
+        args: tuple of extra arguments; each carries a leading batch axis unless listed
+            in ``shared_args``.
+        shared_args: indices into ``args`` of arguments common to every fit (a shared
+            ``x`` grid, say), or ``True`` when all are shared.
+        sigma: as for :func:`least_squares`, shared by all fits, or per fit with a leading
+            batch axis: (B, m) standard deviations or (B, m, m) covariances.  A 2-D
+            sigma of shape (B, m) is read as per-fit even when B == m.
+        chunk_size: fits per chunk; default: as many as fit a working-memory budget of
+            1 GiB per device (on a GPU or TPU, a 32nd of its memory where that is more).
+            Smaller chunks use less memory, not less time.
+        devices: the devices to spread each chunk over; default ``jax.devices()``.  On
+            the default CPU device a chunk is also split over one thread per core.
+        progress: show a progress bar of finished fits (needs ``tqdm``; on the
+            accelerator path it advances chunk by chunk).
+        method, jac, ftol, xtol, gtol, max_steps, bounds, log_scale, loss, f_scale,
+            learning_rate, initial_damping, adjoint, grad_on_failure: as for
+            :func:`least_squares`, the same for every fit (bounds are shared).  Under
+            ``jax.grad``/``jit``/``vmap`` the batch runs as ``vmap(least_squares)``, whose
+            derivatives these options define.
+
+    Returns:
+        A :class:`Result` whose every field has a leading batch axis of size B and means
+        what it means for :func:`least_squares`; each fit has its own ``status`` (a
+        failing fit never affects the others).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import fitfleet as ff
+        >>> t = jnp.linspace(0.0, 4.0, 30)
+        >>> rates = jnp.array([0.5, 1.0, 2.0])
+        >>> y = jnp.exp(-rates[:, None] * t)                  # three data sets
+        >>> def residual(p, t, y):
+        ...     return p[0] * jnp.exp(-p[1] * t) - y
+        >>> res = ff.fit_batch(residual, jnp.ones((3, 2)), (t, y), shared_args=(0,))
+        >>> res.params[:, 1].round(4).tolist(), res.success.tolist()
+        ([0.5, 1.0, 2.0], [True, True, True])
+    """
+    options = {name: value for name, value in locals().items() if name in DEFAULTS}
+    args = _validate.arguments(args)
+    mask = _validate.shared_args_mask(shared_args, len(args))
+    x0 = _validate.parameters(x0)
+    size = _validate.batch_size(x0, args, mask)
+    sigma_batched = sigma is not None and np.ndim(sigma) >= 2 and np.shape(sigma)[0] == size
+
+    if _validate.any_traced((x0, args, sigma, options)):
+        _setup.check_options(options)
+        return _vmapped_least_squares(fun, x0, args, mask, sigma_batched, options)
+
+    first = lambda t: jax.tree_util.tree_map(lambda a: a[0], t)  # noqa: E731
+    args0 = tuple(first(a) if b else a for a, b in zip(args, mask))
+    one = dict(options, sigma=first(sigma) if sigma_batched else sigma)
+    spec, solver, _ = _setup.prepare(fun, first(x0), args0, one)
+    x0 = jax.tree_util.tree_map(lambda a: a.astype(spec.dtype), x0)
+    _validate.start(_validate.flat_rows(x0), spec.box, np.asarray(spec.log or False), "x0")
+    sigma_data = None
+    if sigma_batched:  # the given sigmas, and a covariance's Cholesky factors (computed once, here)
+        given = _validate.batched_sigma(sigma, size, spec.n_residuals, spec.dtype)
+        sigma_data = (given, None if given.ndim == 2 else _problem.whitening(given))
+    chunk_size = None if chunk_size is None else _validate.integer("chunk_size", chunk_size, minimum=1)
+    progress = _validate.boolean("progress", progress)
+    template = dataclasses.replace(spec, args=tuple(None if b else a for a, b in zip(spec.args, mask)))
+    data = (x0, tuple(a for a, b in zip(args, mask) if b), sigma_data)
+    engine = Engine(fun, solver, template, mask, sigma_batched, _validate.devices(devices))
+    return engine.run(data, size, chunk_size, progress)
+
+
+def _vmapped_least_squares(fun, x0, args, mask, sigma_batched, options):
+    """The traceable path: one vmapped ``while_loop``, no compaction."""
+    batched_args = tuple(a for a, b in zip(args, mask) if b)
+    sigma = options.pop("sigma")
+
+    def one(x0_i, bargs_i, sigma_i):
+        it = iter(bargs_i)
+        args_i = tuple(next(it) if b else a for a, b in zip(args, mask))
+        return least_squares(fun, x0_i, args_i, sigma=sigma_i if sigma_batched else sigma, **options)
+
+    return jax.vmap(one, in_axes=(0, 0, 0 if sigma_batched else None))(x0, batched_args, sigma if sigma_batched else None)
