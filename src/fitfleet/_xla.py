@@ -1,4 +1,4 @@
-"""How fitfleet's programs are compiled for XLA:CPU.
+"""How fitfleet's programs are compiled for XLA:CPU; fitfleet's uses of JAX internals.
 
 A first call spends most of its time in XLA:CPU generating and optimising LLVM code.
 With the options below (the level-1 LLVM pipeline without its expensive passes, the
@@ -16,6 +16,12 @@ Options belong to a top-level ``jax.jit`` only.  ``filter_jit`` passes them wher
 apply: an eager call, also under an eager ``vmap`` or ``grad``; inside a user's ``jit``
 the outer program's options hold (staging refuses options; the retrace without them
 hits JAX's tracing cache).
+
+The JAX interfaces fitfleet uses beyond the public API all live here, each with a
+fallback (tested): the names of compiler options an XLA does not know, read from its
+error message (unknown: compile with XLA's defaults); ``trace_context`` (unknown: the
+CPU engine's tail program is not traced in the background, the round's program
+finishes the fits).
 """
 
 import functools
@@ -51,6 +57,16 @@ def cpu_options():
     return options
 
 
+_JITTED = []  # each filter_jit's jitted programs (a jax.jit and the programs it holds)
+
+
+def clear_caches():
+    """Forget the compiler options found and each ``filter_jit``'s jitted programs."""
+    cpu_options.cache_clear()
+    for jitted in _JITTED:
+        jitted.cache_clear()
+
+
 def filter_jit(fn):
     """``eqx.filter_jit`` (arrays traced, everything else static and hashable; the
     result a pytree of arrays), compiled on CPU with :func:`cpu_options`.
@@ -72,6 +88,8 @@ def filter_jit(fn):
     @functools.cache
     def jitted(on_cpu):
         return jax.jit(run, static_argnums=(1, 2), compiler_options=cpu_options() if on_cpu else None)
+
+    _JITTED.append(jitted)
 
     def split(args, kwargs, is_array=eqx.is_array):
         arrays, static = eqx.partition((args, kwargs), is_array)
@@ -115,6 +133,20 @@ class _Lowered:
             return executable(eqx.filter((args, kwargs), eqx.is_array))
 
         return call
+
+
+def trace_context():
+    """The configuration JAX's tracing depends on (JAX keys its own caches on it; some of
+    it thread-local), so that a program traced on a worker thread can be checked to be
+    the caller's; ``None`` where this JAX does not say (a private interface)."""
+    try:
+        from jax._src.config import trace_context as context
+    except ImportError:
+        return None
+    try:
+        return context()
+    except Exception:
+        return None
 
 
 def x64(enabled):

@@ -17,8 +17,9 @@ batch axis).  Then one of two paths runs a chunk:
   few running fits step in narrower blocks (``TAILS``: at most 16 in a block of 16 until
   at most 4 run, those in a block of 4) in the *tail* program, so a handful of slow fits
   do not make a full block step with them.  A first call compiles four programs (init,
-  round, results, tail) on worker threads; the tail's compiles in the background once
-  the round's is done, and until it is ready the round's program finishes the fits.
+  round, results, tail) on worker threads; the tail's is traced and compiled in the
+  background once the round's is done, and until it is ready the round's program
+  finishes the fits.
   Parts call compiled executables, never ``jit``: tracing depends on thread-local
   configuration such as ``enable_x64``, which stays on the calling thread.
 """
@@ -142,13 +143,11 @@ class Engine:
             chunk_data = self._chunk(data, c, chunk, size)
             n_valid = np.clip(size - c * chunk - np.arange(0, chunk, part), 0, part)
             parts = _split(chunk_data, n_parts) if n_parts > 1 else [jax.device_put(chunk_data, self.device)]
-            if n_parts == 1 and not (fresh and c == 0):
+            if n_parts == 1:
                 results.append(self._run_part(programs, parts[0], int(n_valid[0]), bar))
-                continue
-            futures = [runtime.pool("run").submit(self._run_part, programs, *p, bar) for p in zip(parts, n_valid)]
-            if fresh and c == 0:  # while the parts run: trace the tail, here (tracing depends on this thread)
-                self._compile_tail(programs, data, part)
-            results += [f.result() for f in futures]
+            else:
+                futures = [runtime.pool("run").submit(self._run_part, programs, *p, bar) for p in zip(parts, n_valid)]
+                results += [f.result() for f in futures]
         return results
 
     def _run_part(self, programs, part, n_valid, bar):
@@ -206,7 +205,11 @@ class Engine:
             lowered = program.lower(*self._abstract_args(name, abstract, (block,)))
             out = eqx.filter_eval_shape(program, *self._abstract_args(name, abstract, (block,))) if name == "results" else None
             programs[name] = _Program(runtime.compile_soon(lowered, options), (block,), out)
-        programs["tail"] = _Program(concurrent.futures.Future(), tail) if tail else None
+        programs["tail"] = None
+        if tail:
+            args = self._abstract_args("round", abstract, tail)
+            later = (self.x64, args, options, programs["round"].future, _xla.trace_context())
+            programs["tail"] = _Program(runtime.in_background(_compile_tail, *later), tail)
         return runtime.remember(_EXECUTABLES, key, programs, limit=32), True
 
     def _abstract_args(self, name, abstract, blocks):
@@ -214,21 +217,6 @@ class Engine:
         valid = np.broadcast_to(np.True_, (leading(abstract),))
         arrays = {"round": (abstract, state, np.int32(0)), "init": (abstract, valid), "results": (abstract, state)}[name]
         return (self.statics, blocks, self.mesh, *arrays)
-
-    def _compile_tail(self, programs, data, part):
-        """Trace the tail's program here and compile it in the background once the
-        round's has compiled (so that a first call's own compilations have the cores)."""
-        tail = programs["tail"]
-        if tail is None:
-            return
-        abstract = jax.tree_util.tree_map(lambda a: np.broadcast_to(np.zeros((), a.dtype), (part, *a.shape[1:])), data)
-        try:
-            lowered = ROUND.lower(*self._abstract_args("round", abstract, tail.blocks))
-        except Exception:  # without a tail the round's program finishes the fits
-            tail.future.set_result(None)
-            return
-        options = _xla.cpu_options() if self.cpu else None
-        runtime.in_background(_compile_after, lowered, options, programs["round"].future, tail.future)
 
     def _prepare_after(self, result, n_parts, size):
         """On a first call, while the batch's programs compile: compile what runs after
@@ -276,13 +264,20 @@ class Engine:
         return part * n_parts, part, block
 
 
-def _compile_after(lowered, options, first, result):
-    """Compile once ``first`` has compiled; the result (None on failure) goes to ``result``."""
+def _compile_tail(x64, args, options, first, context):
+    """The tail's program, traced and compiled on a background thread once ``first`` (the
+    round's) has compiled, so that a first call's own compilations have the cores; in
+    the caller's tracing configuration (``context``), or ``None`` where this thread cannot
+    reproduce it (an option other than ``enable_x64`` set on the caller's thread), or
+    where this JAX does not say what it is: then the round's program finishes the fits."""
     first.exception()
-    try:
-        result.set_result(lowered.compile(options))
-    except Exception:
-        result.set_result(None)
+    with _xla.x64(x64):
+        if context is None or _xla.trace_context() != context:
+            return None
+        try:
+            return ROUND.lower(*args).compile(options)
+        except Exception:  # without a tail the round's program finishes the fits
+            return None
 
 
 class _Program(NamedTuple):

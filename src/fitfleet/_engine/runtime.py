@@ -108,21 +108,23 @@ def clear_caches():
 
     fitfleet remembers, per model and shapes, what a repeated call would otherwise
     trace and compile again (each entry holds on to the model function ``fun``).  This
-    empties those caches, after waiting for background compilations.  JAX keeps
-    compiled programs of its own: ``jax.clear_caches()`` clears them.
+    empties those caches (the engine's, ``_problem``'s traced shapes, ``_xla``'s jitted
+    programs, ``_uncertainty``'s quantiles), after waiting for background compilations.
+    JAX keeps compiled programs of its own: ``jax.clear_caches()`` clears them.
 
     Example:
         >>> import jax.numpy as jnp
         >>> import fitfleet as ff
         >>> ff.clear_caches()
     """
-    from .. import _problem, _uncertainty
+    from .. import _problem, _uncertainty, _xla
 
     wait()
     for store in _caches:
         store.clear()
     _problem._TRACED.clear()
     _uncertainty._quantile.cache_clear()
+    _xla.clear_caches()
 
 
 @dataclasses.dataclass(frozen=True)
