@@ -85,3 +85,13 @@ def to_result(problem, state, adjoint=_implicit.IMPLICIT, spec=None):
 def record(spec):
     """What a Result remembers of its problem (see ``Result``)."""
     return dict(sigma=spec.sigma_given, names=spec.names, order=spec.order, bounds=spec.box, log_scale=spec.log)
+
+
+def raised_result(shapes, x0):
+    """The Result of a fit whose model raised at run time (``Status.MODEL_RAISED``):
+    its start ``x0``, no steps, NaN for what was never computed.  ``shapes``: the
+    Result's shapes (``eqx.filter_eval_shape`` of the solve)."""
+    fill = lambda s: jnp.full(s.shape, jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0, s.dtype)  # noqa: E731
+    result = jax.tree_util.tree_map(fill, shapes)
+    params = jax.tree_util.tree_map(lambda a, s: jnp.asarray(a, s.dtype), x0, shapes.params)
+    return eqx.tree_at(lambda r: (r.params, r.status), result, (params, jnp.int32(Status.MODEL_RAISED)))

@@ -1,5 +1,7 @@
 """The front door: ``least_squares(fun, x0, args, ...) -> Result``."""
 
+import equinox as eqx
+
 from . import _driver, _problem, _xla
 from ._setup import DEFAULTS, prepare
 
@@ -111,7 +113,13 @@ def least_squares(
         (True, True)
     """
     options = {name: value for name, value in locals().items() if name in DEFAULTS}
-    return _solve(fun, *prepare(fun, x0, args, options))
+    setup = prepare(fun, x0, args, options)
+    try:
+        return _solve(fun, *setup)
+    except Exception as e:
+        if not _xla.raised_by_model(e):
+            raise
+        return _driver.raised_result(eqx.filter_eval_shape(_solve, fun, *setup), setup.spec.x0)
 
 
 @_xla.filter_jit

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import _validate
+from . import _validate, _xla
 from ._bounds import make_bounds, strictly_inside
 from ._losses import LOSSES, robust_cost, robust_model
 
@@ -42,6 +42,9 @@ class Problem(eqx.Module):
     bounds: Any = None  # None or _bounds.Bounds
     loss: str = eqx.field(static=True, default="linear")
     f_scale: Any = 1.0
+    # The Jacobian holds run-time checks that may raise (``_jacobian_trace``): it is
+    # evaluated only where the residual is finite.
+    may_raise: bool = eqx.field(static=True, default=False)
 
     def to_params(self, u):
         """Flat internal variables -> flat user parameters."""
@@ -70,10 +73,25 @@ class Problem(eqx.Module):
         r = self.fun(self.unravel(self.to_params(u)), *self.args)
         return self.whiten(jnp.ravel(r).astype(u.dtype))
 
-    def residual_and_jac(self, p):
+    def residual_and_jac(self, p, fallback=None):
         """``(r, J)`` at the flat parameters ``p`` of a problem without bounds (with
         bounds, ``_common.linearize`` maps ``J`` to the internal variables); with
-        autodiff the residual comes for free with ``J``."""
+        autodiff the residual comes for free with ``J``.
+
+        For a model whose Jacobian may raise (``may_raise``: a diffrax implicit solver's
+        linear solves refuse non-finite input, and under ``vmap`` one member's refusal
+        raises for all), the residual is evaluated first, and where it is not finite the
+        Jacobian is evaluated at ``fallback`` (default 0: any point known to be safe)
+        and reported as NaN: the point is rejected as it would be anyway."""
+        if not self.may_raise:
+            return self._residual_and_jac(p)
+        r = self.residual(p)
+        ok = jnp.all(jnp.isfinite(r))
+        safe = jnp.zeros_like(p) if fallback is None else fallback
+        r_safe, J = self._residual_and_jac(jnp.where(ok, p, safe))
+        return jnp.where(ok, r_safe, r), jnp.where(ok, J, jnp.nan)
+
+    def _residual_and_jac(self, p):
         if callable(self.jac):
             r = jnp.ravel(self.fun(self.unravel(p), *self.args)).astype(p.dtype)
             J = _flat_user_jac(self.jac(self.unravel(p), *self.args), r, p)
@@ -136,6 +154,7 @@ class Spec(eqx.Module):
     order: tuple = eqx.field(static=True)
     box: Any = eqx.field(static=True)  # None, or (lower, upper): tuples of floats, user scale
     log: Any = eqx.field(static=True)  # None, or a tuple of bools
+    may_raise: bool = eqx.field(static=True, default=False)  # see Problem.may_raise
 
 
 def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss="linear", f_scale=1.0, x0_name="x0") -> Spec:
@@ -324,10 +343,13 @@ def choose_jacobian(fun, spec):
     if callable(jac):
         return spec
     modes = (jac,) if jac != "auto" else ("fwd", "rev") if spec.n_params <= spec.n_residuals else ("rev", "fwd")
+    traces = {}
     for mode in modes:
-        if _traced(_differentiable, fun, x0, args, mode):
-            return dataclasses.replace(spec, jac=mode)
-    errors = {mode: _jacobian_error(fun, x0, args, mode) for mode in modes}  # traced again: not kept
+        traces[mode] = _traced(_jacobian_trace, fun, x0, args, mode)
+        error, raises = traces[mode]
+        if error is None:
+            return dataclasses.replace(spec, jac=mode, may_raise=raises)
+    errors = {mode: traces[mode][0] for mode in modes}
     how = {"fwd": "forward mode (jax.jacfwd)", "rev": "reverse mode (jax.jacrev)"}
     reasons = "; ".join(f"{how[mode]}: {type(e).__name__}: {str(e).splitlines()[0].rstrip('.')}" for mode, e in errors.items())
     if jac != "auto":
@@ -343,18 +365,17 @@ def choose_jacobian(fun, spec):
     ) from errors[modes[0]]
 
 
-def _differentiable(fun, x0, args, mode):
-    return _jacobian_error(fun, x0, args, mode) is None
-
-
-def _jacobian_error(fun, x0, args, mode):
-    """The exception that tracing ``fun``'s Jacobian in ``mode`` raises, or None."""
+def _jacobian_trace(fun, x0, args, mode):
+    """``(error, may_raise)``: the exception that tracing ``fun``'s Jacobian in ``mode``
+    raises (None if it traces), and whether it contains run-time checks that may raise
+    (``_xla.may_raise``: then the solvers evaluate it only at points whose residual is
+    finite, so a member of a batch that strays cannot raise for all of them)."""
     transform = jax.jacfwd if mode == "fwd" else jax.jacrev
     try:
-        jax.eval_shape(lambda p, a: transform(lambda q: fun(q, *a))(p), x0, args)
+        jaxpr = jax.make_jaxpr(lambda p, a: transform(lambda q: fun(q, *a))(p))(x0, args)
     except Exception as e:  # whatever JAX raises for an untransformable function
-        return e
-    return None
+        return e, False
+    return None, _xla.may_raise(jaxpr)
 
 
 _TRACED = {}
@@ -405,6 +426,7 @@ def make_problem(fun, spec):
         bounds=spec.bounds,
         loss=spec.loss,
         f_scale=spec.f_scale,
+        may_raise=spec.may_raise,
     )
     if spec.bounds is None:
         return problem, p0

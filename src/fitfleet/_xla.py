@@ -113,3 +113,36 @@ class _Lowered:
             return executable(eqx.filter((args, kwargs), eqx.is_array))
 
         return call
+
+
+# Primitives through which a traced function can raise at run time: host callbacks
+# (equinox's ``error_if``, used by optimistix and diffrax, is a ``pure_callback`` that
+# raises), and lineax's ``linear_solve``, whose check of its input is part of the
+# primitive (a diffrax implicit solver's root finds go through it).  Under ``vmap`` such
+# a check raises for the whole batch when any member trips it.
+RAISING_PRIMITIVES = ("pure_callback", "io_callback", "linear_solve")
+
+
+def may_raise(closed_jaxpr):
+    """Whether a jaxpr contains a host callback that may raise at run time (searched
+    through every sub-jaxpr: cond branches, loop bodies, custom rules, calls)."""
+    stack = [closed_jaxpr]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+            continue
+        jaxpr = getattr(item, "jaxpr", item)  # a ClosedJaxpr holds a Jaxpr
+        for eqn in getattr(jaxpr, "eqns", ()):
+            if eqn.primitive.name in RAISING_PRIMITIVES:
+                return True
+            stack.extend(v for v in eqn.params.values() if hasattr(v, "eqns") or hasattr(v, "jaxpr") or isinstance(v, (list, tuple)))
+    return False
+
+
+def raised_by_model(error):
+    """Whether an exception from running a compiled fit is a run-time error raised
+    inside the user's model through a host callback (equinox's ``error_if``, used by
+    lineax, optimistix and diffrax), rather than a failure of fitfleet or of XLA."""
+    text = f"{type(error).__name__}: {error}"
+    return isinstance(error, (RuntimeError, ValueError)) and ("EquinoxRuntimeError" in text or "CpuCallback error" in text)

@@ -143,7 +143,7 @@ class Linearization(eqx.Module):
     col_norm_sq: Any
 
 
-def linearize(problem, u):
+def linearize(problem, u, fallback=None):
     """The Gauss-Newton model of the cost at the internal point ``u``.
 
     Bounds and ``log_scale`` (``p = T(u)`` elementwise, see ``_bounds``): ``J`` is
@@ -160,9 +160,12 @@ def linearize(problem, u):
     bound) would make the matrix indefinite and is dropped; at an interior optimum
     ``g_p = 0`` and the term vanishes.  ``cosine`` (the gtol statistic) is that of
     ``J_u`` alone.
+
+    ``fallback``: where to evaluate a Jacobian that may raise if ``u``'s residual is not
+    finite (``Problem.residual_and_jac``).
     """
     if problem.bounds is None:
-        r, J = problem.residual_and_jac(u)
+        r, J = problem.residual_and_jac(u, fallback)
         rm, Jm = problem.model(r, J)
         grad = Jm.T @ rm
         jtj = Jm.T @ Jm
@@ -171,7 +174,7 @@ def linearize(problem, u):
         # instead of m·n spares a pass over J (a transposing copy under vmap) every step.
         col_norm_sq = jnp.diagonal(jtj)
         return Linearization(r, J, grad, jtj, cosine, jnp.all(jnp.isfinite(col_norm_sq)), col_norm_sq)
-    lin = linearize(problem.without_bounds(), problem.to_params(u))
+    lin = linearize(problem.without_bounds(), problem.to_params(u), None if fallback is None else problem.to_params(fallback))
     dp, d2p = problem.bounds.derivatives(u)
     grad = dp * lin.grad
     jtj = lin.jtj * (dp[:, None] * dp[None, :])

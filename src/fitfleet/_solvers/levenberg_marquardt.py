@@ -165,7 +165,7 @@ class LevenbergMarquardt(eqx.Module):
 
         trial = problem.move(state.params, step)
         if self.batched:
-            trial_lin = dataclasses.replace(linearize(problem, trial), jac=None)
+            trial_lin = dataclasses.replace(linearize(problem, trial, fallback=state.params), jac=None)
             trial_residual = trial_lin.residual
         else:
             trial_residual = problem.residual(trial)
