@@ -24,8 +24,18 @@ What differs, and why:
   other failure (see ``infodict["result"].status``).
 - Under ``jit``/``vmap`` nothing can raise or warn: a failed fit returns its result
   (check ``ier`` with ``full_output=True``), and ``mesg`` is ``None``.
-- ``nan_policy="omit"`` would change the data's shape, so it is not supported; drop
-  the NaN points first.
+- ``nan_policy="omit"`` drops the NaN points, as scipy does, outside ``jit``/``vmap``
+  only (it changes the data's shape), and not in ``curve_fit_batch``.
+- ``infodict``'s ``fjac``, ``ipvt``, ``qtf`` are computed once at the solution from a
+  column-pivoted QR factorisation of the whitened Jacobian (LAPACK's, the same pivoting
+  rule as MINPACK's), in scipy's layout: ``fjac.T[:n]`` holds ``R`` (below the diagonal
+  zeros, where MINPACK keeps its Householder vectors; the signs of ``R``'s rows may
+  differ from MINPACK's), ``ipvt`` the permutation (0-based, as scipy 1.17 returns
+  it), ``qtf = (Qᵀ fvec)[:n]``.
+
+Where fitfleet's own ``least_squares`` differs from scipy's on purpose (it takes a
+residual of any shape and fewer residuals than parameters; bounds as a change of
+variables for ``lm``), ``docs/fitting_guide.md`` ("Coming from scipy") says so.
 """
 
 import inspect
@@ -37,9 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _validate, _xla
 from ._batch import fit_batch
 from ._least_squares import least_squares
-from ._losses import LOSSES
 from ._status import Status
 from ._uncertainty import covariance
 
@@ -85,7 +95,8 @@ def curve_fit(
         jac: ``jac(x, *params)`` returning the (m, n) Jacobian of ``f``, or ``None`` /
             a finite-difference scheme name for automatic differentiation.
         full_output: also return ``infodict``, ``mesg`` and ``ier``.
-        nan_policy: ``None`` or ``"raise"``.
+        nan_policy: ``None``, ``"raise"`` (a ``ValueError`` if the data hold NaN) or
+            ``"omit"`` (drop the NaN points), as in scipy.
         **kwargs: ``ftol``, ``xtol``, ``gtol``, ``maxfev``/``max_nfev``, ``loss``,
             ``f_scale``, ``x_scale`` (``"jac"`` only); ``diff_step``, ``epsfcn`` and
             ``verbose`` are ignored; fitfleet's ``log_scale``, ``max_steps``,
@@ -288,13 +299,17 @@ def _as_data(a, name):
     return arr
 
 
-def _check_finite(tree, name):
+def _check_finite(tree, name, why, nan_only=False):
     for leaf in jax.tree_util.tree_leaves(tree):
-        if isinstance(leaf, jax.core.Tracer):
+        if _validate.is_traced(leaf):
             continue
         arr = np.asarray(leaf)
-        if np.issubdtype(arr.dtype, np.number) and not np.all(np.isfinite(arr)):
-            raise ValueError(f"`{name}` must not contain infs or NaNs (check_finite=True).")
+        if not np.issubdtype(arr.dtype, np.number):
+            continue
+        if nan_only and np.any(np.isnan(arr)):
+            raise ValueError(f"`{name}` contains NaN values {why}.")
+        if not nan_only and not np.all(np.isfinite(arr)):
+            raise ValueError(f"`{name}` must not contain infs or NaNs {why}.")
 
 
 def _prepare(
@@ -303,13 +318,9 @@ def _prepare(
     """Validate scipy-style arguments; return the residual, the start and least_squares options."""
     if not callable(f):
         raise TypeError(f"`f` must be callable as f(x, *params); got {type(f).__name__}.")
-    if not isinstance(absolute_sigma, (bool, np.bool_)):
-        raise TypeError(f"`absolute_sigma` must be True or False; got {absolute_sigma!r}.")
-    if nan_policy not in (None, "raise"):
-        raise ValueError(
-            f"nan_policy={nan_policy!r} is not supported: 'omit' would change the data's shape "
-            "(drop the NaN points before fitting) and scipy rejects 'propagate'. Use None or 'raise'."
-        )
+    _validate.boolean("absolute_sigma", absolute_sigma)
+    if nan_policy not in (None, "raise", "omit"):
+        raise ValueError(f"`nan_policy` must be one of None, 'raise', 'omit' (scipy does not support 'propagate'); got {nan_policy!r}.")
     if check_finite is None:
         check_finite = nan_policy is None
     if method not in _SCIPY_METHODS + _FITFLEET_METHODS:
@@ -318,7 +329,59 @@ def _prepare(
         raise ValueError(f"`jac` must be a callable jac(x, *params), None, or one of {_FD_JACOBIANS[1:]}; got {jac!r}.")
     if "args" in kwargs:
         raise ValueError("'args' is not a supported keyword argument: f is called as f(x, *params).")
+    opts = _options(kwargs)
 
+    y = _as_data(ydata, "ydata")
+    if y.size == 0:
+        raise ValueError("`ydata` must not be empty.")
+    x_all, y_all = (xdata, y) if check_data is None else check_data
+    if check_finite:
+        _check_finite(y_all, "ydata", "(check_finite=True)")
+        _check_finite(x_all, "xdata", "(check_finite=True)")
+    elif nan_policy == "raise":
+        _check_finite(y_all, "ydata", "(nan_policy='raise')", nan_only=True)
+        _check_finite(x_all, "xdata", "(nan_policy='raise')", nan_only=True)
+    elif nan_policy == "omit":
+        if check_data is not None:
+            raise ValueError("nan_policy='omit' would give the rows different lengths: drop the NaN points per row and fit them with curve_fit.")
+        xdata, y, sigma = _omit_nan(xdata, y, sigma)
+
+    n = _n_params(f) if p0 is None else int(np.size(p0))
+    lb, ub = _bounds_pair(bounds, n)
+    if p0 is None:
+        p0 = jnp.asarray(_initial_point(lb, ub), y.dtype)
+    else:
+        p0 = _validate.parameters(p0, "p0")
+        p0 = jnp.ravel(jnp.asarray(p0))
+        if not _validate.is_traced(p0):
+            _validate.start(np.asarray(p0), (lb, ub), np.zeros(n, bool), "p0")
+    x = _as_x(xdata, p0.dtype)
+    y = y.astype(p0.dtype)
+    m = y.size
+    bounded = bool(np.any(np.isfinite(lb) | np.isfinite(ub)))
+    if method in (None, "lm") and not bounded and m != 1 and n > m:
+        raise TypeError(f"The number of func parameters={n} must not exceed the number of data points={m}.")
+
+    if sigma is not None:
+        sigma = _as_data(sigma, "sigma").astype(p0.dtype)
+        if sigma.size == 1:
+            sigma = jnp.broadcast_to(jnp.reshape(sigma, ()), (m,))
+        elif sigma.shape not in ((m,), (m, m)):
+            raise ValueError(
+                f"`sigma` has incorrect shape {sigma.shape}: use ({m},) standard deviations "
+                f"or an ({m}, {m}) covariance."
+            )
+    opts.update(
+        method="lm" if method in _SCIPY_METHODS else method,
+        jac=_ModelJac(jac) if callable(jac) else "auto",
+        sigma=sigma,
+        bounds=(lb, ub) if bounded else None,
+    )
+    return {"fun": _Model(f), "args": (x, y)}, p0, opts
+
+
+def _options(kwargs):
+    """scipy's keyword arguments -> least_squares options."""
     opts = {}
     for key, value in kwargs.items():
         if key in _PASSED:
@@ -336,43 +399,27 @@ def _prepare(
                 f"curve_fit got an unsupported keyword argument {key!r}. Supported: "
                 f"{', '.join(_PASSED + ('maxfev', 'max_nfev', 'x_scale') + _IGNORED)}."
             )
-    if opts.get("loss", "linear") not in LOSSES:
-        raise ValueError(f"`loss` must be one of {LOSSES}; got {opts['loss']!r}.")
+    return opts
 
-    y = _as_data(ydata, "ydata")
-    if y.size == 0:
-        raise ValueError("`ydata` must not be empty.")
-    if check_finite:
-        _check_finite(y if check_data is None else check_data[1], "ydata")
-        _check_finite(xdata if check_data is None else check_data[0], "xdata")
 
-    n = _n_params(f) if p0 is None else int(np.size(p0))
-    lb, ub = _bounds_pair(bounds, n)
-    if p0 is None:
-        p0 = jnp.asarray(_initial_point(lb, ub), y.dtype)
-    else:
-        p0 = jnp.ravel(_as_data(p0, "p0"))
-    x = _as_x(xdata, p0.dtype)
-    y = y.astype(p0.dtype)
-
-    m = y.size
+def _omit_nan(xdata, y, sigma):
+    """scipy's ``nan_policy="omit"``: drop the points where ``ydata`` or ``xdata`` (its
+    last axis indexing the points) is NaN, and their ``sigma`` entries."""
+    if _validate.any_traced((xdata, y, sigma)):
+        raise ValueError("nan_policy='omit' changes the data's shape, so it cannot run under jit/vmap: drop the NaN points first.")
+    yn = np.asarray(y)
+    if yn.ndim != 1:
+        raise ValueError(f"nan_policy='omit' needs 1-D ydata; got shape {yn.shape}.")
+    has_nan = np.isnan(yn)
+    xn = np.asarray(xdata) if isinstance(xdata, (list, tuple, np.ndarray, jax.Array)) else None
+    if xn is not None and np.issubdtype(xn.dtype, np.number):
+        x_nan = np.isnan(xn)
+        has_nan |= x_nan.any(axis=tuple(range(x_nan.ndim - 1))) if x_nan.ndim else False
+        xdata = xn[..., ~has_nan]
     if sigma is not None:
-        sigma = _as_data(sigma, "sigma").astype(p0.dtype)
-        if sigma.size == 1:
-            sigma = jnp.broadcast_to(jnp.reshape(sigma, ()), (m,))
-        elif sigma.shape not in ((m,), (m, m)):
-            raise ValueError(
-                f"`sigma` has incorrect shape {sigma.shape}: use ({m},) standard deviations "
-                f"or an ({m}, {m}) covariance."
-            )
-    bounded = bool(np.any(np.isfinite(lb) | np.isfinite(ub)))
-    opts.update(
-        method="lm" if method in _SCIPY_METHODS else method,
-        jac=_ModelJac(jac) if callable(jac) else "auto",
-        sigma=sigma,
-        bounds=(lb, ub) if bounded else None,
-    )
-    return {"fun": _Model(f), "args": (x, y)}, p0, opts
+        s = np.asarray(sigma)
+        sigma = s[~has_nan] if s.ndim == 1 and s.size > 1 else s[np.ix_(~has_nan, ~has_nan)] if s.ndim == 2 else s
+    return xdata, jnp.asarray(yn[~has_nan]), sigma
 
 
 def _pcov(res, absolute_sigma, opts):
@@ -382,7 +429,26 @@ def _pcov(res, absolute_sigma, opts):
 
 
 def _infodict(res):
-    return {"nfev": res.n_fev, "njev": res.n_jev, "nit": res.n_steps, "fvec": res.residual, "result": res}
+    fjac, ipvt, qtf = _minpack_qr(res.jac, res.residual)
+    return {
+        "nfev": res.n_fev, "njev": res.n_jev, "nit": res.n_steps, "fvec": res.residual, "fjac": fjac, "ipvt": ipvt,
+        "qtf": qtf, "result": res,
+    }  # fmt: skip
+
+
+@_xla.filter_jit
+def _minpack_qr(jac, residual):
+    """MINPACK's ``fjac``, ``ipvt``, ``qtf`` (see the module docstring), batched too."""
+
+    def one(J, r):
+        m, n = J.shape
+        q, R, perm = jax.scipy.linalg.qr(J, mode="economic", pivoting=True)
+        fjac = jnp.zeros((n, m), J.dtype).at[:, : R.shape[0]].set(R.T)
+        return fjac, perm.astype(jnp.int32), q.T @ r
+
+    for _ in range(jac.ndim - 2):
+        one = jax.vmap(one)
+    return one(jac, residual)
 
 
 def _ier(status):

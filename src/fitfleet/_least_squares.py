@@ -26,6 +26,7 @@ def least_squares(
     initial_damping=1e-3,
     adjoint="implicit",
     grad_on_failure="nan",
+    kwargs=None,
 ):
     """Minimise ½‖fun(params, *args)‖² over ``params``, starting from ``x0``.
 
@@ -77,6 +78,8 @@ def least_squares(
             ``"unroll"`` differentiates through the iterations (reverse mode only, with
             checkpointing so memory stays O(√max_steps) solver states).  Details in
             ``fitfleet._implicit``.
+        kwargs: keyword arguments to ``fun``, ``fun(params, *args, **kwargs)`` (scipy's
+            ``kwargs``), traced like ``args``.
         grad_on_failure: derivatives of a fit that failed (``success`` False):
             ``"nan"`` (default, so a failure cannot go unnoticed), ``"zero"`` (failed
             fits contribute nothing) or ``"keep"`` (evaluate the formula at the returned
@@ -113,6 +116,7 @@ def least_squares(
         (True, True)
     """
     options = {name: value for name, value in locals().items() if name in DEFAULTS}
+    fun, args = _problem.with_keywords(fun, args, kwargs)
     setup = prepare(fun, x0, args, options)
     try:
         return _solve(fun, *setup)

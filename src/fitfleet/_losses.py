@@ -25,13 +25,25 @@ Reference: B. Triggs, P. McLauchlan, R. Hartley, A. Fitzgibbon, "Bundle adjustme
 modern synthesis" (2000), §4.3; Ceres Solver, ``internal/ceres/corrector.cc``.
 """
 
+import jax
 import jax.numpy as jnp
 
 LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
 
 
 def rho(name, z):
-    """ρ(z) and ρ'(z) for ``z >= 0``."""
+    """ρ(z) and ρ'(z) for ``z >= 0``.
+
+    ``name`` may be a function of ``z`` written in ``jax.numpy`` (scipy's callable
+    ``loss``): returning ρ(z) elementwise (ρ' then comes from autodiff), or, as scipy's
+    callables do, the stack ``[ρ, ρ', ρ'']`` of shape ``(3, *z.shape)``."""
+    if callable(name):
+        out = jnp.asarray(name(z))
+        if out.shape == (3, *z.shape):
+            return out[0], out[1]
+        if out.shape != z.shape:
+            raise ValueError(f"a callable `loss` must return rho(z) with z's shape {z.shape} or [rho, rho', rho''] of shape {(3, *z.shape)}; got {out.shape}.")
+        return out, jax.jvp(name, (z,), (jnp.ones_like(z),))[1]
     if name == "linear":
         return z, jnp.ones_like(z)
     if name == "soft_l1":
@@ -45,7 +57,14 @@ def rho(name, z):
         return jnp.log1p(z), 1 / (1 + z)
     if name == "arctan":
         return jnp.arctan(z), 1 / (1 + z**2)
-    raise ValueError(f"`loss` must be one of {LOSSES}; got {name!r}.")
+    raise ValueError(f"`loss` must be one of {LOSSES} or a function of z; got {name!r}.")
+
+
+def check_loss(loss):
+    """A loss name, or a function ``rho(z)`` (see ``rho``)."""
+    if callable(loss) or (isinstance(loss, str) and loss in LOSSES):
+        return loss
+    raise ValueError(f"`loss` must be one of {LOSSES} or a function rho(z) written in jax.numpy; got {loss!r}.")
 
 
 def robust_cost(name, f_scale, r):

@@ -18,7 +18,7 @@ from jax.flatten_util import ravel_pytree
 
 from . import _validate, _xla
 from ._bounds import make_bounds, strictly_inside
-from ._losses import LOSSES, robust_cost, robust_model
+from ._losses import check_loss, robust_cost, robust_model
 
 JAC_MODES = ("auto", "fwd", "rev")
 
@@ -128,6 +128,27 @@ def _flat_user_jac(J, r, p):
     return jnp.concatenate(blocks, axis=1).astype(p.dtype)
 
 
+class Keywords(eqx.Module):
+    """``fun(params, *args, **kwargs)`` as ``fun(params, *args, *kwargs.values())``: the
+    keyword arguments travel with ``args`` (traced), their names are static."""
+
+    fun: Callable = eqx.field(static=True)
+    names: tuple = eqx.field(static=True)
+
+    def __call__(self, params, *args):
+        k = len(self.names)
+        return self.fun(params, *args[: len(args) - k], **dict(zip(self.names, args[len(args) - k :])))
+
+
+def with_keywords(fun, args, kwargs):
+    """``(fun, args)`` with scipy's ``kwargs`` folded in (see :class:`Keywords`)."""
+    if kwargs is None or kwargs == {}:
+        return fun, args
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise TypeError(f"`kwargs` must be a dict of keyword arguments to fun; got {type(kwargs).__name__}.")
+    return Keywords(fun, tuple(kwargs)), (*_validate.arguments(args), *kwargs.values())
+
+
 # --------------------------------------------------------------------------- the checked problem
 
 
@@ -172,7 +193,7 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
     n = sum(int(np.prod(np.shape(leaf))) for leaf in leaves)
     if n == 0:
         raise ValueError(f"`{x0_name}` has no parameters: every array in it is empty.")
-    _validate.choice("loss", loss, LOSSES)
+    check_loss(loss)
     _validate.real("f_scale", f_scale, positive=True)
     log = _validate.flat(log_scale, n, x0, "log_scale", bool)
     box = _validate.bounds(bounds, n, x0, log)

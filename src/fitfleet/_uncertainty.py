@@ -60,7 +60,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from . import _xla
-from ._losses import LOSSES, rho
+from ._losses import check_loss, rho
 from ._stats import norm_ppf, t_ppf
 
 
@@ -254,8 +254,7 @@ def _fit_loss(res, loss, f_scale):
 def _check_options(absolute_sigma, level, loss, f_scale, rcond):
     if not isinstance(absolute_sigma, (bool, np.bool_)):
         raise TypeError(f"`absolute_sigma` must be True or False; got {absolute_sigma!r}.")
-    if loss not in LOSSES:
-        raise ValueError(f"`loss` must be one of {LOSSES} (the loss the fit used); got {loss!r}.")
+    check_loss(loss)
     if not isinstance(f_scale, jax.core.Tracer) and not np.all(np.asarray(f_scale) > 0):
         raise ValueError(f"`f_scale` must be > 0 (the f_scale the fit used); got {f_scale!r}.")
     if rcond is not None and not (0 <= float(rcond) < 1):
