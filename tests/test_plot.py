@@ -382,11 +382,9 @@ def test_landscape(mm, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("script", "picture"), [("multistart_plots", "multistart"), ("profile_plots", "profile"), ("landscape", "landscape")]
+    ("script", "picture"), [("multistart_plots", "multistart"), ("profile_plots", "profile"), ("quickstart", "quickstart")]
 )
-def test_examples_write_their_pictures(script, picture, tmp_path, request):
-    if "slow" not in (request.config.option.markexpr or ""):  # addopts does not deselect slow tests
-        pytest.skip("runs the example scripts (about 20 s each): select with -m slow")
+def test_examples_write_their_pictures(script, picture, tmp_path):
     repo = pathlib.Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(repo / "src")}
     command = [sys.executable, str(repo / "examples" / f"{script}.py"), "--out", str(tmp_path)]

@@ -95,6 +95,8 @@ def fit_batch(
     initial_damping=1e-3,
     adjoint="implicit",
     grad_on_failure="nan",
+    history=False,
+    verbose=0,
     chunk_size=None,
     devices=None,
     progress=False,
@@ -121,6 +123,9 @@ def fit_batch(
         devices: the devices to spread each chunk over; default ``jax.devices()``.  On
             the default CPU device a chunk is also split over one thread per core.
         progress: show a progress bar of finished fits (needs ``tqdm``).
+        history: ``k`` records the start and the first ``k − 1`` steps of every fit
+            (``Result.history``, with the batch axis); off by default.
+        verbose: 1 prints the batch's Result (statuses counted) at the end.
         method, jac, ftol, xtol, gtol, max_steps, bounds, log_scale, loss, f_scale,
             learning_rate, initial_damping, adjoint, grad_on_failure: as for
             :func:`least_squares`, the same for every fit (bounds are shared).  Under
@@ -157,7 +162,11 @@ def fit_batch(
     first = lambda t: jax.tree_util.tree_map(lambda a: a[0], t)  # noqa: E731
     args0 = tuple(first(a) if b else a for a, b in zip(args, mask))
     one = dict(options, sigma=first(sigma) if sigma_batched else sigma)
-    spec, solver, _ = _setup.prepare(fun, first(x0), args0, one, batched=True)
+    if options["history"] is True:
+        raise ValueError("`history` in fit_batch is a number of rows, history=k (the start and the first k - 1 steps of each fit): a cap, so that a million fits cannot fill the memory by accident.")
+    if options["verbose"] == 2:
+        raise ValueError("`verbose=2` (a line per step) is for least_squares; fit_batch takes verbose=0 or 1 (a summary at the end), or progress=True.")
+    spec, solver, _, monitor = _setup.prepare(fun, first(x0), args0, one, batched=True)
     x0 = jax.tree_util.tree_map(lambda a: a.astype(spec.dtype), x0)
     _validate.start(_flat_rows(x0), spec.box, np.asarray(spec.log or False), "x0")
     sigma_data = None
@@ -166,8 +175,11 @@ def fit_batch(
         sigma_data = (given, None if given.ndim == 2 else _problem.whitening(given))
     template = dataclasses.replace(spec, args=tuple(None if b else a for a, b in zip(spec.args, mask)))
     data = (x0, tuple(a for a, b in zip(args, mask) if b), sigma_data)
-    engine = _Engine(fun, solver, template, mask, sigma_batched, _devices(devices))
-    return engine.run(data, size, _chunk_size(chunk_size), _validate.boolean("progress", progress))
+    engine = _Engine(fun, solver, template, mask, sigma_batched, monitor, _devices(devices))
+    res = engine.run(data, size, _chunk_size(chunk_size), _validate.boolean("progress", progress))
+    if verbose:
+        print(res)
+    return res
 
 
 # --------------------------------------------------------------------------- validation
@@ -288,9 +300,9 @@ def _iterate(statics, data, state, threshold):
 
 def _step_one(statics, data, state):
     """One step of one fit; a finished fit is left as it is."""
-    fun, solver, template, mask, sigma_batched = statics
+    fun, solver, template, mask, sigma_batched, monitor = statics
     problem, _ = _problem.make_problem(fun, _member(template, mask, sigma_batched, data))
-    new = _driver.step(solver, problem, state)
+    new = _driver.step(solver, problem, state, monitor)
     running = state.status == Status.RUNNING
     return jax.tree_util.tree_map(lambda a, b: jnp.where(running, a, b), new, state)
 
@@ -355,7 +367,7 @@ def _stage(statics, block, data, packed, stop_at):
 
 
 def _results(statics, blocks, data, packed):
-    fun, _, template, mask, sigma_batched = statics
+    fun, _, template, mask, sigma_batched, _ = statics
     like = _fit_state_shape(statics, data)
 
     def one(ds):
@@ -397,8 +409,8 @@ _RUNNER = concurrent.futures.ThreadPoolExecutor(max_workers=_CORES, thread_name_
 class _Engine:
     """Host-side loop over chunks, parts and rounds (see the module docstring)."""
 
-    def __init__(self, fun, solver, template, mask, sigma_batched, devices):
-        self.statics = (fun, solver, template, mask, sigma_batched)
+    def __init__(self, fun, solver, template, mask, sigma_batched, monitor, devices):
+        self.statics = (fun, solver, template, mask, sigma_batched, monitor)
         self.n_devices = len(devices)
         self.cpu = devices[0].platform == "cpu"
         self.mesh = Mesh(np.asarray(devices), ("batch",)) if self.n_devices > 1 else None
@@ -605,9 +617,9 @@ def _state_shape(statics, data):
 
 
 def _init_one(statics, data):
-    fun, solver, template, mask, sigma_batched = statics
+    fun, solver, template, mask, sigma_batched, monitor = statics
     problem, u0 = _problem.make_problem(fun, _member(template, mask, sigma_batched, data))
-    return _driver.finish(solver, solver.init(problem, u0))
+    return _driver.start(solver, problem, u0, monitor)
 
 
 # What a repeated call with the same shapes need not trace again (the programs themselves

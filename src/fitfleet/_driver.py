@@ -9,12 +9,14 @@ to the final state; with ``adjoint.kind == "unroll"`` the loop is a checkpointed
 reverse-differentiable while loop.
 """
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from . import _implicit
-from ._result import Result
+from ._result import History, Result
 from ._solvers._common import linearize
 from ._status import Status
 
@@ -26,18 +28,56 @@ def finish(solver, state):
     return eqx.tree_at(lambda s: s.status, state, status)
 
 
-def step(solver, problem, state):
-    return finish(solver, solver.step(problem, state))
+class Monitor(eqx.Module):
+    """What a fit reports besides its Result: ``history`` rows of its path (0: none)
+    and ``verbose`` (2: a line per step, printed by a host callback).  Static: off,
+    they cost nothing."""
+
+    history: int = eqx.field(static=True, default=0)
+    verbose: int = eqx.field(static=True, default=0)
 
 
-def run(solver, problem, p0, adjoint=_implicit.IMPLICIT):
+QUIET = Monitor()
+
+
+def start(solver, problem, p0, monitor=QUIET):
+    """The state before the first step (the history's first row recorded)."""
+    state = finish(solver, solver.init(problem, p0))
+    if not monitor.history:
+        return state
+    history = History.empty(monitor.history, state.params.shape[0], state.cost.dtype)
+    history = history.record(0, problem.to_params(state.params), state.cost, jnp.nan)
+    return dataclasses.replace(state, history=history)
+
+
+def step(solver, problem, state, monitor=QUIET):
+    new = finish(solver, solver.step(problem, state))
+    if monitor.verbose >= 2:
+        jax.debug.callback(_print_step, new.n_steps, new.cost, _damping(new), new.status)
+    if state.history is None:
+        return new
+    history = state.history.record(new.n_steps, problem.to_params(new.params), new.cost, _damping(new))
+    return dataclasses.replace(new, history=history)
+
+
+def _damping(state):
+    """The method's damping, where it has one (Levenberg-Marquardt's λ)."""
+    damping = getattr(state.inner, "damping", None)
+    return jnp.asarray(jnp.nan, state.cost.dtype) if damping is None else damping.astype(state.cost.dtype)
+
+
+def _print_step(n_steps, cost, damping, status):
+    print(f"step {int(n_steps):5d}  cost {float(cost):.6e}  damping {float(damping):.3e}  status {Status(int(status)).name}")
+
+
+def run(solver, problem, p0, adjoint=_implicit.IMPLICIT, monitor=QUIET):
     """Iterate ``solver`` from ``p0`` until its status leaves RUNNING."""
     if adjoint.kind == "implicit":
         # Differentiating the loop would be wasted (forward mode) or fail (reverse).
         solver, problem, p0 = _implicit.no_gradient((solver, problem, p0))
-    state = finish(solver, solver.init(problem, p0))
+    state = start(solver, problem, p0, monitor)
     running = lambda s: s.status == Status.RUNNING  # noqa: E731
-    body = lambda s: step(solver, problem, s)  # noqa: E731
+    body = lambda s: step(solver, problem, s, monitor)  # noqa: E731
     if adjoint.kind == "unroll":
         return eqx.internal.while_loop(running, body, state, kind="checkpointed", checkpoints=adjoint.checkpoints)
     return jax.lax.while_loop(running, body, state)
@@ -78,6 +118,7 @@ def to_result(problem, state, adjoint=_implicit.IMPLICIT, spec=None):
         n_jev=n_jev,
         loss=problem.loss,
         f_scale=problem.f_scale,
+        history=state.history,
         **({} if spec is None else record(spec)),
     )
 

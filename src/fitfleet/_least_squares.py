@@ -2,7 +2,7 @@
 
 import equinox as eqx
 
-from . import _driver, _problem, _xla
+from . import _driver, _problem, _validate, _xla
 from ._setup import DEFAULTS, prepare
 
 
@@ -26,6 +26,8 @@ def least_squares(
     initial_damping=1e-3,
     adjoint="implicit",
     grad_on_failure="nan",
+    history=False,
+    verbose=0,
     kwargs=None,
 ):
     """Minimise ½‖fun(params, *args)‖² over ``params``, starting from ``x0``.
@@ -78,12 +80,16 @@ def least_squares(
             ``"unroll"`` differentiates through the iterations (reverse mode only, with
             checkpointing so memory stays O(√max_steps) solver states).  Details in
             ``fitfleet._implicit``.
-        kwargs: keyword arguments to ``fun``, ``fun(params, *args, **kwargs)`` (scipy's
-            ``kwargs``), traced like ``args``.
         grad_on_failure: derivatives of a fit that failed (``success`` False):
             ``"nan"`` (default, so a failure cannot go unnoticed), ``"zero"`` (failed
             fits contribute nothing) or ``"keep"`` (evaluate the formula at the returned
             point anyway).
+        history: record the path: ``True`` for every step (``max_steps + 1`` rows), an
+            int ``k`` for the start and the first ``k − 1`` steps; ``Result.history``.
+        verbose: 0 silent, 1 print the Result at the end, 2 also a line per step (a
+            host callback per step), as scipy's ``verbose``.
+        kwargs: keyword arguments to ``fun``, ``fun(params, *args, **kwargs)`` (scipy's
+            ``kwargs``), traced like ``args``.
 
     Returns:
         A :class:`Result`.  A fit that fails does not raise: its ``status`` says why.
@@ -119,14 +125,17 @@ def least_squares(
     fun, args = _problem.with_keywords(fun, args, kwargs)
     setup = prepare(fun, x0, args, options)
     try:
-        return _solve(fun, *setup)
+        res = _solve(fun, *setup)
     except Exception as e:
         if not _xla.raised_by_model(e):
             raise
-        return _driver.raised_result(eqx.filter_eval_shape(_solve, fun, *setup), setup.spec.x0)
+        res = _driver.raised_result(eqx.filter_eval_shape(_solve, fun, *setup), setup.spec.x0)
+    if verbose and not _validate.is_traced(res.status):
+        print(res)
+    return res
 
 
 @_xla.filter_jit
-def _solve(fun, spec, solver, adjoint):
+def _solve(fun, spec, solver, adjoint, monitor):
     problem, u0 = _problem.make_problem(fun, spec)
-    return _driver.to_result(problem, _driver.run(solver, problem, u0, adjoint), adjoint, spec)
+    return _driver.to_result(problem, _driver.run(solver, problem, u0, adjoint, monitor), adjoint, spec)

@@ -4,9 +4,40 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ._status import MESSAGES, Status, is_success
+
+
+class History(eqx.Module):
+    """The path of a fit (``history=`` in :func:`least_squares`, :func:`fit_batch`).
+
+    Attributes:
+        params: (L, n) the flat parameters (the order of ``Result.jac``'s columns) at
+            the start (row 0) and after each step.
+        cost: (L,) the cost at those points.
+        damping: (L,) the method's damping after each step (Levenberg-Marquardt's λ;
+            NaN for a method without one, and at the start).
+        length: how many rows were recorded; later rows are NaN padding.
+    For a batched Result each field has the leading batch axis.
+    """
+
+    params: Any
+    cost: Any
+    damping: Any
+    length: Any
+
+    @classmethod
+    def empty(cls, rows, n, dtype):
+        nan = lambda *shape: jnp.full(shape, jnp.nan, dtype)  # noqa: E731
+        return cls(nan(rows, n), nan(rows), nan(rows), jnp.zeros((), jnp.int32))
+
+    def record(self, row, params, cost, damping):
+        """Row ``row`` set to this point; rows past the end are dropped."""
+        put = lambda buf, value: buf.at[row].set(jnp.asarray(value, buf.dtype), mode="drop")  # noqa: E731
+        rows = self.cost.shape[0]
+        return History(put(self.params, params), put(self.cost, cost), put(self.damping, damping), jnp.minimum(row + 1, rows).astype(jnp.int32))
 
 
 class Result(eqx.Module):
@@ -42,6 +73,7 @@ class Result(eqx.Module):
             ``None``; ``log_scale``: a flat tuple of bools, or ``None`` for none.  With
             ``sigma``, ``loss`` and ``f_scale`` they let :func:`uncertainty`,
             :func:`profile` and the plots analyse the fit without being told again.
+        history: the fit's path, a :class:`History` (``history=`` on), else None.
 
     Example:
         >>> import jax.numpy as jnp
@@ -67,6 +99,7 @@ class Result(eqx.Module):
     order: tuple = eqx.field(static=True, default=None)
     bounds: Any = eqx.field(static=True, default=None)
     log_scale: Any = eqx.field(static=True, default=None)
+    history: Any = None
 
     @property
     def success(self):

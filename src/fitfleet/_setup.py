@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _implicit, _problem, _validate
+from . import _driver, _implicit, _problem, _validate
 from ._solvers import METHODS, make_solver
 
 # The public signatures of least_squares and fit_batch spell these out (a test checks
@@ -37,6 +37,8 @@ DEFAULTS = dict(
     initial_damping=1e-3,
     adjoint="implicit",
     grad_on_failure="nan",
+    history=False,
+    verbose=0,
 )
 DEFAULT_LEARNING_RATE = 1e-3
 
@@ -51,6 +53,7 @@ class Setup(NamedTuple):
     spec: Any  # _problem.Spec, its Jacobian mode settled
     solver: Any
     adjoint: Any
+    monitor: Any  # _driver.Monitor
 
 
 def check_options(options):
@@ -71,6 +74,10 @@ def check_options(options):
         _validate.real("learning_rate", o["learning_rate"], positive=True)
     _validate.choice("adjoint", o["adjoint"], _implicit.ADJOINTS)
     _validate.choice("grad_on_failure", o["grad_on_failure"], _implicit.ON_FAILURE)
+    if not isinstance(o["history"], (bool, np.bool_)):
+        o["history"] = _validate.integer("history", o["history"])
+    if o["verbose"] not in (0, 1, 2) or isinstance(o["verbose"], bool):
+        raise ValueError(f"`verbose` must be 0 (silent), 1 (a final report) or 2 (a line per step); got {o['verbose']!r}.")
     return o
 
 
@@ -97,7 +104,13 @@ def prepare(fun, x0, args, options, *, batched=False):
         method, ftol=o["ftol"], xtol=o["xtol"], gtol=o["gtol"], max_steps=max_steps, learning_rate=learning_rate,
         initial_damping=o["initial_damping"], differentiable=adjoint.kind == "unroll", batched=batched,
     )  # fmt: skip
-    return Setup(_problem.choose_jacobian(fun, spec), solver, adjoint)
+    history = o["history"]
+    if history is True:
+        if not isinstance(max_steps, int):
+            raise ValueError("`history=True` records max_steps + 1 rows and needs a concrete max_steps; pass history=k for k rows.")
+        history = max_steps + 1
+    monitor = _driver.Monitor(history=int(history), verbose=o["verbose"])
+    return Setup(_problem.choose_jacobian(fun, spec), solver, adjoint, monitor)
 
 
 def _is_optax(method):

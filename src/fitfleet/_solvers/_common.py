@@ -46,6 +46,7 @@ class State(eqx.Module):
     n_fev: Any
     n_jev: Any
     inner: Any
+    history: Any = None  # a _result.History, kept by the driver (``_driver.step``), not the solver
 
 
 class Tolerances(eqx.Module):
