@@ -358,11 +358,21 @@ def test_history(mm, tmp_path):
         fp.history(res)
 
 
+def test_recorded_history_is_lm_path(mm):
+    """The solver's own history (history=True) is the path of fits stopped after k steps."""
+    s, v, res = mm
+    params, cost = lm_path(s, v)
+    with jax.enable_x64(True):
+        recorded = ff.least_squares(mm_residual, jnp.array([10.0, 10.0]), (s, v), history=True).history
+    np.testing.assert_allclose(recorded.params[:8], params[:8], rtol=1e-12)
+    np.testing.assert_allclose(recorded.cost[:8], cost[:8], rtol=1e-12)
+
+
 def test_landscape(mm, tmp_path):
     s, v, res = mm
     params, cost = lm_path(s, v)
-    h = types.SimpleNamespace(params=params, cost=cost, damping=np.full(cost.size, np.nan), length=8)
-    walked = types.SimpleNamespace(params=jnp.asarray(params[7]), residual=res.residual, history=h)
+    with jax.enable_x64(True):
+        walked = ff.least_squares(mm_residual, jnp.array([10.0, 10.0]), (s, v), history=8)
     ax = fp.landscape(mm_residual, (s, v), [walked, res], labels=["lm", "final"], names=["Vmax", "Km"], n_grid=40, ax=new_ax())
     render(ax.figure, tmp_path)
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("Vmax", "Km")

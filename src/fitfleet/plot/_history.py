@@ -147,9 +147,10 @@ def landscape(fun, args, res, *, i=0, j=1, labels=None, names=None, limits=None,
     aa, bb = np.meshgrid(a, b)
     grid[:, i], grid[:, j] = aa.ravel(), bb.ravel()
     first = results[0]
-    scale = (first.loss, 1.0 if first.f_scale is None else first.f_scale)
+    f_scale = getattr(first, "f_scale", None)
+    recorded = (getattr(first, "sigma", None), getattr(first, "loss", "linear"), 1.0 if f_scale is None else f_scale)
     grid = jnp.asarray(grid, base.dtype)
-    cost = np.asarray(_grid_cost(fun, first.params, grid, args, first.sigma, *scale), np.float64).reshape(aa.shape)
+    cost = np.asarray(_grid_cost(fun, first.params, grid, args, *recorded), np.float64).reshape(aa.shape)
 
     ax = _common.new_axes(ax, figsize=(6.0, 4.8))
     finite = cost[np.isfinite(cost)]
