@@ -69,3 +69,20 @@ def test_verbose_prints_a_line_per_step_and_a_report(x64, capfd):
     assert capfd.readouterr().out == ""
     with pytest.raises(ValueError, match="`verbose`"):
         ff.least_squares(michaelis_menten, jnp.array([10.0, 10.0]), (S, V), verbose=3)
+
+
+def test_compile_notice_speaks_once_per_new_program(x64, capfd):
+    previous = ff.set_compile_notice(0.0)  # any compilation counts as long
+    try:
+        fun = lambda p, S, v: p[0] * S / (p[1] + S) - v  # noqa: E731  (a new function: a new program)
+        ff.least_squares(fun, jnp.array([10.0, 10.0]), (S, V))
+        assert capfd.readouterr().out.count("fitfleet: compiling") == 1
+        ff.least_squares(fun, jnp.array([10.0, 10.0]), (S, 1.1 * V))  # compiled already
+        assert "fitfleet: compiling" not in capfd.readouterr().out
+        ff.set_compile_notice(None)
+        ff.least_squares(lambda p, S, v: p[0] * S / (p[1] + S) - v, jnp.array([10.0, 10.0]), (S, V))
+        assert "fitfleet: compiling" not in capfd.readouterr().out
+    finally:
+        ff.set_compile_notice(previous)
+    with pytest.raises(ValueError, match="`seconds`"):
+        ff.set_compile_notice(-1)

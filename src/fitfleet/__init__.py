@@ -17,6 +17,7 @@ from ._profile import Profile, profile
 from ._result import Result
 from ._status import Status
 from ._uncertainty import Uncertainty, covariance, uncertainty
+from ._xla import enable_compilation_cache, set_compile_notice
 
-__all__ = ["Result", "Status", "fit_batch", "least_squares", "Uncertainty", "covariance", "uncertainty", "Identifiability", "identifiability", "Profile", "profile", "curve_fit", "curve_fit_batch", "MultiStartResult", "Optimum", "multistart"]
+__all__ = ["Result", "Status", "fit_batch", "least_squares", "Uncertainty", "covariance", "uncertainty", "Identifiability", "identifiability", "Profile", "profile", "curve_fit", "curve_fit_batch", "MultiStartResult", "Optimum", "multistart", "enable_compilation_cache", "set_compile_notice"]
 __version__ = "0.1.0"

@@ -176,7 +176,8 @@ def fit_batch(
     template = dataclasses.replace(spec, args=tuple(None if b else a for a, b in zip(spec.args, mask)))
     data = (x0, tuple(a for a, b in zip(args, mask) if b), sigma_data)
     engine = _Engine(fun, solver, template, mask, sigma_batched, monitor, _devices(devices))
-    res = engine.run(data, size, _chunk_size(chunk_size), _validate.boolean("progress", progress))
+    with _xla.compile_notice("the batch's programs"):
+        res = engine.run(data, size, _chunk_size(chunk_size), _validate.boolean("progress", progress))
     if verbose:
         print(res)
     return res

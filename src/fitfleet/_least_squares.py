@@ -125,7 +125,8 @@ def least_squares(
     fun, args = _problem.with_keywords(fun, args, kwargs)
     setup = prepare(fun, x0, args, options)
     try:
-        res = _solve(fun, *setup)
+        with _xla.compile_notice("the fit"):
+            res = _solve(fun, *setup)
     except Exception as e:
         if not _xla.raised_by_model(e):
             raise

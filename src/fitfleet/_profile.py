@@ -172,7 +172,8 @@ def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigm
     )
     box = (float(lower[index]), float(upper[index]), bool(log[index]))
     pinned = _Pinned(fun, index, *_unflatten_spec(res.params))
-    return _profile(pinned, res, args, grid, refit_options, index, n_points, absolute_sigma, level, threshold, box)
+    with _xla.compile_notice("the profile's refits"):
+        return _profile(pinned, res, args, grid, refit_options, index, n_points, absolute_sigma, level, threshold, box)
 
 
 @_xla.filter_jit

@@ -18,7 +18,10 @@ the outer program's options hold (staging refuses options; the retrace without t
 hits JAX's tracing cache).
 """
 
+import contextlib
 import functools
+import threading
+import time
 
 import equinox as eqx
 import jax
@@ -146,3 +149,88 @@ def raised_by_model(error):
     lineax, optimistix and diffrax), rather than a failure of fitfleet or of XLA."""
     text = f"{type(error).__name__}: {error}"
     return isinstance(error, (RuntimeError, ValueError)) and ("EquinoxRuntimeError" in text or "CpuCallback error" in text)
+
+
+# --------------------------------------------------------------------- compile notices
+
+_NOTICE = {"seconds": 2.0}
+_TRACED, _COMPILED = "/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration"
+
+
+def set_compile_notice(seconds=2.0):
+    """Print a one-line notice when fitfleet compiles a new program for longer than
+    ``seconds`` (default 2; ``None`` turns notices off), so that a long first call of a
+    new model or shape is not a silent wait.  Returns the previous setting.
+
+    Example:
+        >>> import fitfleet as ff
+        >>> previous = ff.set_compile_notice(None)   # quiet
+        >>> _ = ff.set_compile_notice(previous)
+    """
+    if seconds is not None and not (isinstance(seconds, (int, float)) and seconds >= 0):
+        raise ValueError(f"`seconds` must be a number >= 0 or None; got {seconds!r}.")
+    previous, _NOTICE["seconds"] = _NOTICE["seconds"], seconds
+    return previous
+
+
+@contextlib.contextmanager
+def compile_notice(what):
+    """While the block runs, watch JAX's compilation events (listeners registered for
+    the block only): once a program has been traced and its compilation has run for
+    the notice's threshold (or its tracing alone took that long), print one line."""
+    seconds = _NOTICE["seconds"]
+    if seconds is None:
+        yield
+        return
+    state = {"timer": None, "said": False, "start": time.perf_counter()}
+    lock = threading.Lock()
+
+    def say():
+        with lock:
+            if not state["said"]:
+                state["said"] = True
+                print(f"fitfleet: compiling {what} for a new model or shape (once: later calls with these shapes reuse it; "
+                      "ff.enable_compilation_cache() keeps it across sessions)...", flush=True)  # fmt: skip
+
+    def listener(event, duration, **kwargs):
+        with lock:
+            if state["timer"] is not None:
+                state["timer"].cancel()
+                state["timer"] = None
+        if event == _TRACED and not state["said"]:
+            if time.perf_counter() - state["start"] >= seconds:
+                say()
+            else:
+                with lock:
+                    state["timer"] = threading.Timer(seconds, say)
+                    state["timer"].daemon = True
+                    state["timer"].start()
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+        with lock:
+            if state["timer"] is not None:
+                state["timer"].cancel()
+
+
+def enable_compilation_cache(path=None, min_compile_seconds=0.0):
+    """Turn on JAX's persistent compilation cache (your choice: it is JAX's global
+    setting, which fitfleet never changes on its own): compiled programs are kept on
+    disk, so a new Python session skips most of a first call's compilation.
+
+    Args:
+        path: the cache directory; default ``~/.cache/fitfleet-jax``.
+        min_compile_seconds: keep programs that took at least this long to compile.
+
+    Returns:
+        The directory used.
+    """
+    import os
+
+    path = os.path.expanduser(path or "~/.cache/fitfleet-jax")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
+    return path
