@@ -86,3 +86,9 @@ def test_compile_notice_speaks_once_per_new_program(x64, capfd):
         ff.set_compile_notice(previous)
     with pytest.raises(ValueError, match="`seconds`"):
         ff.set_compile_notice(-1)
+
+
+def test_progress_bar_counts_the_steps(x64, capfd):
+    res = ff.least_squares(michaelis_menten, jnp.array([10.0, 10.0]), (S, V), progress=True)
+    err = capfd.readouterr().err
+    assert "fitfleet" in err and f"{int(res.n_steps)}/" in err

@@ -157,7 +157,7 @@ def fit_batch(
 
     if _validate.any_traced((x0, args, sigma, options)):
         _setup.check_options(options)
-        return _vmapped_least_squares(fun, x0, args, mask, sigma_batched, options)
+        return _vmapped_least_squares(fun, x0, args, mask, sigma_batched, dict(options, progress=False))
 
     first = lambda t: jax.tree_util.tree_map(lambda a: a[0], t)  # noqa: E731
     args0 = tuple(first(a) if b else a for a, b in zip(args, mask))

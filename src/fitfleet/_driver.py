@@ -9,11 +9,13 @@ to the final state; with ``adjoint.kind == "unroll"`` the loop is a checkpointed
 reverse-differentiable while loop.
 """
 
+import contextlib
 import dataclasses
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _implicit
 from ._result import History, Result
@@ -35,9 +37,40 @@ class Monitor(eqx.Module):
 
     history: int = eqx.field(static=True, default=0)
     verbose: int = eqx.field(static=True, default=0)
+    progress: bool = eqx.field(static=True, default=False)
 
 
 QUIET = Monitor()
+
+# The progress bars of the fits running now (``progress=True``), innermost last: the
+# per-step host callback updates the last one.  Filled and emptied by ``progress_bar``.
+_BARS = []
+
+
+@contextlib.contextmanager
+def progress_bar(monitor, total, what="step"):
+    """A tqdm bar for the block, which ``step``'s host callback advances (``progress``)."""
+    if not monitor.progress:
+        yield None
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as e:
+        raise ImportError("progress=True needs tqdm: pip install 'fitfleet[progress]' (or pip install tqdm).") from e
+    bar = tqdm(total=total, unit=what, desc="fitfleet")
+    _BARS.append(bar)
+    try:
+        yield bar
+    finally:
+        _BARS.remove(bar)
+        bar.close()
+
+
+def _advance_bar(n_steps, cost):
+    if _BARS:
+        bar = _BARS[-1]
+        bar.update(int(np.max(n_steps)) - bar.n)
+        bar.set_postfix(cost=f"{float(np.min(cost)):.4g}", refresh=False)
 
 
 def start(solver, problem, p0, monitor=QUIET):
@@ -54,6 +87,8 @@ def step(solver, problem, state, monitor=QUIET):
     new = finish(solver, solver.step(problem, state))
     if monitor.verbose >= 2:
         jax.debug.callback(_print_step, new.n_steps, new.cost, _damping(new), new.status)
+    if monitor.progress:
+        jax.debug.callback(_advance_bar, new.n_steps, new.cost)
     if state.history is None:
         return new
     history = state.history.record(new.n_steps, problem.to_params(new.params), new.cost, _damping(new))

@@ -28,6 +28,7 @@ def least_squares(
     grad_on_failure="nan",
     history=False,
     verbose=0,
+    progress=False,
     kwargs=None,
 ):
     """Minimise ½‖fun(params, *args)‖² over ``params``, starting from ``x0``.
@@ -88,6 +89,8 @@ def least_squares(
             int ``k`` for the start and the first ``k − 1`` steps; ``Result.history``.
         verbose: 0 silent, 1 print the Result at the end, 2 also a line per step (a
             host callback per step), as scipy's ``verbose``.
+        progress: a progress bar of the steps taken, with the cost (needs ``tqdm``; a
+            host callback per step).
         kwargs: keyword arguments to ``fun``, ``fun(params, *args, **kwargs)`` (scipy's
             ``kwargs``), traced like ``args``.
 
@@ -125,7 +128,8 @@ def least_squares(
     fun, args = _problem.with_keywords(fun, args, kwargs)
     setup = prepare(fun, x0, args, options)
     try:
-        with _xla.compile_notice("the fit"):
+        steps = int(setup.solver.tol.max_steps) if not _validate.is_traced(setup.solver.tol.max_steps) else None
+        with _xla.compile_notice("the fit"), _driver.progress_bar(setup.monitor, steps):
             res = _solve(fun, *setup)
     except Exception as e:
         if not _xla.raised_by_model(e):

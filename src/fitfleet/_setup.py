@@ -39,6 +39,7 @@ DEFAULTS = dict(
     grad_on_failure="nan",
     history=False,
     verbose=0,
+    progress=False,
 )
 DEFAULT_LEARNING_RATE = 1e-3
 
@@ -109,7 +110,7 @@ def prepare(fun, x0, args, options, *, batched=False):
         if not isinstance(max_steps, int):
             raise ValueError("`history=True` records max_steps + 1 rows and needs a concrete max_steps; pass history=k for k rows.")
         history = max_steps + 1
-    monitor = _driver.Monitor(history=int(history), verbose=o["verbose"])
+    monitor = _driver.Monitor(history=int(history), verbose=o["verbose"], progress=_validate.boolean("progress", o["progress"]) and not batched)
     return Setup(_problem.choose_jacobian(fun, spec), solver, adjoint, monitor)
 
 
