@@ -138,10 +138,12 @@ class Model(eqx.Module):
 
     def predict(self, x):
         """Per observable: (h, σ) at its rows."""
-        ys, theta, pool = self.states(x)
+        return self._observe(*self.states(x))
+
+    def _observe(self, ys, theta, pool):
         out = []
         for o in self.observables:
-            t = self.times.astype(x.dtype)[o.condition, o.time][None]
+            t = self.times.astype(pool.dtype)[o.condition, o.time][None]
             args = (t, ys[o.condition, o.time].T, theta[o.condition].T, pool[o.observable_index].T)
             h = o.observable(*args)[0]
             sigma = o.noise(*args, pool[o.noise_index].T)[0]
@@ -172,14 +174,17 @@ class Model(eqx.Module):
         return total
 
     def offset(self, x, y):
-        """``nll - ½‖residual‖²``, from the constant terms alone (module docstring)."""
+        """``nll - ½‖residual‖²``, from the constant terms alone (module docstring);
+        no ODE solve: a constant σ does not depend on the states."""
         K = 1 - 0.5 * jnp.log(jnp.finfo(x.dtype).tiny)
+        pool = self.pool(x)
+        theta = pool[self.theta_index]
+        ys = jnp.zeros((*self.times.shape, self.initial_index.shape[1]), x.dtype)
         total = 0.0
-        sigmas = self.predict(x) if any(not o.variable_sigma for o in self.observables) else [None] * len(self.observables)
-        for o, pair in zip(self.observables, sigmas):
+        for o, (_, sigma) in zip(self.observables, self._observe(ys, theta, pool)):
             data = y[np.asarray(o.rows)]
             total += jnp.sum(0.5 * jnp.log(2 * np.pi) + _jacobian_term(o.transformation, data))
-            total += -K * data.size if o.variable_sigma else jnp.sum(0.5 * jnp.log(pair[1] ** 2))
+            total += -K * data.size if o.variable_sigma else jnp.sum(0.5 * jnp.log(sigma**2))
         return total
 
     def _table_order(self, parts):

@@ -11,7 +11,7 @@ import numpy as np
 import petab.v1 as petab
 from petab.v1 import C
 
-from .. import _batch, _least_squares, _multistart, _xla
+from .. import _multistart, _xla, fit_batch, least_squares
 from . import _model, _sbml, _tables, _tolerances
 
 def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, lint=True):
@@ -121,7 +121,7 @@ class Problem:
         dtype = jnp.result_type(float)
         if dtype not in self._offset:
             x = jnp.asarray(self.nominal, dtype)
-            self._offset[dtype] = float(_xla.filter_jit(self.model.offset)(x, jnp.asarray(self.measurements, dtype)))
+            self._offset[dtype] = float(self.model.offset(x, jnp.asarray(self.measurements, dtype)))  # eager: small
         return self._offset[dtype]
 
     def simulate(self, x):
@@ -138,7 +138,7 @@ class Problem:
         x0 = self._x(self.nominal if x0 is None else x0, "x0")
         if x0.ndim != 1:
             raise ValueError(f"`x0` must be one point of shape ({len(self.names)},); use multistart for many.")
-        return _least_squares.least_squares(self.fun, x0, self._data(x0), **self._options(options))
+        return least_squares(self.fun, x0, self._data(x0), **self._options(options))
 
     def multistart(self, n_starts, key=None, **options):
         """``n_starts`` fits from starts drawn by :meth:`sample_starts`, by
@@ -149,7 +149,7 @@ class Problem:
         rtol = options.pop("rtol", 1e-3)
         dtype = options.pop("dtype", None) or jnp.result_type(float)
         x0 = self.sample_starts(n_starts, key).astype(dtype)
-        results = _batch.fit_batch(self.fun, x0, self._data(x0), shared_args=True, **self._options(options))
+        results = fit_batch(self.fun, x0, self._data(x0), shared_args=True, **self._options(options))
         return _multistart.summarise(results, x0, rtol)
 
     def sample_starts(self, n_starts, key=None):
