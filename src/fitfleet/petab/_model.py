@@ -109,12 +109,13 @@ class Model(eqx.Module):
 
     def _solve(self, theta, y0, ts):
         s = self.settings
-        rtol = max(s.rtol, 100 * float(jnp.finfo(ts.dtype).eps))
+        eps = float(jnp.finfo(ts.dtype).eps)
+        rtol = max(s.rtol, 100 * eps)
         valid = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(theta))
         y0, theta = jnp.where(valid, y0, 0), jnp.where(valid, theta, 1)
         controller = diffrax.PIDController(
             rtol=rtol, atol=rtol * self.state_scales.astype(y0.dtype), pcoeff=0.3, icoeff=0.3,
-            dtmin=1e-14 * jnp.maximum(ts[-1], 1), force_dtmin=False,
+            dtmin=max(1e-14, 10 * eps) * jnp.maximum(ts[-1], 1), force_dtmin=False,
         )  # fmt: skip
         solution = diffrax.diffeqsolve(
             diffrax.ODETerm(self._vector_field), s.solver, t0=jnp.zeros((), ts.dtype), t1=ts[-1], dt0=None, y0=y0,
