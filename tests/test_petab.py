@@ -17,10 +17,10 @@ pytest.importorskip("scipy")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import pandas as pd  # noqa: E402
+import petab_toy as toy  # noqa: E402
 from conftest import count_compilations  # noqa: E402
 
 import fitfleet.petab as fp  # noqa: E402
-import petab_toy as toy  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "petab"
 AMICI_NLL = {  # at the nominal parameters (tests/data/petab/README.md)

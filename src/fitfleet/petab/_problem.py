@@ -14,6 +14,7 @@ from petab.v1 import C
 from .. import _multistart, _xla, fit_batch, least_squares
 from . import _model, _sbml, _tables, _tolerances
 
+
 def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, lint=True):
     """Load a PEtab v1 problem (its yaml file, or the folder that holds exactly one).
 

@@ -15,7 +15,6 @@ value, a constant); a model quantity no table mentions keeps the SBML model's va
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import petab.v1 as petab
 import sympy as sp
 from petab.v1 import C

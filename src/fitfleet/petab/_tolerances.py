@@ -53,7 +53,7 @@ def state_scales(ode, layout):
             continue
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            fun = lambda t, y: np.asarray(np.broadcast_arrays(*rhs(t, y, theta)), np.float64)  # noqa: E731
+            fun = lambda t, y, theta=theta: np.asarray(np.broadcast_arrays(*rhs(t, y, theta)), np.float64)  # noqa: E731
             sol = solve_ivp(fun, (0.0, t1), y0, method="LSODA", rtol=1e-6, atol=1e-12 * max(1.0, np.max(np.abs(y0))))
         if sol.success and np.all(np.isfinite(sol.y)):
             scale = np.maximum(scale, np.max(np.abs(sol.y), axis=1))
