@@ -1,8 +1,8 @@
 """Profile likelihood of one parameter: fix it on a grid and refit the others.
 
-For each grid value ``g`` of parameter ``p_i`` the other parameters are refitted (all grid
-points at once, ``vmap``-ped, each warm-started from the optimum), giving the profiled
-cost ``C(g) = min over p₋ᵢ of cost(p_i = g, p₋ᵢ)``, and the likelihood-ratio statistic
+For each grid value ``g`` of parameter ``p_i`` the other parameters are refitted
+(``vmap``-ped), giving the profiled cost ``C(g) = min over p₋ᵢ of cost(p_i = g, p₋ᵢ)``, and
+the likelihood-ratio statistic
 
     Δ(g) = 2 · (C(g) − C(p̂))         known errors (absolute_sigma=True): a Δχ²
     Δ(g) = m · ln(C(g) / C(p̂))        unknown error scale (absolute_sigma=False)
@@ -17,7 +17,37 @@ The likelihood-ratio confidence interval at ``level`` is ``{g : Δ(g) <= χ²₁
 interpolated linearly between the last grid point inside and the first outside.
 An end that the grid does not reach is ``∓inf``: the profile stays below the threshold
 up to the last grid point, so the data do not bound the parameter on that side within
-the grid (a flat profile is the signature of a non-identifiable parameter).
+the grid.
+
+The default grid adapts.  It walks away from the estimate on each side in the scale the
+fit used for the parameter (``log p`` for a ``log_scale`` parameter, ``p`` otherwise),
+in rounds of ``(n_points − 1)/2`` points per side, each round one vmapped batch of refits
+warm-started from the farthest point of the round before.  Offsets from the estimate
+grow geometrically from ``h = min(σ/4, u/10)``, ``σ`` the Wald standard error on that
+scale and ``u`` its unit (a decade, ``ln 10``, on the log scale; ``|p̂|``, or ``σ``, or 1
+on the linear one), by at least ``GROWTH`` = 1.5 per point, and fast enough to reach the
+maximum extent in ``ROUNDS`` = 4 rounds.  A side stops when Δ crosses the threshold,
+when it reaches a bound (kept a relative 100·eps inside), when its refits all fail, or
+at the maximum extent: ``LOG_EXTENT`` = 3 decades either way on the log scale,
+``LINEAR_EXTENT`` = 1000 units either way on the linear one.  Every grid value is
+finite (never 0 or ``inf`` on a log scale, which an ODE solve cannot take), and the
+whole walk is one compiled program (a ``while_loop`` over rounds), which ``jit`` and
+``vmap`` accept; outside them the unused slots of the last round are dropped, under
+them they are NaN (sorted last).
+
+Verdict (``Profile.verdict``, after Raue et al. 2009), from how each side ended
+(``Profile.ends``):
+
+- ``identifiable``: Δ crosses the threshold on both sides;
+- ``one-sided``: the estimate sits on a bound (within √eps·max(1, |bound|)), so that
+  side has no profile; practically non-identifiable, the bound bounds it;
+- ``bound``: a side reaches a bound without crossing (practically non-identifiable);
+- ``open``: a side never crosses within the maximum extent (or the given grid):
+  practically non-identifiable;
+- ``flat``: no side crosses and Δ stays below ``FLAT`` = 1% of the threshold over the
+  whole grid: structurally non-identifiable (another parameter compensates exactly);
+- ``failed``: the refits failed before a side crossed (non-finite costs), so the
+  profile says nothing there.
 
 A negative Δ means a refit found a lower cost than the optimum passed in: the original
 fit was not at the (global) minimum.
@@ -28,6 +58,8 @@ practical identifiability analysis of partially observed dynamical models by exp
 the profile likelihood", Bioinformatics 25 (2009).
 """
 
+import enum
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -46,11 +78,53 @@ from ._stats import chi2_1_ppf
 from ._uncertainty import uncertainty
 
 
+ROUNDS = 4  # rounds of refits of the default grid, at most
+GROWTH = 1.5  # least growth of the offset from one grid point to the next
+LOG_EXTENT = 3.0  # decades either way, for a log_scale parameter
+LINEAR_EXTENT = 1e3  # units either way, otherwise
+FLAT = 0.01  # a profile below FLAT · threshold everywhere is flat
+
+
+class Verdict(enum.IntEnum):
+    """What a profile says about its parameter (module docstring)."""
+
+    IDENTIFIABLE = 0
+    ONE_SIDED = 1
+    BOUND = 2
+    OPEN = 3
+    FLAT = 4
+    FAILED = 5
+
+    @property
+    def message(self):
+        return _VERDICTS[self]
+
+
+_VERDICTS = {
+    Verdict.IDENTIFIABLE: "identifiable: the profile crosses the threshold on both sides",
+    Verdict.ONE_SIDED: "practically non-identifiable, one-sided: the optimum sits on a bound",
+    Verdict.BOUND: "practically non-identifiable: the profile reaches a bound below the threshold",
+    Verdict.OPEN: "practically non-identifiable: the profile stays below the threshold to the end of the grid",
+    Verdict.FLAT: "structurally non-identifiable: the profile is flat",
+    Verdict.FAILED: "failed: the refits failed before the profile crossed the threshold",
+}
+
+
+class End(enum.IntEnum):
+    """How one side of a profile ended (``Profile.ends``: lower side, upper side)."""
+
+    CROSSED = 0  # Δ crossed the threshold
+    BOUND = 1  # reached a bound below the threshold
+    EXTENT = 2  # reached the maximum extent (or the end of the given grid)
+    FAILED = 3  # every refit on that side failed
+    AT_BOUND = 4  # the estimate sits on this bound: no side to walk
+
+
 class Profile(eqx.Module):
     """A profile likelihood; see :mod:`fitfleet._profile` for the maths.
 
     Attributes:
-        values: (k,) the grid of values of the profiled parameter.
+        values: (k,) the grid of values of the profiled parameter, ascending.
         statistic: (k,) Δ, the likelihood-ratio statistic at each grid value.
         cost: (k,) the refitted cost at each grid value.
         params: (k, n) the refitted flat parameters (the profiled one included).
@@ -59,8 +133,10 @@ class Profile(eqx.Module):
         cost_min: the cost at the optimum (refitted with the same options).
         threshold: χ²₁(level), the cut-off of Δ.
         ci: (2,) the likelihood-ratio confidence interval; ``∓inf`` where unbounded.
-        index: the flat index of the profiled parameter.
-        level: the confidence level.
+        ends: (2,) how the lower and the upper side ended (:class:`End` codes).
+        verdict: a :class:`Verdict` code; ``verdict_text`` says it in words.
+        index: the flat index of the profiled parameter; ``name`` its name.
+        level: the confidence level; ``log_scale``: whether the grid was on log p.
 
     Example:
         >>> import jax.numpy as jnp
@@ -69,8 +145,8 @@ class Profile(eqx.Module):
         >>> line = lambda p, x: (p[0] + p[1] * x - (1.0 + 2.0 * x + 0.1 * jnp.sin(x))) / 0.1
         >>> res = ff.least_squares(line, jnp.zeros(2), (x,))
         >>> prof = ff.profile(line, res, (x,), index=0, grid=jnp.linspace(0.5, 1.5, 11), absolute_sigma=True)
-        >>> prof.statistic.shape, bool(prof.ci[0] < res.params[0] < prof.ci[1])
-        ((11,), True)
+        >>> prof.statistic.shape, bool(prof.ci[0] < res.params[0] < prof.ci[1]), prof.verdict_text
+        ((11,), True, 'identifiable: the profile crosses the threshold on both sides')
     """
 
     values: Any
@@ -82,12 +158,30 @@ class Profile(eqx.Module):
     cost_min: Any
     threshold: Any
     ci: Any
+    ends: Any
+    verdict: Any
     index: int = eqx.field(static=True)
     level: float = eqx.field(static=True)
+    name: str = eqx.field(static=True, default=None)
+    log_scale: bool = eqx.field(static=True, default=False)
+
+    @property
+    def identifiable(self):
+        """True where the verdict is ``identifiable`` (traceable)."""
+        return self.verdict == Verdict.IDENTIFIABLE
+
+    @property
+    def verdict_text(self):
+        """The verdict in words (a string, or a nested list for a batch)."""
+        codes = np.asarray(self.verdict)
+        if codes.ndim == 0:
+            return _VERDICTS[Verdict(int(codes))]
+        return np.vectorize(lambda c: _VERDICTS[Verdict(int(c))], otypes=[object])(codes).tolist()
 
 
 def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigma=False, level=0.95, **options):
-    """Profile likelihood of parameter ``index`` and its likelihood-ratio interval.
+    """Profile likelihood of parameter ``index``, its likelihood-ratio interval and a
+    verdict on its identifiability.
 
     Args:
         fun, args: the residual function and its extra arguments, as for the fit.
@@ -95,9 +189,12 @@ def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigm
             the optimum is found first with :func:`least_squares`.
         index: the parameter to profile: a flat index into ``ravel_pytree(params)``, or
             its name (``Result.names``, e.g. ``"km"`` for a dict of parameters).
-        grid: the values to fix it at (1-D); default: ``n_points`` values spanning
-            ``±2·√χ²₁(level)`` standard errors around the estimate (about ±3.9 for 95%),
-            geometric for a ``log_scale`` parameter, and kept inside its bounds.
+        grid: the values to fix it at (1-D); default: an adaptive grid that walks away
+            from the estimate on the parameter's scale (geometric for a ``log_scale``
+            parameter) until the threshold is crossed, a bound reached, or the maximum
+            extent (3 decades on a log scale, 1000 units on a linear one) reached; see
+            the module docstring.
+        n_points: points per round of the default grid (both sides together).
         absolute_sigma: ``True`` if ``sigma`` are the true errors (Δχ² statistic);
             ``False`` to profile the error scale too (see the module docstring).
         level: confidence level of the interval.
@@ -107,7 +204,8 @@ def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigm
             ``jac`` must be an autodiff mode.
 
     Returns:
-        A :class:`Profile`.  ``jax.vmap`` over data sets works, with a given ``grid``.
+        A :class:`Profile`.  ``jax.vmap`` over data sets works (the default grid's
+        unused slots are then NaN, sorted last).
 
     Example: the 95% interval of a straight line's slope, with known errors.
 
@@ -135,7 +233,7 @@ def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigm
     if res.residual.ndim != 1:
         raise ValueError(
             "`res` is a batched Result: profile one fit at a time, e.g. with jax.vmap over "
-            "the data sets and an explicit `grid`."
+            "the data sets."
         )
     names = res.flat_names()
     n = len(names)
@@ -172,43 +270,171 @@ def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigm
     )
     box = (float(lower[index]), float(upper[index]), bool(log[index]))
     pinned = _Pinned(fun, index, *_unflatten_spec(res.params))
-    return _profile(pinned, res, args, grid, refit_options, index, n_points, absolute_sigma, level, threshold, box)
+    prof = _profile(pinned, res, args, grid, refit_options, index, names[index], n_points, absolute_sigma, level, threshold, box)
+    return _drop_unused(prof)
 
 
 @_xla.filter_jit
-def _profile(pinned, res, args, grid, refit_options, index, n_points, absolute_sigma, level, threshold, box):
+def _profile(pinned, res, args, grid, refit_options, index, name, n_points, absolute_sigma, level, threshold, box):
     """Everything after validation, as one program (eager, it would be dozens)."""
     p_hat, _ = ravel_pytree(res.params)
     n = p_hat.shape[0]
     estimate = p_hat[index]
-    if grid is None:
-        grid = _default_grid(res, index, n_points, absolute_sigma, threshold, *box)
-    grid = jnp.sort(grid)
     keep = np.arange(n) != index
     q0 = p_hat[keep] if n > 1 else jnp.zeros(1, p_hat.dtype)  # a dummy the residual ignores
-
-    def refit(value):
-        return least_squares(pinned, q0, (value, *args), **refit_options)
-
-    fits = jax.vmap(refit)(jnp.concatenate([grid, estimate[None]]))
-    cost, cost_min = fits.cost[:-1], fits.cost[-1]
     m = res.residual.shape[0]
-    statistic = 2 * (cost - cost_min) if absolute_sigma else m * jnp.log(cost / cost_min)
-    q = fits.params[:-1]
-    full = jnp.concatenate([q[:, :index], grid[:, None], q[:, index:]], axis=1) if n > 1 else grid[:, None]
+    lower, upper, log = box
+    at_bound = jnp.stack([_on(estimate, lower, log), _on(estimate, upper, log)])
+
+    def refits(values, starts):
+        fits = jax.vmap(lambda v, q: least_squares(pinned, q, (v, *args), **refit_options))(values, starts)
+        return fits.cost, fits.params, fits.success
+
+    def statistic(cost, cost_min):
+        return 2 * (cost - cost_min) if absolute_sigma else m * jnp.log(cost / cost_min)
+
+    if grid is None:
+        values, cost, q, success, cost_min, ends = _walk(
+            refits, statistic, res, estimate, q0, index, n_points, absolute_sigma, threshold, box, at_bound
+        )
+    else:
+        cost, q, success = refits(jnp.concatenate([grid, estimate[None]]), jnp.broadcast_to(q0, (grid.shape[0] + 1, q0.shape[0])))
+        values, cost_min, cost, q, success = grid, cost[-1], cost[:-1], q[:-1], success[:-1]
+        delta = statistic(cost, cost_min)
+        sides = jnp.stack([values < estimate, values > estimate])
+        crossed = jnp.any(sides & (delta >= threshold), axis=1)
+        failed = jnp.any(sides, axis=1) & ~jnp.any(sides & jnp.isfinite(cost), axis=1)
+        ends = jnp.where(crossed, End.CROSSED, jnp.where(failed, End.FAILED, End.EXTENT))
+        ends = jnp.where(at_bound & ~crossed, End.AT_BOUND, ends)
+    order = jnp.argsort(jnp.where(jnp.isnan(values), jnp.inf, values))
+    values, cost, q, success = values[order], cost[order], q[order], success[order]
+    delta = statistic(cost, cost_min)
+    full = jnp.concatenate([q[:, :index], values[:, None], q[:, index:]], axis=1) if n > 1 else values[:, None]
+    finite_delta = jnp.where(jnp.isfinite(delta), delta, 0)
+    flat = jnp.all(ends != End.CROSSED) & (jnp.max(jnp.abs(finite_delta)) <= FLAT * threshold)
     return Profile(
-        values=grid,
-        statistic=statistic,
+        values=values,
+        statistic=delta,
         cost=cost,
         params=full,
-        success=fits.success[:-1],
+        success=success,
         estimate=estimate,
         cost_min=cost_min,
         threshold=jnp.asarray(threshold, p_hat.dtype),
-        ci=_interval(grid, statistic, estimate, threshold),
+        ci=_interval(values, delta, estimate, threshold),
+        ends=ends.astype(jnp.int32),
+        verdict=_verdict(ends, flat),
         index=index,
         level=level,
+        name=name,
+        log_scale=log,
     )
+
+
+def _walk(refits, statistic, res, estimate, q0, index, n_points, absolute_sigma, threshold, box, at_bound):
+    """The adaptive default grid (module docstring): a ``while_loop`` over rounds, each
+    a vmapped batch of refits at ``k`` points per side plus, in the first round, the
+    estimate itself.  Returns the values (NaN in unused slots), costs, parameters,
+    successes, the refitted optimum's cost and how each side ended."""
+    lower, upper, log = box
+    dtype = q0.dtype
+    k = (n_points - 1) // 2
+    se = uncertainty(res, absolute_sigma=absolute_sigma).stderr[index]
+    if log:
+        centre, sigma, unit, extent = jnp.log(estimate), se / estimate, math.log(10.0), LOG_EXTENT * math.log(10.0)
+    else:
+        usable = jnp.isfinite(se) & (se > 0)
+        centre, sigma = estimate, se
+        unit = jnp.where(estimate != 0, jnp.abs(estimate), jnp.where(usable, se, 1.0))
+        extent = LINEAR_EXTENT * unit
+    first = jnp.where(jnp.isfinite(sigma) & (sigma > 0), jnp.minimum(sigma / 4, unit / 10), unit / 10)
+    # Room to each bound, kept a relative 100·eps inside (the refits keep the others
+    # feasible), on the grid's scale.
+    eps = 100 * float(jnp.finfo(dtype).eps)
+    inner = [b - eps * max(1.0, abs(b)) * sign if np.isfinite(b) and not (log and b <= 0) else None for b, sign in ((lower, -1), (upper, 1))]
+    room = jnp.stack([_room(centre, inner[0], log, -1), _room(centre, inner[1], log, 1)])
+    limit = jnp.minimum(room, extent)
+    steps = jnp.arange(k, dtype=dtype)
+
+    def body(state):
+        r, nxt, active, warm, cost_min, ends, buffers = state
+        growth = jnp.maximum(GROWTH, (limit / nxt) ** (1 / (k * (ROUNDS - r))))
+        offsets = nxt[:, None] * growth[:, None] ** steps  # (side, point)
+        previous = jnp.concatenate([jnp.zeros((2, 1), dtype), offsets[:, :-1]], axis=1)
+        valid = active[:, None] & (previous < limit[:, None])
+        offsets = jnp.minimum(offsets, limit[:, None])
+        s = centre + jnp.array([-1.0, 1.0], dtype)[:, None] * offsets
+        values = jnp.clip(jnp.exp(s) if log else s, lower, upper)
+        values = jnp.where(valid, values, jnp.nan).reshape(-1)
+        values = jnp.concatenate([values, jnp.where(r == 0, estimate, jnp.nan)[None]])
+        starts = jnp.concatenate([jnp.repeat(warm, k, axis=0), q0[None]])
+        cost, q, success = refits(values, starts)
+        cost_min = jnp.where(r == 0, cost[-1], cost_min)
+        side_cost, side_q = cost[:-1].reshape(2, k), q[:-1].reshape(2, k, -1)
+        delta = statistic(side_cost, cost_min)
+        ok = valid & jnp.isfinite(side_cost)
+        crossed = jnp.any(valid & (delta >= threshold), axis=1)
+        failed = jnp.any(valid, axis=1) & ~jnp.any(ok, axis=1)
+        reached = offsets[:, -1] >= limit
+        end = jnp.where(crossed, End.CROSSED, jnp.where(failed, End.FAILED, jnp.where(room <= extent, End.BOUND, End.EXTENT)))
+        stop = active & (crossed | failed | reached)
+        ends = jnp.where(stop, end, ends)
+        last = jnp.max(jnp.where(ok, jnp.arange(k), -1), axis=1)
+        warm = jnp.where((last >= 0)[:, None], side_q[jnp.arange(2), jnp.maximum(last, 0)], warm)
+        buffers = tuple(b.at[r].set(x[:-1]) for b, x in zip(buffers, (values, cost, q, success)))
+        return r + 1, offsets[:, -1] * growth, active & ~stop, warm, cost_min, ends, buffers
+
+    def cond(state):
+        r, _, active = state[:3]
+        return (r == 0) | (r < ROUNDS) & jnp.any(active)  # the first round refits the optimum too
+
+    buffers = (
+        jnp.full((ROUNDS, 2 * k), jnp.nan, dtype),
+        jnp.full((ROUNDS, 2 * k), jnp.nan, dtype),
+        jnp.zeros((ROUNDS, 2 * k, q0.shape[0]), dtype),
+        jnp.zeros((ROUNDS, 2 * k), bool),
+    )
+    ends = jnp.where(at_bound, End.AT_BOUND, End.EXTENT).astype(jnp.int32)
+    state = (jnp.zeros((), jnp.int32), jnp.full(2, first, dtype), ~at_bound, jnp.stack([q0, q0]), jnp.full((), jnp.nan, dtype), ends, buffers)
+    _, _, _, _, cost_min, ends, buffers = jax.lax.while_loop(cond, body, state)
+    values, cost, q, success = (b.reshape(ROUNDS * 2 * k, *b.shape[2:]) for b in buffers)
+    return values, cost, q, success, cost_min, ends
+
+
+def _room(centre, bound, log, sign):
+    """Distance from ``centre`` to ``bound`` on the grid's scale (``inf`` for none)."""
+    if bound is None:
+        return jnp.asarray(jnp.inf, centre.dtype)
+    b = math.log(bound) if log else bound
+    return jnp.maximum(sign * (b - centre), 0)
+
+
+def _on(estimate, bound, log):
+    """Whether the estimate sits on ``bound`` (within √eps·max(1, |bound|))."""
+    if not np.isfinite(bound) or (log and bound <= 0):
+        return jnp.zeros((), bool)
+    tol = math.sqrt(float(jnp.finfo(estimate.dtype).eps)) * max(1.0, abs(bound))
+    return jnp.abs(estimate - bound) <= tol
+
+
+def _verdict(ends, flat):
+    verdict = jnp.where(jnp.any(ends == End.AT_BOUND), Verdict.ONE_SIDED, jnp.where(jnp.any(ends == End.BOUND), Verdict.BOUND, Verdict.OPEN))
+    verdict = jnp.where(flat, Verdict.FLAT, verdict)
+    verdict = jnp.where(jnp.any(ends == End.FAILED), Verdict.FAILED, verdict)
+    return jnp.where(jnp.all(ends == End.CROSSED), Verdict.IDENTIFIABLE, verdict).astype(jnp.int32)
+
+
+def _drop_unused(prof):
+    """Outside traces, the default grid's unused slots (NaN values) go."""
+    if _validate.is_traced(prof.values):
+        return prof
+    values = np.asarray(prof.values)
+    used = ~np.isnan(values)
+    if used.all():
+        return prof
+    take = lambda a: jnp.asarray(np.asarray(a)[used])  # noqa: E731  (numpy: no program to compile)
+    return eqx.tree_at(lambda p: (p.values, p.statistic, p.cost, p.params, p.success), prof,
+                       tuple(take(getattr(prof, f)) for f in ("values", "statistic", "cost", "params", "success")))  # fmt: skip
 
 
 class _Pinned(eqx.Module):
@@ -243,41 +469,25 @@ def _unflatten_spec(params):
     return treedef, tuple(tuple(jnp.shape(x)) for x in leaves), tuple(jnp.result_type(x).name for x in leaves)
 
 
-def _default_grid(res, index, n_points, absolute_sigma, threshold, lower, upper, log):
-    p_hat = ravel_pytree(res.params)[0]
-    centre = p_hat[index]
-    se = uncertainty(res, absolute_sigma=absolute_sigma).stderr[index]
-    half_width = 2 * np.sqrt(threshold) * se
-    usable = jnp.isfinite(half_width) & (half_width > 0)
-    t = jnp.linspace(-1, 1, n_points, dtype=p_hat.dtype)
-    if log:
-        # A relative standard error se/p is the standard error of log p (delta method).
-        log_width = jnp.where(usable, half_width / jnp.abs(centre), np.log(2.0))
-        grid = centre * jnp.exp(t * log_width)
-    else:
-        width = jnp.where(usable, half_width, jnp.where(centre != 0, 0.5 * jnp.abs(centre), 1))
-        grid = centre + t * width
-    # Stay a little inside the bounds: the refits keep the other parameters feasible.
-    eps = 100 * jnp.finfo(p_hat.dtype).eps
-    lo = lower + eps * max(1.0, abs(lower)) if np.isfinite(lower) else -jnp.inf
-    hi = upper - eps * max(1.0, abs(upper)) if np.isfinite(upper) else jnp.inf
-    return jnp.clip(grid, lo, hi)
-
-
 def _interval(grid, statistic, estimate, threshold):
-    """The ends of ``{Δ <= threshold}`` around the estimate, by interpolating √Δ."""
+    """The ends of ``{Δ <= threshold}`` around the estimate, by interpolating √Δ between
+    the last point inside (or the estimate) and the first outside; points whose refit
+    failed (NaN) and unused slots are skipped."""
     values = jnp.concatenate([grid, estimate[None]])
     roots = jnp.sqrt(jnp.maximum(jnp.concatenate([statistic, jnp.zeros((1,), statistic.dtype)]), 0))
-    order = jnp.argsort(values)
+    order = jnp.argsort(jnp.where(jnp.isnan(values), jnp.inf, values))
     values, roots = values[order], roots[order]
     c = jnp.sqrt(jnp.asarray(threshold, roots.dtype))
 
     def upper_end(v, r, centre):
-        outside = (v > centre) & (r >= c)  # NaN (a failed refit) is never outside
+        idx = jnp.arange(v.shape[0])
+        usable = (v >= centre) & jnp.isfinite(r)  # the estimate included (Δ = 0)
+        outside = usable & (v > centre) & (r >= c)
         j = jnp.argmax(outside)
-        v1, v2, r1, r2 = v[j - 1], v[j], r[j - 1], r[j]
+        i = jnp.max(jnp.where(usable & (idx < j) & (r < c), idx, -1))
+        v1, v2, r1, r2 = v[i], v[j], r[i], r[j]
         end = v1 + (c - r1) * (v2 - v1) / jnp.where(r2 > r1, r2 - r1, 1)
-        return jnp.where(jnp.any(outside), end, jnp.inf)
+        return jnp.where(jnp.any(outside) & (i >= 0), end, jnp.inf)
 
     upper = upper_end(values, roots, estimate)
     lower = -upper_end(-values[::-1], roots[::-1], -estimate)
