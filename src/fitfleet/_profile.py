@@ -22,12 +22,13 @@ the grid.
 The default grid adapts.  It walks away from the estimate on each side in the scale the
 fit used for the parameter (``log p`` for a ``log_scale`` parameter, ``p`` otherwise),
 in rounds of ``(n_points − 1)/2`` points per side, each round one vmapped batch of refits
-warm-started from the farthest point of the round before.  Offsets from the estimate
+warm-started from the farthest point inside the threshold of the round before.  Offsets from the estimate
 grow geometrically from ``h = min(σ/4, u/10)``, ``σ`` the Wald standard error on that
 scale and ``u`` its unit (a decade, ``ln 10``, on the log scale; ``|p̂|``, or ``σ``, or 1
 on the linear one), by at least ``GROWTH`` = 1.5 per point, and fast enough to reach the
-maximum extent in ``ROUNDS`` = 4 rounds.  A side stops when Δ crosses the threshold,
-when it reaches a bound (kept a relative 100·eps inside), when its refits all fail, or
+maximum extent in ``ROUNDS`` = 4 rounds.  A side stops when Δ crosses the threshold
+(after one more round, if one is left, of points evenly spaced between its last point
+inside and its first outside, which pins the interval's end down), when it reaches a bound (kept a relative 100·eps inside), when its refits all fail, or
 at the maximum extent: ``LOG_EXTENT`` = 3 decades either way on the log scale,
 ``LINEAR_EXTENT`` = 1000 units either way on the linear one.  Every grid value is
 finite (never 0 or ``inf`` on a log scale, which an ODE solve cannot take), and the
@@ -355,14 +356,19 @@ def _walk(refits, statistic, res, estimate, q0, index, n_points, absolute_sigma,
     room = jnp.stack([_room(centre, inner[0], log, -1), _room(centre, inner[1], log, 1)])
     limit = jnp.minimum(room, extent)
     steps = jnp.arange(k, dtype=dtype)
+    index = jnp.arange(k)
+
+    def pick(a, i):  # a[side, i[side]]
+        return jnp.take_along_axis(a, jnp.maximum(i, 0).reshape(2, 1, *([1] * (a.ndim - 2))), axis=1)[:, 0]
 
     def body(state):
-        r, nxt, active, warm, cost_min, ends, buffers = state
+        r, nxt, inner, active, refining, bracket, warm, cost_min, ends, buffers = state
         growth = jnp.maximum(GROWTH, (limit / nxt) ** (1 / (k * (ROUNDS - r))))
-        offsets = nxt[:, None] * growth[:, None] ** steps  # (side, point)
-        previous = jnp.concatenate([jnp.zeros((2, 1), dtype), offsets[:, :-1]], axis=1)
-        valid = active[:, None] & (previous < limit[:, None])
-        offsets = jnp.minimum(offsets, limit[:, None])
+        walk = nxt[:, None] * growth[:, None] ** steps  # (side, point)
+        fine = bracket[:, :1] + (bracket[:, 1:] - bracket[:, :1]) * (steps + 1) / (k + 1)
+        previous = jnp.concatenate([jnp.zeros((2, 1), dtype), walk[:, :-1]], axis=1)
+        valid = active[:, None] & (refining[:, None] | (previous < limit[:, None]))
+        offsets = jnp.where(refining[:, None], fine, jnp.minimum(walk, limit[:, None]))
         s = centre + jnp.array([-1.0, 1.0], dtype)[:, None] * offsets
         values = jnp.clip(jnp.exp(s) if log else s, lower, upper)
         values = jnp.where(valid, values, jnp.nan).reshape(-1)
@@ -373,19 +379,27 @@ def _walk(refits, statistic, res, estimate, q0, index, n_points, absolute_sigma,
         side_cost, side_q = cost[:-1].reshape(2, k), q[:-1].reshape(2, k, -1)
         delta = statistic(side_cost, cost_min)
         ok = valid & jnp.isfinite(side_cost)
-        crossed = jnp.any(valid & (delta >= threshold), axis=1)
-        failed = jnp.any(valid, axis=1) & ~jnp.any(ok, axis=1)
-        reached = offsets[:, -1] >= limit
+        outside = ok & (delta >= threshold)
+        crossed = jnp.any(outside, axis=1)
+        first_out = jnp.where(crossed, jnp.argmax(outside, axis=1), k)
+        last_in = jnp.max(jnp.where(ok & (index < first_out[:, None]), index, -1), axis=1)
+        walking = active & ~refining
+        failed = walking & jnp.any(valid, axis=1) & ~jnp.any(ok, axis=1)
+        reached = walking & (offsets[:, -1] >= limit)
+        # A side that crossed while walking spends the next round (if any) on k points
+        # between its last point inside and its first outside: the interval's end.
+        refine_next = walking & crossed & (r + 1 < ROUNDS)
         end = jnp.where(crossed, End.CROSSED, jnp.where(failed, End.FAILED, jnp.where(room <= extent, End.BOUND, End.EXTENT)))
-        stop = active & (crossed | failed | reached)
-        ends = jnp.where(stop, end, ends)
-        last = jnp.max(jnp.where(ok, jnp.arange(k), -1), axis=1)
-        warm = jnp.where((last >= 0)[:, None], side_q[jnp.arange(2), jnp.maximum(last, 0)], warm)
+        ends = jnp.where(walking & (crossed | failed | reached), end, ends)
+        stop = refining | (walking & (crossed | failed | reached) & ~refine_next)
+        inner = jnp.where(last_in >= 0, pick(offsets, last_in), inner)
+        bracket = jnp.where(refine_next[:, None], jnp.stack([inner, pick(offsets, first_out)], axis=1), bracket)
+        warm = jnp.where((last_in >= 0)[:, None], pick(side_q, last_in), warm)
         buffers = tuple(b.at[r].set(x[:-1]) for b, x in zip(buffers, (values, cost, q, success)))
-        return r + 1, offsets[:, -1] * growth, active & ~stop, warm, cost_min, ends, buffers
+        return r + 1, offsets[:, -1] * growth, inner, active & ~stop, refine_next, bracket, warm, cost_min, ends, buffers
 
     def cond(state):
-        r, _, active = state[:3]
+        r, active = state[0], state[3]
         return (r == 0) | (r < ROUNDS) & jnp.any(active)  # the first round refits the optimum too
 
     buffers = (
@@ -395,8 +409,12 @@ def _walk(refits, statistic, res, estimate, q0, index, n_points, absolute_sigma,
         jnp.zeros((ROUNDS, 2 * k), bool),
     )
     ends = jnp.where(at_bound, End.AT_BOUND, End.EXTENT).astype(jnp.int32)
-    state = (jnp.zeros((), jnp.int32), jnp.full(2, first, dtype), ~at_bound, jnp.stack([q0, q0]), jnp.full((), jnp.nan, dtype), ends, buffers)
-    _, _, _, _, cost_min, ends, buffers = jax.lax.while_loop(cond, body, state)
+    zeros = jnp.zeros(2, dtype)
+    state = (
+        jnp.zeros((), jnp.int32), jnp.full(2, first, dtype), zeros, ~at_bound, jnp.zeros(2, bool), jnp.zeros((2, 2), dtype),
+        jnp.stack([q0, q0]), jnp.full((), jnp.nan, dtype), ends, buffers,
+    )  # fmt: skip
+    *_, cost_min, ends, buffers = jax.lax.while_loop(cond, body, state)
     values, cost, q, success = (b.reshape(ROUNDS * 2 * k, *b.shape[2:]) for b in buffers)
     return values, cost, q, success, cost_min, ends
 
