@@ -199,22 +199,23 @@ def test_profile_verdicts_flat_bound_and_one_sided(x64):
     flat = ff.profile(summed, res, args, index="a", absolute_sigma=True)
     assert int(flat.verdict) == Verdict.FLAT and flat.ci.tolist() == [-np.inf, np.inf]
     assert np.all(np.isfinite(flat.values))
-    # The rate's upper bound is active: its profile is one-sided.
+    # A rate bounded above by 0.5: data with a rate of 0.7 put the estimate on the
+    # bound (one-sided); data with a rate just below it leave the interval through it.
     x = jnp.asarray(T)
     decay = lambda p, t, y: (p[0] * jnp.exp(-p[1] * t) - y) / 0.01  # noqa: E731
-    bounded = ff.least_squares(decay, jnp.array([1.0, 0.3]), (x, jnp.asarray(Y)), bounds=([0.0, 0.0], [10.0, 0.5]))
-    assert float(bounded.params[1]) == pytest.approx(0.5, abs=1e-9)
-    one_sided = ff.profile(decay, bounded, (x, jnp.asarray(Y)), index=1, absolute_sigma=True)
+    bounds = ([0.0, 0.0], [10.0, 0.5])
+    on = ff.least_squares(decay, jnp.array([1.0, 0.3]), (x, jnp.asarray(Y)), bounds=bounds)
+    assert float(on.params[1]) == pytest.approx(0.5, abs=1e-9)
+    one_sided = ff.profile(decay, on, (x, jnp.asarray(Y)), index=1, absolute_sigma=True)
     assert int(one_sided.verdict) == Verdict.ONE_SIDED and one_sided.ends.tolist() == [End.CROSSED, End.AT_BOUND]
     assert np.all(np.asarray(one_sided.values) <= 0.5)
-    # A bound inside the interval (one standard error above the estimate): the profile
-    # leaves through it.
-    free = ff.least_squares(decay, jnp.array([3.0, 0.7]), (x, jnp.asarray(Y)))
-    top = float(free.params[1] + ff.uncertainty(free, absolute_sigma=True).stderr[1])
-    fit = ff.least_squares(decay, jnp.array([3.0, 0.7]), (x, jnp.asarray(Y)), bounds=([0.0, 0.0], [10.0, top]))
-    prof = ff.profile(decay, fit, (x, jnp.asarray(Y)), index=1, absolute_sigma=True)
-    assert int(prof.verdict) == Verdict.BOUND and prof.ends.tolist() == [End.CROSSED, End.BOUND]
-    assert float(prof.ci[1]) == np.inf and np.max(prof.values) <= top
+    y_near = jnp.asarray(3.0 * np.exp(-0.498 * T) + 0.01 * np.cos(7 * T))
+    near = ff.least_squares(decay, jnp.array([1.0, 0.3]), (x, y_near), bounds=bounds)
+    se = float(ff.uncertainty(near, absolute_sigma=True).stderr[1])
+    assert float(near.params[1]) < 0.5 < float(near.params[1]) + 1.96 * se  # the bound cuts the interval
+    through = ff.profile(decay, near, (x, y_near), index=1, absolute_sigma=True)
+    assert int(through.verdict) == Verdict.BOUND and through.ends.tolist() == [End.CROSSED, End.BOUND]
+    assert float(through.ci[1]) == np.inf and np.max(through.values) <= 0.5
 
 
 @pytest.mark.slow
@@ -345,7 +346,7 @@ def test_result_summary_matches_scipy_in_the_users_order(x64):
     u_text = ff.uncertainty(res).summary()
     assert u_text.index("vmax") < u_text.index("km")
     with pytest.raises(ValueError, match="single fit"):
-        ff.fit_batch(michaelis_menten, {"vmax": np.full(2, 10.0), "km": np.full(2, 10.0)}, (S, V), shared_args=True).summary()
+        jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), res).summary()
 
 
 def test_result_summary_warns_of_what_the_numbers_cannot_say(x64):
@@ -357,6 +358,8 @@ def test_result_summary_warns_of_what_the_numbers_cannot_say(x64):
     fast, _, _ = fast_decay_fit()
     assert "practically non-identifiable: k2" in fast.summary(absolute_sigma=True)
     assert "log scale" in fast.summary()
+    on = ff.least_squares(lambda p, t, y: p["k"] - 0.0 * y[0] - 1.0, {"k": 0.0}, args, bounds=({"k": -1.0}, {"k": 0.5}))
+    assert float(on.params["k"]) == pytest.approx(0.5) and "on a bound: k;" in on.summary()
 
 
 # --------------------------------------------------------------------------- 9. promises

@@ -132,14 +132,17 @@ def _warnings(res, u, names, order):
 
 def at_bound(res, j):
     """Whether flat parameter ``j`` of one fit sits on a bound the Result recorded
-    (within √eps·max(1, |bound|))."""
+    (within √eps·max(1, |bound|); a ``log_scale`` parameter's lower bound 0 only
+    restates positivity)."""
     if res.bounds is None:
         return False
     p = _flat(res.params)
     tol = math.sqrt(np.finfo(p.dtype if np.issubdtype(p.dtype, np.floating) else np.float64).eps)
+    log = res.log_scale is not None and bool(res.log_scale[j])
     for bound in res.bounds:
-        b = float(np.asarray(bound, np.float64).ravel()[j]) if np.size(bound) > 1 else float(np.asarray(bound))
-        if np.isfinite(b) and abs(float(p[j]) - b) <= tol * max(1.0, abs(b)):
+        values = np.asarray(bound, np.float64).ravel()
+        b = float(values[j] if values.size == p.size else values[0])
+        if np.isfinite(b) and not (log and b <= 0) and abs(float(p[j]) - b) <= tol * max(1.0, abs(b)):
             return True
     return False
 
