@@ -5,7 +5,6 @@ order, and the text summaries.  Against scipy, closed forms or brute force."""
 
 import warnings
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -55,7 +55,6 @@ parameter is flagged ``unidentified`` and ``identifiable`` is False.
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree

@@ -40,9 +40,9 @@ import numpy as np
 from . import _batch, _validate, _xla
 from ._batch import fit_batch
 from ._result import Result
+from ._samplers import SAMPLERS, check_box, to_box, unit_cube
 from ._stats import chi2_1_ppf
 from ._status import is_success
-from ._samplers import SAMPLERS, check_box, to_box, unit_cube
 
 
 class Optimum(NamedTuple):
