@@ -136,8 +136,13 @@ def walk(refits, statistic, res, estimate, q0, index, n_points, absolute_sigma, 
         values = jnp.clip(jnp.exp(s) if log else s, lower, upper)
         values = jnp.where(valid, values, jnp.nan).reshape(-1)
         values = jnp.concatenate([values, jnp.where(r == 0, estimate, jnp.nan)[None]])
-        starts = jnp.concatenate([jnp.repeat(warm, k, axis=0), q0[None]])
-        cost, q, success = refits(values, starts)
+        used = ~jnp.isnan(values)
+        # An unused slot refits at the optimum, from the optimum (one step): never a NaN
+        # parameter, which a model's own linear solves (an implicit ODE solver) reject
+        # by raising.
+        starts = jnp.where(used[:, None], jnp.concatenate([jnp.repeat(warm, k, axis=0), q0[None]]), q0)
+        cost, q, success = refits(jnp.where(used, values, estimate), starts)
+        cost = jnp.where(used, cost, jnp.nan)
         cost_min = jnp.where(r == 0, cost[-1], cost_min)
         side_cost, side_q = cost[:-1].reshape(2, k), q[:-1].reshape(2, k, -1)
         delta = statistic(side_cost, cost_min)
