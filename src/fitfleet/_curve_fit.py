@@ -3,8 +3,12 @@
 A scipy user changes one import.  What is the same: the signature, ``f(x, *params)``,
 ``p0`` defaulting to ones (or the middle of two-sided bounds, as scipy), ``sigma`` as
 standard deviations or a covariance, ``absolute_sigma``, ``bounds`` (a pair or an object
-with ``lb``/``ub``), ``pcov`` (scipy's ``trf`` convention: a pseudo-inverse, ``inf`` when
-it cannot be estimated), a ``RuntimeError`` when the fit fails, and ``full_output``.
+with ``lb``/``ub``), ``pcov`` (a pseudo-inverse, as scipy's ``trf``; ``inf`` where it cannot be
+estimated, with scipy's warning), a ``RuntimeError`` when the fit fails, and
+``full_output``.  ``pcov`` is ``inf`` in the rows and columns of parameters the data do
+not determine (an unused parameter, one of ``a`` and ``b`` in ``(a + b)·x``: see
+:func:`fitfleet.uncertainty`); scipy's ``lm`` makes it ``inf`` everywhere then, or huge
+when the Jacobian is singular only to round-off.
 
 What differs, and why:
 
@@ -51,7 +55,7 @@ from . import _validate, _xla
 from ._batch import fit_batch
 from ._least_squares import least_squares
 from ._status import Status
-from ._uncertainty import covariance
+from ._uncertainty import covariance_quietly
 
 _SCIPY_METHODS = (None, "lm", "trf", "dogbox")
 _FITFLEET_METHODS = ("gn", "adam", "sgd")
@@ -126,12 +130,14 @@ def curve_fit(
         f, xdata, ydata, p0, sigma, absolute_sigma, check_finite, bounds, method, jac, nan_policy, kwargs
     )
     res = least_squares(fit["fun"], p0, fit["args"], **opts)
-    pcov = _pcov(res, absolute_sigma, opts)
+    pcov, undetermined = _pcov(res, absolute_sigma, opts)
     concrete = not isinstance(res.status, jax.core.Tracer)
     if concrete and not bool(res.success):
         raise RuntimeError("Optimal parameters not found: " + res.message)
-    if concrete and not bool(jnp.all(jnp.isfinite(pcov))):
-        warnings.warn("Covariance of the parameters could not be estimated", UserWarning, stacklevel=2)
+    if concrete and not np.all(np.isfinite(np.asarray(pcov))):
+        which = [f"p[{i}]" for i in np.flatnonzero(np.asarray(undetermined))]
+        detail = f" for {', '.join(which)}: the data do not determine them" if which else ""
+        warnings.warn(f"Covariance of the parameters could not be estimated{detail}", UserWarning, stacklevel=2)
     if not full_output:
         return res.params, pcov
     return res.params, pcov, _infodict(res), res.message if concrete else None, _ier(res.status)
@@ -218,7 +224,7 @@ def curve_fit_batch(
     if per_row_sigma:
         opts["sigma"] = _as_data(sigma, "sigma").astype(dtype)
     res = fit_batch(fit["fun"], x0, (x, y.astype(dtype)), shared_args=() if batch_xdata else (0,), **opts)
-    pcov = _pcov(res, absolute_sigma, opts)
+    pcov, _ = _pcov(res, absolute_sigma, opts)
     if not full_output:
         return res.params, pcov
     concrete = not isinstance(res.status, jax.core.Tracer)
@@ -423,9 +429,12 @@ def _omit_nan(xdata, y, sigma):
 
 
 def _pcov(res, absolute_sigma, opts):
-    pcov = covariance(res, absolute_sigma)  # with the fit's loss, which res records
-    # scipy reports an indeterminate covariance as inf, never NaN.
-    return jnp.where(jnp.any(jnp.isnan(pcov), axis=(-2, -1), keepdims=True), jnp.inf, pcov)
+    """``(pcov, undetermined)``: inf rows and columns for undetermined parameters (and
+    all inf, scipy's "could not be estimated", for a failed fit: NaN would be new to a
+    scipy user)."""
+    pcov, undetermined, success = covariance_quietly(res, absolute_sigma)  # with the fit's loss, which res records
+    usable = success[..., None, None] & ~jnp.any(jnp.isnan(pcov), axis=(-2, -1), keepdims=True)
+    return jnp.where(usable, pcov, jnp.inf), undetermined
 
 
 def _infodict(res):

@@ -125,6 +125,42 @@ class Result(eqx.Module):
         """Flat parameter indices in the user's order."""
         return list(self.order) if self.order is not None else list(range(len(self.flat_names())))
 
+    def summary(self, *, absolute_sigma=False, level=0.95, min_correlation=0.1):
+        """A report of one fit, after lmfit's ``fit_report``: the status, χ², reduced
+        χ², AIC and BIC, the parameters (user's names, user's order) with standard
+        errors, relative errors and Wald intervals, the correlations above
+        ``min_correlation``, and warnings (a failed fit, undetermined or practically
+        non-identifiable parameters, parameters on a bound, redundant pairs).
+
+        ``absolute_sigma`` and ``level`` are :func:`uncertainty`'s.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> import fitfleet as ff
+            >>> S = jnp.array([0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
+            >>> v = jnp.array([2.4, 4.1, 6.1, 7.6, 9.1, 9.6])
+            >>> res = ff.least_squares(lambda p, S, v: p["vmax"] * S / (p["km"] + S) - v, {"vmax": 5.0, "km": 1.0}, (S, v))
+            >>> print(res.summary())
+            [[Fit Statistics]]
+                status             = success (...
+                steps              = ...
+                data points        = 6
+                variables          = 2
+                chi-square         = 0.0967727
+                reduced chi-square = 0.0241932
+                Akaike info crit   = -20.7629
+                Bayesian info crit = -21.1794
+            [[Variables]] (stderr, relative error and 95% Wald interval, Student t, 4 dof)
+                param      estimate        stderr      rel.err     95% lower     95% upper
+                vmax          10.71         0.169        1.58%         10.25         11.18
+                km            1.596       0.08612        5.39%         1.357         1.835
+            [[Correlations]] (unreported correlations are < 0.100 in magnitude)
+                C(vmax, km) = +0.8169
+        """
+        from ._report import result_summary
+
+        return result_summary(self, absolute_sigma, level, min_correlation)
+
     def __repr__(self):
         try:
             codes = np.asarray(self.status)
