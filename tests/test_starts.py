@@ -115,3 +115,19 @@ def test_cauchy_loss_from_ones_reaches_scipy_trf(x64, seed):
     assert res.success, res.message
     assert float(res.cost) <= expected.cost * (1 + 1e-6)
     np.testing.assert_allclose(np.asarray(res.params), expected.x, rtol=1e-3)  # both at default tolerances
+
+
+@pytest.mark.parametrize("rate0", [0.5, 1.0])
+def test_tiny_amplitude_start_matches_scipy_trf(x64, rate0):
+    """An amplitude of 1e-8 leaves the rate's column tiny but not zero: with scaling by
+    column norms alone the rate could take any step (it went to 4e7, a plateau; scipy's
+    ``lm`` ends in the valley A → −∞), the floor of the scale holds it to its own size."""
+    t = np.linspace(0.1, 6, 25)
+    for seed in range(3):
+        y = 2 * np.exp(-0.7 * t) + 0.3 + 0.01 * np.random.default_rng(seed).standard_normal(t.size)
+        fun = lambda p: p[0] * jnp.exp(-p[1] * t) + p[2] - y  # noqa: E731
+        x0 = np.array([1e-8, rate0, 0.0])
+        expected = _scipy(fun, x0, "trf")
+        res = ff.least_squares(fun, jnp.asarray(x0))
+        assert res.success, res.message
+        np.testing.assert_allclose(float(res.cost), expected.cost, rtol=1e-6)

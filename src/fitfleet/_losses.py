@@ -14,13 +14,15 @@ Newton-type solvers see a rescaled residual and Jacobian with the exact gradient
 
     r̃ = √ρ' · r,    J̃ = √ρ' · J,    so  J̃ᵀr̃ = ρ' Jᵀr = ∇F,
 
-whose column norms and cosine serve the scaling and the ``gtol`` test, and the model
-matrix ``Jᵀ diag(ρ' + 2ρ''z) J``: the Gauss-Newton part of F's exact Hessian, with
-each row's weight kept at least eps where the loss bends the other way (ρ'' < 0 and
-``ρ' + 2ρ''z <= 0``: cauchy and arctan beyond z = 1, huber outside), as scipy's ``trf``
-does (``_lsq.common.scale_for_robust_loss_function``).  ``J̃ᵀJ̃``, the iteratively
-reweighted least-squares matrix (Ceres Solver's choice in the outlier region), majorises
-the cost, so it over-weights the residuals the loss has given up on: on scipy's own
+whose column norms and cosine serve the scaling and the ``gtol`` test.  Gauss-Newton's
+model matrix is ``J̃ᵀJ̃``, the iteratively reweighted least-squares matrix (Ceres
+Solver's choice in the outlier region): it majorises the cost, so a step without a
+trust region stays sane.  Levenberg-Marquardt's is ``Jᵀ diag(ρ' + 2ρ''z) J``, the
+Gauss-Newton part of F's exact Hessian, with each row's weight kept at least eps where
+the loss bends the other way (``ρ' + 2ρ''z <= 0``: cauchy and arctan beyond z = 1,
+huber outside), as scipy's ``trf`` does (``_lsq.common.scale_for_robust_loss_function``);
+where that weight vanishes the step would be unbounded, and the trust region bounds it.
+The majorising matrix over-weights the residuals the loss has given up on: on scipy's own
 robust-regression example from ``x0 = ones``, where every point is far in the tails,
 its steps fitted those points by flattening the exponential, and cauchy fits slid down
 a valley to ``a = ±1e4`` (max_steps) where scipy's ``trf`` converges in 10-20

@@ -156,13 +156,13 @@ class Linearization(eqx.Module):
     col_norm_sq: Any
 
 
-def linearize(problem, u):
+def linearize(problem, u, exact_loss_curvature=False):
     """The Gauss-Newton model of the cost at the internal point ``u``.
 
-    With a robust loss (``_losses``) the gradient is exact, ``J̃ᵀr̃ = Jᵀ(ρ'·r)``, and the
-    model's matrix is the loss's exact Gauss-Newton curvature ``Jᵀ diag(ρ' + 2ρ''z) J``
-    (scipy's, kept at least eps per row); the column norms and the gtol cosine are those
-    of ``J̃ = √ρ'·J`` with ``r̃ = √ρ'·r``.
+    With a robust loss (``_losses``) the gradient is exact, ``J̃ᵀr̃ = Jᵀ(ρ'·r)``; the
+    model's matrix is ``J̃ᵀJ̃`` with ``J̃ = √ρ'·J``, or with ``exact_loss_curvature`` the
+    loss's exact Gauss-Newton curvature ``Jᵀ diag(ρ' + 2ρ''z) J`` (scipy's, kept at least
+    eps per row).  The column norms and the gtol cosine are those of ``J̃`` and ``r̃ = √ρ'·r``.
 
     Bounds and ``log_scale`` (``p = T(u)`` elementwise, see ``_bounds``): ``J`` is
     evaluated in ``p`` and mapped by the chain rule, ``J_u = J_p·diag(T'(u))``, so that
@@ -183,7 +183,7 @@ def linearize(problem, u):
         r, J = problem.residual_and_jac(u)
         rm, Jm = problem.model(r, J)
         grad = Jm.T @ rm
-        if problem.loss == "linear":
+        if problem.loss == "linear" or not exact_loss_curvature:
             jtj = Jm.T @ Jm
             col_norm_sq = jnp.diagonal(jtj)
         else:
@@ -193,7 +193,7 @@ def linearize(problem, u):
         # instead of m·n spares a pass over J (a transposing copy under vmap) every step.
         cosine = gradient_cosine(grad, col_norm_sq, jnp.sum(rm * rm))
         return Linearization(r, J, grad, jtj, cosine, jnp.all(jnp.isfinite(col_norm_sq)), col_norm_sq)
-    lin = linearize(problem.without_bounds(), problem.to_params(u))
+    lin = linearize(problem.without_bounds(), problem.to_params(u), exact_loss_curvature)
     dp, d2p = problem.bounds.derivatives(u)
     grad = dp * lin.grad
     jtj = lin.jtj * (dp[:, None] * dp[None, :])

@@ -38,7 +38,7 @@ step; that term is not a column norm and stays out of ``D`` (pinned, it made ``D
 the first radius up to 1e7 times too large where the data pull a parameter against its
 bound), so with it the scaled diagonal may exceed 1.  With a robust loss the columns are
 those of ``√ρ'·J`` and the model's matrix is the loss's exact Gauss-Newton curvature
-(``_losses``).
+(``_losses``): where that curvature vanishes the step is the trust region's to bound.
 
 The damping.  If the Gauss-Newton step (damping 0) lies inside the ball it is taken.
 Otherwise the damping solving ``‖Dδ(damping)‖ = radius`` is found to 10% by Hebden's
@@ -134,7 +134,7 @@ class LevenbergMarquardt(eqx.Module):
     batched: bool = eqx.field(static=True, default=False)
 
     def init(self, problem, p):
-        lin = linearize(problem, p)
+        lin = linearize(problem, p, exact_loss_curvature=True)
         cost = problem.cost(lin.residual)
         scale = jnp.sqrt(lin.col_norm_sq) * problem.pinning(p)
         radius = jnp.linalg.norm(metric(scale, cost, p) * jnp.maximum(jnp.abs(p), 1))
@@ -170,7 +170,7 @@ class LevenbergMarquardt(eqx.Module):
 
         trial = problem.move(state.params, step)
         if self.batched:
-            trial_lin = dataclasses.replace(linearize(problem, trial), jac=None)
+            trial_lin = dataclasses.replace(linearize(problem, trial, exact_loss_curvature=True), jac=None)
             trial_residual = trial_lin.residual
         else:
             trial_residual = problem.residual(trial)
@@ -193,7 +193,7 @@ class LevenbergMarquardt(eqx.Module):
             lin = jax.tree_util.tree_map(lambda new, old: jnp.where(accepted, new, old), trial_lin, kept)
         else:
             lin = jax.lax.cond(
-                accepted, lambda: linearize(problem, params), lambda: keep_linearization(state, s.jtj)
+                accepted, lambda: linearize(problem, params, exact_loss_curvature=True), lambda: keep_linearization(state, s.jtj)
             )
         scale = jnp.maximum(s.scale, jnp.sqrt(lin.col_norm_sq))
         inner = _Inner(jtj=lin.jtj, scale=scale, radius=radius, damping=damping)
