@@ -147,7 +147,7 @@ class Linearization(eqx.Module):
     residual: Any
     jac: Any
     grad: Any  # the cost's gradient, J̃ᵀr̃
-    jtj: Any  # the model's matrix: JᵀJ, with a robust loss Jᵀ diag(ρ' + 2ρ''z) J
+    jtj: Any  # the model's matrix: J̃ᵀJ̃, or Jᵀ diag(ρ' + 2ρ''z) J (exact_loss_curvature)
     cosine: Any  # the gtol statistic
     jac_finite: Any  # J is finite and JᵀJ does not overflow
     # ‖J̃_j‖² (J̃ = √ρ'·J; J for the linear loss), without the bounds' curvature term:
