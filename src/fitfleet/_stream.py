@@ -39,8 +39,8 @@ Process 0 creates or checks the store; the others wait for it at a barrier
 (``multihost_utils.sync_global_devices``) and check it too; all meet again at the end,
 and every process then confirms that every chunk is done.
 
-Parameters are stored flat, one row per fit in the order of ``Result.names`` (the
-``jac`` columns), with ``names`` and ``order`` as attributes of the ``params`` array.
+Parameters are stored flat, (B, n) in the order of ``Result.names`` (``jac``'s
+columns, one array whatever the pytree), with ``names`` and ``order`` as attributes.
 """
 
 import concurrent.futures
@@ -67,38 +67,32 @@ def fit_stream(fun, x0, args, out, *, shared_args=(), chunk_size=None, progress=
     """Fit a batch that need not fit in memory, writing results to a zarr store as it goes.
 
     Runs :func:`fit_batch` chunk by chunk (reading the next chunk and writing the last
-    one while a chunk is fitted), commits every chunk atomically, and resumes: the same
-    call with the same ``out`` after a crash or a kill fits only the chunks not yet
-    done, and the finished store equals that of an uninterrupted run bit for bit.  Under
-    ``jax.distributed.initialize()`` every process makes the same call and fits its
-    share of the chunks.  See ``fitfleet._stream`` for the design and
-    ``docs/streaming.md`` for a cluster set-up.
+    while one is fitted) and commits each chunk atomically.  The same call with the same
+    ``out`` after a crash or a kill fits only the chunks not done; the finished store is
+    bit for bit that of an uninterrupted run.  Under ``jax.distributed.initialize()``
+    every process makes the same call and fits its share.  Design: ``fitfleet._stream``;
+    a cluster set-up: ``docs/streaming.md``.
 
     Args:
         fun: ``fun(params, *args)`` for ONE fit, as for :func:`fit_batch`.
-        x0: starting parameters with a leading batch axis: an array-like (numpy array or
-            memmap, zarr array, h5py dataset: anything with ``shape``, ``dtype`` and
-            slicing), or a pytree (a dict, say) of such, each with the same length B.
-        args: tuple of extra arguments; each is an array-like (or pytree of them) with
-            a leading batch axis of length B, unless listed in ``shared_args``: those
-            are held in memory and passed whole to every chunk.
-        out: the zarr (v3) store to write: a path (created if missing) or a
-            ``zarr.Group``.  Holds one array per field, batch axis first, and a
-            ``done`` flag per chunk; the call's fingerprint is in its attributes.
-        shared_args: as for :func:`fit_batch`.
-        chunk_size: fits per chunk; default: the largest chunk whose reading, fitting
-            and writing fit ``MEMORY_BUDGET`` (256 MiB) together, aligned to the input's
-            zarr/HDF5 chunks.  Resuming with ``None`` keeps the store's.
-        progress: a progress bar of this process's fits (needs ``tqdm``).
-        fields: the :class:`Result` fields to store; default
-            ``("params", "cost", "status", "n_steps")``; any of ``params``, ``cost``,
-            ``residual``, ``jac``, ``grad``, ``status``, ``n_steps``, ``n_fev``,
-            ``n_jev`` (``residual`` and ``jac`` cost m and m·n numbers per fit).
-            ``params`` is stored flat, (B, n), its columns named by the array's
-            ``names`` attribute.
-        **options: :func:`fit_batch`'s fit options (``method``, ``ftol``, ``sigma``,
-            ``bounds``...), the same for every chunk; a per-fit ``sigma`` (B, m) or
-            (B, m, m) is streamed like ``args``.
+        x0: starts with a leading batch axis B: an array-like (anything with ``shape``,
+            ``dtype`` and slicing: numpy array or memmap, zarr array, h5py dataset), or
+            a pytree of them.
+        args: tuple of extra arguments, array-likes with the batch axis B, except those
+            in ``shared_args`` (as for :func:`fit_batch`), held in memory.
+        out: a zarr v3 store: a path (created if missing) or a ``zarr.Group``.  It
+            holds one array per field (batch axis first), a ``done`` flag per chunk,
+            and the call's fingerprint (its attributes).
+        chunk_size: fits per chunk; default: the largest whose reading, fitting and
+            writing fit ``MEMORY_BUDGET`` (256 MiB) together, aligned to the input's
+            own chunks; a resumed call keeps the store's.
+        progress: a progress bar of this process's fits (``tqdm``).
+        fields: the :class:`Result` fields to store, among ``FIELDS``; default
+            ``("params", "cost", "status", "n_steps")`` (``jac`` costs m·n numbers a
+            fit).  ``params`` is stored flat (B, n), its columns named by the array's
+            ``names`` attribute (``Result.names``), ``order`` giving the user's order.
+        **options: :func:`fit_batch`'s fit options, the same for every chunk; a
+            per-fit ``sigma`` (B, m) or (B, m, m) is streamed like ``args``.
 
     Returns:
         The ``zarr.Group`` written, complete.
@@ -109,8 +103,8 @@ def fit_stream(fun, x0, args, out, *, shared_args=(), chunk_size=None, progress=
         >>> y = np.exp(-np.array([[0.5], [1.0], [2.0]]) * t)   # on disk: np.load(..., mmap_mode="r")
         >>> out = ff.fit_stream(lambda p, t, y: p[0] * jnp.exp(-p[1] * t) - y, np.ones((3, 2)), (t, y),
         ...                     tempfile.mkdtemp() + "/fits.zarr", shared_args=(0,), progress=False)
-        >>> out["params"][:, 1].round(4).tolist(), out["status"][:].tolist()
-        ([0.5, 1.0, 2.0], [2, 2, 2])
+        >>> out["params"][:, 1].round(4).tolist(), [ff.Status(s).success for s in out["status"][:]]
+        ([0.5, 1.0, 2.0], [True, True, True])
     """
     zarr = _import_zarr()
     fields = _fields(fields)
@@ -223,10 +217,10 @@ def _pipeline(chunks, read, fit, write, committed):
 def _import_zarr():
     try:
         import zarr
-    except ImportError as e:
-        raise ImportError("fit_stream writes a zarr store: pip install 'fitfleet[stream]' (or pip install 'zarr>=3.1').") from e
-    if int(zarr.__version__.split(".")[0]) < 3:
-        raise ImportError(f"fit_stream needs zarr 3 or newer (a v3 store); this is zarr {zarr.__version__}.")
+
+        zarr.create_array  # zarr 3
+    except (ImportError, AttributeError) as e:
+        raise ImportError("fit_stream writes a zarr v3 store: pip install 'fitfleet[stream]' (or 'zarr>=3.1.3').") from e
     return zarr
 
 
@@ -348,12 +342,11 @@ class _Layout:
         leaves = jax.tree_util.tree_leaves(streamed)
         row_bytes = [math.prod(_shape(a)[1:]) * np.dtype(a.dtype).itemsize for a in leaves]
         per_fit = 4 * sum(row_bytes) + 2 * self.result_bytes + 3 * self.out_bytes
-        chunk = max(1, min(self.size, MEMORY_BUDGET // per_fit))
-        chunk = math.ceil(self.size / math.ceil(self.size / chunk))  # equal chunks, as far as it goes
+        limit = max(1, min(self.size, MEMORY_BUDGET // per_fit))
         given = getattr(leaves[int(np.argmax(row_bytes))], "chunks", None)  # zarr's and h5py's chunking
-        if given and isinstance(given[0], (int, np.integer)) and 1 < given[0] <= chunk:
-            chunk = chunk // int(given[0]) * int(given[0])
-        return chunk
+        if limit < self.size and given and isinstance(given[0], (int, np.integer)) and 1 < given[0] <= limit:
+            return limit // int(given[0]) * int(given[0])
+        return math.ceil(self.size / math.ceil(self.size / limit))  # equal chunks, as far as it goes
 
     def create(self, zarr, root, chunk, fingerprint):
         for f in self.fields:
@@ -439,24 +432,21 @@ def _describe_streamed(a, size):
 
 
 def _describe(value):
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value) if isinstance(value, float) else int(value)
-    if isinstance(value, (list, tuple)):
-        return [_describe(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _describe(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if callable(value) and not hasattr(value, "shape"):
-        return _name(value)
+    """A pytree as JSON: its structure, and per leaf a number, a string, a function's
+    name, or an array's shape, dtype and hash."""
     leaves, treedef = jax.tree_util.tree_flatten(value)
-    if len(leaves) != 1 or leaves[0] is not value:  # another pytree
-        return dict(structure=str(treedef), leaves=[_describe(v) for v in leaves])
-    try:
-        a = np.asarray(value)
-    except Exception:
-        return type(value).__qualname__
-    return dict(shape=list(a.shape), dtype=str(a.dtype), sha256=_digest(a))
+
+    def leaf(v):
+        if isinstance(v, (bool, int, float, str)):
+            return v
+        if callable(v) and not hasattr(v, "shape"):
+            return _name(v)
+        a = np.asarray(v)
+        return dict(shape=list(a.shape), dtype=str(a.dtype), sha256=_digest(a))
+
+    if value is None or jax.tree_util.treedef_is_leaf(treedef):
+        return None if value is None else leaf(value)
+    return dict(structure=str(treedef), leaves=[leaf(v) for v in leaves])
 
 
 def _digest(a):
