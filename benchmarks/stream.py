@@ -162,6 +162,7 @@ def main():
     size_gb = sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 1e9
 
     # 1. throughput, compiled
+    shutil.rmtree(work / "out-first.zarr", ignore_errors=True)
     t0 = time.perf_counter()
     first = stream(data, work / "out-first.zarr")
     first_call = time.perf_counter() - t0

@@ -11,7 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
+import threading
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -132,6 +133,39 @@ def test_memory_bounded_by_chunk_not_data(tmp_path, monkeypatch):
     assert max(y.reads) <= chunk and sum(r for r in y.reads if r > 2) == N  # each row once (bar the fingerprint's)
     ref = ff.fit_batch(decay, x0.array, (T.astype("float32"), y.array), shared_args=(0,), chunk_size=chunk)
     np.testing.assert_allclose(out["params"][:], ref.params, rtol=1e-5, atol=1e-6)
+
+
+def test_reading_and_writing_overlap_fitting(tmp_path, monkeypatch):
+    """While chunk k is fitted, chunk k+1 is read and chunk k-1 committed: each fit
+    waits for both, and would wait forever (here: fail) if they ran in its turn."""
+    n = 3 * CHUNK + 40
+    x0, y = decay_data(n)
+    read = [threading.Event() for _ in range(4)]
+
+    class Reads(Recorder):
+        def __getitem__(self, index):
+            if isinstance(index, slice) and index.stop - index.start > 2:  # a chunk, not the fingerprint's rows
+                read[index.start // CHUNK].set()
+            return super().__getitem__(index)
+
+    path, fitted = tmp_path / "out.zarr", []
+
+    def fit_batch(fun, x0, *a, **k):
+        i = len(fitted)
+        assert i == 3 or read[i + 1].wait(60), f"chunk {i + 1} was not read while chunk {i} was fitted"
+        for _ in range(6000 if i else 0):
+            if zarr.open_group(path, mode="r")["done"][i - 1]:
+                break
+            time.sleep(0.01)
+        else:
+            assert i == 0, f"chunk {i - 1} was not committed while chunk {i} was fitted"
+        fitted.append(i)
+        return ff.fit_batch(fun, x0, *a, **k)
+
+    monkeypatch.setattr(_stream, "fit_batch", fit_batch)
+    t = T.astype("float32")
+    out = ff.fit_stream(decay, x0.astype("float32"), (t, Reads(y.astype("float32"))), path, shared_args=(0,), chunk_size=CHUNK, progress=False)
+    assert fitted == [0, 1, 2, 3] and out["done"][:].all()
 
 
 def test_h5py_input(tmp_path):

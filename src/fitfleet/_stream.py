@@ -196,19 +196,23 @@ def _pipeline(chunks, read, fit, write, committed):
     ):
         following = reader.submit(read, chunks[0]) if chunks else None
         pending = None
-        for i, k in enumerate(chunks):
-            data = following.result()
-            following = reader.submit(read, chunks[i + 1]) if i + 1 < len(chunks) else None
-            values = fit(data)
-            del data
+        try:
+            for i, k in enumerate(chunks):
+                data = following.result()
+                following = reader.submit(read, chunks[i + 1]) if i + 1 < len(chunks) else None
+                values = fit(data)
+                del data
+                if pending is not None:
+                    pending[1].result()
+                    committed(pending[0])
+                pending = (k, writer.submit(write, k, values))
+                del values
             if pending is not None:
                 pending[1].result()
                 committed(pending[0])
-            pending = (k, writer.submit(write, k, values))
-            del values
-        if pending is not None:
-            pending[1].result()
-            committed(pending[0])
+        finally:  # on an error, no new read starts; a write under way finishes (it commits or not)
+            if following is not None:
+                following.cancel()
 
 
 # --------------------------------------------------------------------------- inputs
