@@ -54,6 +54,11 @@ class Problem(eqx.Module):
         """Per parameter, how much its bounds shrink its Jacobian column at ``u`` (>= 1)."""
         return jnp.ones_like(u) if self.bounds is None else self.bounds.pinning(u)
 
+    def box(self):
+        """``(lower, upper)`` on ``u`` where the solver enforces the bounds itself
+        (``Bounds.box``), else None."""
+        return (self.bounds.lower, self.bounds.upper) if self.bounds is not None and self.bounds.box else None
+
     def without_bounds(self):
         """The same problem in the user's flat parameters (for uncertainty outputs)."""
         return dataclasses.replace(self, bounds=None)
@@ -87,9 +92,10 @@ class Problem(eqx.Module):
         c = robust_cost(self.loss, self.f_scale, r)
         return jnp.where(jnp.isfinite(c), c, jnp.inf)
 
-    def model(self, r, J):
-        """Residual and Jacobian of the Gauss-Newton model ``½‖r̃ + J̃δ‖²`` of the cost."""
-        return robust_model(self.loss, self.f_scale, r, J)
+    def model(self, r, J, second_order=False):
+        """Residual and Jacobian of the Gauss-Newton model ``½‖r̃ + J̃δ‖²`` of the cost
+        (``second_order``: the loss's scaling, see ``_losses``)."""
+        return robust_model(self.loss, self.f_scale, r, J, second_order)
 
     def residual_cost_grad(self, u):
         """``(r, cost, ∇cost)`` by one reverse-mode pass: no Jacobian is formed."""
@@ -171,8 +177,12 @@ def any_tracer(tree):
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss="linear", f_scale=1.0) -> Spec:
-    """Validate the user's problem; raise a clear error before anything compiles."""
+def check(
+    fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss="linear", f_scale=1.0, box=False
+) -> Spec:
+    """Validate the user's problem; raise a clear error before anything compiles.
+
+    ``box``: the solver enforces the bounds itself (``_bounds.Bounds.box``)."""
     if not callable(fun):
         raise TypeError(f"`fun` must be callable as fun(params, *args); got {type(fun).__name__}.")
     if not isinstance(args, tuple):
@@ -234,7 +244,7 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
     if _is_concrete(f_scale) and not float(f_scale) > 0:
         raise ValueError(f"`f_scale` must be > 0; got {f_scale!r}.")
     x0_flat = ravel_pytree(x0)[0] if all(_is_concrete(leaf) for leaf in leaves) else jnp.zeros(n, dtype)
-    bounds_obj = make_bounds(bounds, log_scale, x0_flat, x0)
+    bounds_obj = make_bounds(bounds, log_scale, x0_flat, x0, box=box)
     return Spec(
         x0=x0,
         args=args,
