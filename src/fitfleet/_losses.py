@@ -16,15 +16,25 @@ losses with ρ'' <= 0, which all of the above are):
 
     r̃ = √ρ' · r,    J̃ = √ρ' · J,    so  J̃ᵀr̃ = ρ' Jᵀr = ∇F.
 
-scipy's ``trf`` uses the second-order scaling ``√(ρ' + 2ρ''z)`` instead; for these
-concave losses that weight can be ~0 far out in the tails, which makes the model's step
-unbounded, while ``√ρ'`` gives a model that majorises the cost and steps stay sane.
-Both share the same stationary points, so the optima agree.
+scipy's ``trf`` uses the second-order scaling instead (Triggs et al., §4.3):
+
+    w = max(ρ' + 2ρ''z, eps),    r̃ = ρ'·r / √w,    J̃ = √w · J,
+
+whose ``J̃ᵀJ̃`` is the Gauss-Newton part of the exact Hessian of F (again
+``J̃ᵀr̃ = ∇F``).  For these concave losses ``w`` is ~0 far out in the tails, so an
+outlier contributes almost no curvature and a large step.  Levenberg-Marquardt and
+Gauss-Newton use ``√ρ'``, a model that majorises the cost, so their steps stay sane;
+fitfleet's ``trf`` uses scipy's (``second_order=True``), with which it follows scipy's
+path: from a poor start (scipy's robust-regression example from ``x0 = ones``) the
+majorising model's steps are too short to leave the region where the outliers dominate,
+and the fit runs out of steps, while the second-order model converges.  Both share the
+same stationary points, so the optima agree.
 
 Reference: B. Triggs, P. McLauchlan, R. Hartley, A. Fitzgibbon, "Bundle adjustment — a
 modern synthesis" (2000), §4.3; Ceres Solver, ``internal/ceres/corrector.cc``.
 """
 
+import jax
 import jax.numpy as jnp
 
 LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
@@ -55,9 +65,15 @@ def robust_cost(name, f_scale, r):
     return 0.5 * f_scale**2 * jnp.sum(rho(name, z)[0])
 
 
-def robust_model(name, f_scale, r, J):
-    """``(r̃, J̃) = √ρ' · (r, J)``: see the module docstring."""
+def robust_model(name, f_scale, r, J, second_order=False):
+    """``(r̃, J̃) = √ρ' · (r, J)``, or scipy's second-order scaling: see the module docstring."""
     if name == "linear":
         return r, J
-    w = jnp.sqrt(rho(name, (r / f_scale) ** 2)[1])
-    return w * r, w[:, None] * J
+    z = (r / f_scale) ** 2
+    if not second_order:
+        w = jnp.sqrt(rho(name, z)[1])
+        return w * r, w[:, None] * J
+    # ρ is elementwise, so a forward pass along ones gives ρ'' entry by entry.
+    d1, d2 = jax.jvp(lambda v: rho(name, v)[1], (z,), (jnp.ones_like(z),))
+    w = jnp.sqrt(jnp.maximum(d1 + 2 * z * d2, jnp.finfo(r.dtype).eps))
+    return d1 * r / w, w[:, None] * J

@@ -143,8 +143,9 @@ class Linearization(eqx.Module):
     col_norm_sq: Any
 
 
-def linearize(problem, u):
-    """The Gauss-Newton model of the cost at the internal point ``u``.
+def linearize(problem, u, second_order_loss=False):
+    """The Gauss-Newton model of the cost at the internal point ``u`` (a robust loss
+    scaled as ``_losses.robust_model`` says, by its second-order weight if asked).
 
     Bounds and ``log_scale`` (``p = T(u)`` elementwise, see ``_bounds``): ``J`` is
     evaluated in ``p`` and mapped by the chain rule, ``J_u = J_p·diag(T'(u))``, so that
@@ -163,7 +164,7 @@ def linearize(problem, u):
     """
     if problem.bounds is None:
         r, J = problem.residual_and_jac(u)
-        rm, Jm = problem.model(r, J)
+        rm, Jm = problem.model(r, J, second_order_loss)
         grad = Jm.T @ rm
         jtj = Jm.T @ Jm
         cosine = gradient_cosine(grad, jnp.diagonal(jtj), jnp.sum(rm * rm))
@@ -171,11 +172,11 @@ def linearize(problem, u):
         # instead of m·n spares a pass over J (a transposing copy under vmap) every step.
         col_norm_sq = jnp.diagonal(jtj)
         return Linearization(r, J, grad, jtj, cosine, jnp.all(jnp.isfinite(col_norm_sq)), col_norm_sq)
-    lin = linearize(problem.without_bounds(), problem.to_params(u))
+    lin = linearize(problem.without_bounds(), problem.to_params(u), second_order_loss)
     dp, d2p = problem.bounds.derivatives(u)
     grad = dp * lin.grad
     jtj = lin.jtj * (dp[:, None] * dp[None, :])
-    model_residual = problem.model(lin.residual, lin.jac)[0]
+    model_residual = problem.model(lin.residual, lin.jac, second_order_loss)[0]
     col_norm_sq = jnp.diagonal(jtj)
     cosine = gradient_cosine(grad, col_norm_sq, jnp.sum(model_residual**2))
     curvature = jnp.maximum(lin.grad * d2p, 0)
