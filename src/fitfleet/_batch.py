@@ -57,7 +57,7 @@ from jax.extend.core import jaxpr_as_fun
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import _driver, _implicit, _problem, _xla
-from ._least_squares import least_squares
+from ._least_squares import least_squares, steps_from_nfev
 from ._solvers import make_solver
 from ._status import Status
 
@@ -86,6 +86,8 @@ def fit_batch(
     xtol=1e-8,
     gtol=1e-8,
     max_steps=None,
+    max_nfev=None,
+    x_scale=None,
     sigma=None,
     bounds=None,
     log_scale=False,
@@ -121,8 +123,8 @@ def fit_batch(
         devices: the devices to spread each chunk over; default ``jax.devices()``.  On
             the default CPU device a chunk is also split over one thread per core.
         progress: show a progress bar of finished fits (needs ``tqdm``).
-        method, jac, ftol, xtol, gtol, max_steps, bounds, log_scale, loss, f_scale,
-            learning_rate, initial_damping, adjoint, grad_on_failure: as for
+        method, jac, ftol, xtol, gtol, max_steps, max_nfev, x_scale, bounds, log_scale,
+            loss, f_scale, learning_rate, initial_damping, adjoint, grad_on_failure: as for
             :func:`least_squares`, the same for every fit (bounds are shared).  Under
             ``jax.grad``/``jit``/``vmap`` the batch runs as ``vmap(least_squares)``, whose
             derivatives these options define.
@@ -143,8 +145,9 @@ def fit_batch(
         >>> res.params[:, 1].round(4).tolist(), res.success.tolist()
         ([0.5, 1.0, 2.0], [True, True, True])
     """
+    max_steps = steps_from_nfev(max_steps, max_nfev)
     options = dict(
-        method=method, jac=jac, ftol=ftol, xtol=xtol, gtol=gtol, max_steps=max_steps, bounds=bounds,
+        method=method, jac=jac, ftol=ftol, xtol=xtol, gtol=gtol, max_steps=max_steps, x_scale=x_scale, bounds=bounds,
         log_scale=log_scale, loss=loss, f_scale=f_scale, learning_rate=learning_rate,
         initial_damping=initial_damping, adjoint=adjoint, grad_on_failure=grad_on_failure,
     )  # fmt: skip
@@ -167,11 +170,11 @@ def fit_batch(
     args0 = tuple(first(a) if b else a for a, b in zip(args, mask))
     spec = _problem.check(
         fun, first(x0), args0, jac, sigma=first(sigma) if sigma_batched else sigma, bounds=bounds,
-        log_scale=log_scale, loss=loss, f_scale=f_scale,
+        log_scale=log_scale, loss=loss, f_scale=f_scale, box=method == "trf",
     )  # fmt: skip
     solver = make_solver(
         method, n_params=spec.n_params, ftol=ftol, xtol=xtol, gtol=gtol, max_steps=max_steps,
-        learning_rate=learning_rate, initial_damping=initial_damping, batched=True,
+        learning_rate=learning_rate, initial_damping=initial_damping, x_scale=x_scale, batched=True,
     )  # fmt: skip
     x0 = jax.tree_util.tree_map(lambda a: a.astype(spec.dtype), x0)
     _check_starts(x0, spec.bounds)

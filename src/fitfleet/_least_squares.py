@@ -1,5 +1,7 @@
 """The front door: ``least_squares(fun, x0, args, ...) -> Result``."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import _driver, _implicit, _problem, _xla
@@ -17,6 +19,8 @@ def least_squares(
     xtol=1e-8,
     gtol=1e-8,
     max_steps=None,
+    max_nfev=None,
+    x_scale=None,
     sigma=None,
     bounds=None,
     log_scale=False,
@@ -38,9 +42,10 @@ def least_squares(
         args: a tuple of extra arguments to ``fun`` (arrays or pytrees of arrays; a
             list of numbers is an array), traced, so new data of the same shape does
             not recompile.
-        method: ``"lm"`` (Levenberg-Marquardt, the default), ``"gn"`` (Gauss-Newton
-            with backtracking), ``"adam"`` or ``"sgd"`` (optax baselines), or any
-            ``optax.GradientTransformation``.
+        method: ``"lm"`` (Levenberg-Marquardt, the default), ``"trf"`` (trust-region
+            reflective, scipy's default method: bounds enforced by the method itself),
+            ``"gn"`` (Gauss-Newton with backtracking), ``"adam"`` or ``"sgd"`` (optax
+            baselines), or any ``optax.GradientTransformation``.
         jac: ``"auto"`` (forward mode when there are no more parameters than residuals,
             else reverse mode; the other one where ``fun`` cannot be differentiated in
             that mode: a ``custom_vjp`` such as diffrax's default adjoint has no forward
@@ -53,14 +58,27 @@ def least_squares(
             satisfies ``‖δ‖ <= xtol·(xtol + ‖p‖)``.
         gtol: stop when ``max_j |(Jᵀr)_j| / (‖J_j‖·‖r‖) <= gtol`` (the cosine between the
             residual and each Jacobian column; for optax methods ``‖Jᵀr‖∞ <= gtol``).
-            A tolerance of 0 disables its test.
-        max_steps: iteration budget; default ``100·(n+1)`` for lm/gn, 10,000 for optax.
+            A tolerance of 0 disables its test.  ``"trf"`` uses scipy's trf tests
+            (``fitfleet._solvers.trust_region_reflective``): gtol on ``‖v·∇F‖∞``, v the
+            distances to the bounds the gradient points at (1 unbounded), and
+            ftol/xtol on every proposed step.
+        max_steps: iteration budget; default ``100·(n+1)`` for lm/gn/trf, 10,000 for optax.
+        max_nfev: scipy's spelling of the budget, residual evaluations counting the one
+            at ``x0``: ``max_nfev = N`` means ``max_steps = N − 1`` (each step evaluates
+            one trial point), so ``Result.n_fev <= N``.  Give one of the two.
+        x_scale: scipy's characteristic scale of each parameter, for ``"trf"``: positive
+            numbers (a scalar or one per flat parameter; the trust region's extent along
+            parameter j is proportional to ``x_scale[j]``), or ``"jac"`` (the inverse of
+            the running maximum of the Jacobian's column norms).  Default (None) as
+            scipy 1.17: 1 for trf.  ``"lm"`` and ``"gn"`` accept None or ``"jac"``, which is
+            how they scale already.
         sigma: measurement uncertainties: one standard deviation per residual, or an
             (m, m) covariance matrix.  The residual is whitened, ``r/σ`` or ``L⁻¹r`` with
             ``LLᵀ = sigma``, and ``Result.residual``/``cost``/``jac`` refer to it.
         bounds: ``(lower, upper)``, each a scalar, an array like the flat parameters or a
             pytree like ``x0``; ``±inf`` for no bound.  Enforced by a smooth change of
-            variables, so every iterate is feasible (see ``fitfleet._bounds``).
+            variables, so every iterate is feasible (see ``fitfleet._bounds``); with
+            ``"trf"`` by the method itself (every iterate strictly inside).
         log_scale: bool, or per-parameter (array or pytree like ``x0``): fit ``log p``,
             which keeps ``p`` positive; for rate constants spanning decades.
         loss: robust loss, one of ``"linear"``, ``"soft_l1"``, ``"huber"``, ``"cauchy"``,
@@ -112,9 +130,11 @@ def least_squares(
         >>> abs(float(dk_dy @ y)) < 1e-4, float(jnp.abs(dk_dy).max()) > 0.01
         (True, True)
     """
+    max_steps = steps_from_nfev(max_steps, max_nfev)
     spec = _problem.check(
-        fun, x0, args, jac, sigma=sigma, bounds=bounds, log_scale=log_scale, loss=loss, f_scale=f_scale
-    )
+        fun, x0, args, jac, sigma=sigma, bounds=bounds, log_scale=log_scale, loss=loss, f_scale=f_scale,
+        box=method == "trf",
+    )  # fmt: skip
     adjoint = _implicit.make_adjoint(adjoint, grad_on_failure, _step_bound(max_steps, method, spec.n_params))
     solver = make_solver(
         method,
@@ -125,9 +145,26 @@ def least_squares(
         max_steps=max_steps,
         learning_rate=learning_rate,
         initial_damping=initial_damping,
+        x_scale=x_scale,
         differentiable=adjoint.kind == "unroll",
     )
     return _solve(fun, _problem.choose_jacobian(fun, spec), solver, adjoint)
+
+
+def steps_from_nfev(max_steps, max_nfev):
+    """``max_steps`` from scipy's ``max_nfev`` (evaluations including the one at x0)."""
+    if max_nfev is None:
+        return max_steps
+    if max_steps is not None:
+        raise ValueError("give `max_steps` or `max_nfev`, not both (max_nfev = max_steps + 1).")
+    _problem.check_tolerance("max_nfev", max_nfev)
+    if isinstance(max_nfev, (jax.Array, jax.core.Tracer)):
+        return jnp.maximum(max_nfev - 1, 0)
+    if isinstance(max_nfev, float) and not float(max_nfev).is_integer():
+        raise TypeError(f"`max_nfev` must be a whole number; got {max_nfev!r}.")
+    if max_nfev < 1:
+        raise ValueError(f"`max_nfev` must be at least 1 (the evaluation at x0); got {max_nfev!r}.")
+    return int(max_nfev) - 1
 
 
 def _step_bound(max_steps, method, n_params):
@@ -136,7 +173,7 @@ def _step_bound(max_steps, method, n_params):
     try:
         return int(np.asarray(max_steps))
     except Exception:  # None, or traced
-        return 100 * (n_params + 1) if method in ("lm", "gn") else 10_000
+        return 100 * (n_params + 1) if method in ("lm", "gn", "trf") else 10_000
 
 
 @_xla.filter_jit

@@ -11,16 +11,22 @@ from ._common import State, Tolerances
 from .gauss_newton import GaussNewton
 from .levenberg_marquardt import LevenbergMarquardt
 from .optax_baseline import OptaxSolver
+from .trust_region_reflective import TrustRegionReflective
 
-METHODS = ("lm", "gn", "adam", "sgd")
+METHODS = ("lm", "gn", "trf", "adam", "sgd")
+NEWTON_METHODS = ("lm", "gn", "trf")
 DEFAULT_LEARNING_RATE = {"adam": 1e-3, "sgd": 1e-3}
 
 
 def make_solver(
     method, *, n_params, ftol, xtol, gtol, max_steps, learning_rate, initial_damping,
-    differentiable=False, batched=False,
+    x_scale=None, differentiable=False, batched=False,
 ):  # fmt: skip
     """Validate the options and build the solver; hyper-parameters become arrays.
+
+    ``x_scale``: None (the method's default), ``"jac"``, or positive numbers (a scalar or
+    one per flat parameter), for ``"trf"``; ``"lm"`` and ``"gn"`` take None or ``"jac"``
+    (what they do anyway).
 
     ``differentiable``: the steps themselves carry gradients (``adjoint="unroll"``).
     ``batched``: the batch engine's mode (see ``LevenbergMarquardt.batched``).
@@ -32,8 +38,9 @@ def make_solver(
         raise ValueError(
             f"`method` must be one of {METHODS} or an optax.GradientTransformation; got {method!r}."
         )
+    x_scale = _check_x_scale(x_scale, method, n_params)
     if max_steps is None:
-        max_steps = 100 * (n_params + 1) if method in ("lm", "gn") else 10_000
+        max_steps = 100 * (n_params + 1) if method in NEWTON_METHODS else 10_000
     check_tolerance("max_steps", max_steps)
     if isinstance(max_steps, float) and not float(max_steps).is_integer():
         raise TypeError(f"`max_steps` must be a whole number; got {max_steps!r}.")
@@ -54,12 +61,50 @@ def make_solver(
         )
     if method == "gn":
         return GaussNewton(tol=tol)
+    if method == "trf":
+        return TrustRegionReflective(
+            tol=tol,
+            x_scale=None if isinstance(x_scale, str) else _hyper(x_scale, real),
+            differentiable=differentiable,
+            batched=batched,
+        )
     if is_optax:
         return OptaxSolver(tol=tol, learning_rate=None, name="optax", transform=method)
     if learning_rate is None:
         learning_rate = DEFAULT_LEARNING_RATE[method]
     check_tolerance("learning_rate", learning_rate)
     return OptaxSolver(tol=tol, learning_rate=_hyper(learning_rate, real), name=method)
+
+
+def _check_x_scale(x_scale, method, n_params):
+    """``x_scale`` as the method uses it: ``"jac"``, or an array of positive scales."""
+    if isinstance(x_scale, str):
+        if x_scale != "jac":
+            raise ValueError(f"`x_scale` must be 'jac' or positive numbers; got {x_scale!r}.")
+        if method not in NEWTON_METHODS:
+            raise ValueError(f"`x_scale` applies to methods {NEWTON_METHODS}, not {method!r}.")
+        return x_scale
+    if x_scale is None:
+        # scipy 1.17's defaults: 1 for trf; lm and gn scale by the Jacobian's columns.
+        return 1.0 if method == "trf" else "jac"
+    if method != "trf":
+        raise ValueError(
+            f"`x_scale` as numbers is supported by method='trf' only; {method!r} scales the "
+            "parameters by the Jacobian's columns (x_scale='jac' or None)."
+        )
+    if isinstance(x_scale, jax.core.Tracer):
+        return x_scale
+    try:
+        arr = np.asarray(x_scale, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`x_scale` must be 'jac' or an array of positive numbers; got {x_scale!r}.") from e
+    if arr.ndim > 1 or arr.size not in (1, n_params):
+        raise ValueError(
+            f"`x_scale` must be a scalar or have one entry per flat parameter ({n_params}); got shape {arr.shape}."
+        )
+    if not np.all(np.isfinite(arr) & (arr > 0)):
+        raise ValueError("`x_scale` must be finite and positive.")
+    return x_scale
 
 
 def _hyper(value, dtype):
@@ -71,4 +116,7 @@ def _hyper(value, dtype):
     return np.asarray(value, dtype)
 
 
-__all__ = ["METHODS", "GaussNewton", "LevenbergMarquardt", "OptaxSolver", "State", "Tolerances", "make_solver"]
+__all__ = [
+    "METHODS", "GaussNewton", "LevenbergMarquardt", "OptaxSolver", "State", "Tolerances", "TrustRegionReflective",
+    "make_solver",
+]  # fmt: skip
