@@ -498,10 +498,30 @@ def test_implicit_derivative_inside_the_box(x64):
     np.testing.assert_allclose(tangent, fd, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("bounds", [None, BOX], ids=["unbounded", "box"])
+@pytest.mark.parametrize("bounds", [pytest.param(None, marks=pytest.mark.slow), BOX], ids=["unbounded", "box"])
 def test_unrolled_derivative_equals_the_implicit_one(x64, bounds):
     truth, y = decay_data(1, 6, "float64")
     fit = lambda yy, adjoint: _fit_params(yy, bounds, adjoint)[0]  # noqa: E731
     implicit = jax.grad(lambda yy: fit(yy, "implicit"))(jnp.asarray(y[0]))
     unrolled = jax.grad(lambda yy: fit(yy, "unroll"))(jnp.asarray(y[0]))
     np.testing.assert_allclose(unrolled, implicit, rtol=1e-6, atol=1e-9)
+
+
+def broyden_shifted(x, c):
+    return broyden_tridiagonal(x) - c
+
+
+def test_more_than_eight_parameters_batch_equals_loop_and_scipy(x64):
+    """n > 8 takes scipy's SVD solver (the Jacobian is carried in fit_batch's loop too)."""
+    n = 10
+    x0, lb, ub = broyden_problem(n)
+    x0 = np.clip(x0, lb + 1e-3, ub - 1e-3)
+    shifts = np.random.default_rng(7).uniform(-0.3, 0.3, (3, n))
+    opts = dict(method="trf", bounds=(lb, ub))
+    fb = ff.fit_batch(broyden_shifted, np.tile(x0, (3, 1)), (shifts,), **opts)
+    for i, c in enumerate(shifts):
+        one = ff.least_squares(broyden_shifted, jnp.asarray(x0), (c,), **opts)
+        ref = scipy_trf(broyden_shifted, x0, (c,), bounds=(lb, ub))
+        np.testing.assert_allclose(fb.params[i], one.params, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(one.params, ref.x, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(one.cost, ref.cost, rtol=1e-6, atol=1e-14)

@@ -103,7 +103,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._linalg import cholesky, solve_lower, solve_semidefinite, solve_upper_transposed
+from .._linalg import UNROLL_MAX, cholesky, solve_lower, solve_semidefinite, solve_upper_transposed
 from .._status import Status
 from ._common import State, Tolerances, advance, below_round_off, counter, keep_linearization, linearize
 from ._reflective import coleman_li, quadratic, scaled_gradient_norm, select_step, strictly_feasible
@@ -116,6 +116,7 @@ RADIUS_RTOL = 0.01  # the damping search ends at |‖p‖ − Δ| < RADIUS_RTOL�
 # hard runs' paths are chaotic); 10 made the 2D-Gaussian batch ~2.5x Levenberg-Marquardt's
 # time, 5 about 1.5x.
 DAMPING_ITERATIONS = 5
+SVD_DAMPING_ITERATIONS = 10  # scipy's, where each costs O(n) (n > UNROLL_MAX)
 
 
 class _Inner(eqx.Module):
@@ -151,7 +152,7 @@ class TrustRegionReflective(eqx.Module):
         status = jnp.where(_gtol_met(g_norm, tol), Status.GTOL, Status.RUNNING)
         status = jnp.where(lin.jac_finite, status, Status.NONFINITE_JACOBIAN)
         status = jnp.where(jnp.isfinite(cost), status, Status.NONFINITE_RESIDUAL).astype(jnp.int32)
-        jac = None if self.batched else lin.jac
+        jac = None if self.batched and not _needs_jac(x) else lin.jac
         return State(x, lin.residual, cost, jac, lin.grad, status, counter(), counter(1), counter(1), inner)
 
     def step(self, problem, state):
@@ -165,11 +166,20 @@ class TrustRegionReflective(eqx.Module):
         scale = 1 / s.scale_inv
         d = jnp.sqrt(jnp.where(dv != 0, v * s.scale_inv, v)) * scale
         g_h = d * g
-        A_h = s.jtj * (d[:, None] * d[None, :]) + jnp.diag(g * dv * scale)
+        diag_h = g * dv * scale  # >= 0: dv has the sign of g where it is not 0
+        A_h = s.jtj * (d[:, None] * d[None, :]) + jnp.diag(diag_h)
         theta = jnp.maximum(STEP_BACK, 1 - g_norm)
 
         running = state.status == Status.RUNNING
-        damping, p_h = trust_region_step(*jax.lax.stop_gradient((A_h, g_h, s.radius, s.damping)), running)
+        if _needs_jac(x):  # scipy's solver exactly: one SVD of the scaled Jacobian
+            r_model, J_model = problem.model(state.residual, state.jac, True)
+            # The model's diagonal terms besides J̃ᵀJ̃: log_scale's curvature and diag_h.
+            extra = jnp.maximum(jnp.diagonal(s.jtj) - jnp.sum(J_model**2, 0), 0) * d * d + diag_h
+            damping, p_h = trust_region_step_svd(
+                *jax.lax.stop_gradient((J_model * d, jnp.sqrt(extra), r_model, s.radius, s.damping)), running
+            )
+        else:
+            damping, p_h = trust_region_step(*jax.lax.stop_gradient((A_h, g_h, s.radius, s.damping)), running)
         if self.differentiable:
             p_h = _damped_step(A_h, g_h, damping, s.radius)
         p = d * p_h
@@ -182,7 +192,8 @@ class TrustRegionReflective(eqx.Module):
         trial = x + step if box is None else strictly_feasible(x + step, *box)
 
         if self.batched:
-            trial_lin = dataclasses.replace(linearize(problem, trial, second_order_loss=True), jac=None)
+            trial_lin = linearize(problem, trial, second_order_loss=True)
+            trial_lin = trial_lin if _needs_jac(x) else dataclasses.replace(trial_lin, jac=None)
             trial_residual = trial_lin.residual
         else:
             trial_residual = problem.residual(trial)
@@ -234,6 +245,11 @@ class TrustRegionReflective(eqx.Module):
         inner = _Inner(jtj=lin.jtj, scale_inv=scale_inv, radius=radius.astype(x.dtype), damping=damping.astype(x.dtype))
         n_jev = 1 if self.batched else accepted
         return advance(problem, state, params=params, lin=lin, n_jev=n_jev, status=status, inner=inner)
+
+
+def _needs_jac(x):
+    """Whether the step needs the Jacobian itself (the SVD solver), not only JᵀJ."""
+    return x.shape[0] > UNROLL_MAX
 
 
 def _gtol_met(g_norm, tol):
@@ -323,3 +339,47 @@ def trust_region_step(A, b, radius, damping, search=True):
     p = jnp.where(newton_fits, newton, p)
     p = jnp.where(search, p, 0)
     return jnp.where(newton_fits, 0, found).astype(A.dtype), p
+
+
+def trust_region_step_svd(J, rows, r, radius, damping, search=True):
+    """scipy's ``solve_lsq_trust_region`` as scipy runs it, for n > ``UNROLL_MAX``: an SVD
+    of the scaled Jacobian ``J`` (m, n) stacked on the diagonal ``rows`` (the model's
+    terms that are not ``JᵀJ``), whose singular values make each iteration O(n), and
+    which keeps the accuracy the normal matrix loses beyond a condition number of ~1e8.
+    Returns ``(λ, p)`` as ``trust_region_step``."""
+    m, n = J.shape
+    search = jnp.asarray(search)
+    U, s, Vt = jnp.linalg.svd(jnp.concatenate([J, jnp.diag(rows)]), full_matrices=False)
+    suf = s * (U[:m].T @ r)  # Uᵀ[r; 0]
+    full_rank = (m >= n) & (s[-1] > jnp.finfo(J.dtype).eps * m * s[0])
+    safe_s = jnp.where(s > 0, s, 1)
+    newton = -Vt.T @ (suf / safe_s**2)
+    newton_fits = full_rank & (jnp.linalg.norm(newton) <= radius)
+
+    def phi(alpha):
+        denom = s**2 + alpha
+        norm = jnp.linalg.norm(suf / denom)
+        return norm - radius, -jnp.sum(suf**2 / denom**3) / jnp.where(norm > 0, norm, 1)
+
+    upper = jnp.linalg.norm(suf) / radius
+    phi0, slope0 = phi(jnp.zeros_like(radius))
+    lower = jnp.where(full_rank, -phi0 / jnp.where(slope0 != 0, slope0, -1), 0)
+    reset = lambda lo, up: jnp.maximum(1e-3 * up, jnp.sqrt(lo * up))  # noqa: E731
+    damping = jnp.where(~full_rank & (damping == 0), reset(lower, upper), damping)
+
+    def body(_, carry):
+        damping, lower, upper, done = carry
+        damping = jnp.where((damping < lower) | (damping > upper), reset(lower, upper), damping)
+        value, slope = phi(damping)
+        ratio = value / jnp.where(slope != 0, slope, -1)
+        new = (damping - (value + radius) * ratio / radius, jnp.maximum(lower, damping - ratio),
+               jnp.where(value < 0, damping, upper))  # fmt: skip
+        keep = lambda old, updated: jnp.where(done, old, updated)  # noqa: E731
+        return (keep(carry[0], new[0]), keep(lower, new[1]), keep(upper, new[2]), done | (jnp.abs(value) < RADIUS_RTOL * radius))
+
+    init = (damping, lower, upper, newton_fits | ~search)
+    damping = jax.lax.fori_loop(0, SVD_DAMPING_ITERATIONS, body, init)[0]
+    p = -Vt.T @ (suf / (s**2 + damping))
+    p = p * (radius / jnp.maximum(jnp.linalg.norm(p), jnp.finfo(J.dtype).tiny))
+    p = jnp.where(newton_fits, newton, p)
+    return jnp.where(newton_fits, 0, damping).astype(J.dtype), jnp.where(search, p, 0)
