@@ -222,7 +222,11 @@ class TrustRegionReflective(eqx.Module):
             kept = keep_linearization(state, s.jtj)
             lin = jax.tree_util.tree_map(lambda new, old: jnp.where(accepted, new, old), trial_lin, kept)
         else:
-            lin = jax.lax.cond(accepted, lambda: linearize(problem, params, second_order_loss=True), lambda: keep_linearization(state, s.jtj))
+            lin = jax.lax.cond(
+                accepted,
+                lambda: linearize(problem, params, second_order_loss=True),
+                lambda: keep_linearization(state, s.jtj),
+            )
         scale_inv = s.scale_inv if self.x_scale is not None else jnp.maximum(s.scale_inv, jnp.sqrt(lin.col_norm_sq))
 
         # scipy's tests, in its order: ftol and xtol judge the trial step, gtol the new point.
@@ -375,7 +379,8 @@ def trust_region_step_svd(J, rows, r, radius, damping, search=True):
         new = (damping - (value + radius) * ratio / radius, jnp.maximum(lower, damping - ratio),
                jnp.where(value < 0, damping, upper))  # fmt: skip
         keep = lambda old, updated: jnp.where(done, old, updated)  # noqa: E731
-        return (keep(carry[0], new[0]), keep(lower, new[1]), keep(upper, new[2]), done | (jnp.abs(value) < RADIUS_RTOL * radius))
+        converged = jnp.abs(value) < RADIUS_RTOL * radius
+        return keep(carry[0], new[0]), keep(lower, new[1]), keep(upper, new[2]), done | converged
 
     init = (damping, lower, upper, newton_fits | ~search)
     damping = jax.lax.fori_loop(0, SVD_DAMPING_ITERATIONS, body, init)[0]
