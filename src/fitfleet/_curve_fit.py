@@ -12,15 +12,19 @@ when the Jacobian is singular only to round-off.
 
 What differs, and why:
 
-- Every ``method`` (``None``, ``"lm"``, ``"trf"``, ``"dogbox"``) runs fitfleet's
-  Levenberg-Marquardt; bounds work with all of them (a smooth change of variables, see
-  ``docs/fitting_guide.md``), so ``method="lm"`` with bounds is allowed.  fitfleet's own
-  methods (``"gn"``, ``"adam"``, ``"sgd"``) may be named too.
+- ``method`` runs the method it names: ``"trf"`` fitfleet's trust-region reflective
+  (scipy's algorithm), ``"lm"`` its Levenberg-Marquardt; ``None`` picks as scipy does,
+  ``"lm"`` without bounds and ``"trf"`` with them.  ``"dogbox"`` runs ``"trf"``: fitfleet
+  has no dogleg method, and trf is scipy's recommended one for bounded problems.
+  ``method="lm"`` with bounds is allowed (a smooth change of variables, see
+  ``docs/fitting_guide.md``), where scipy raises.  fitfleet's own methods (``"gn"``,
+  ``"adam"``, ``"sgd"``) may be named too.
 - Derivatives are exact (automatic differentiation): ``jac=None`` or a finite-difference
   scheme (``"2-point"``, ``"3-point"``, ``"cs"``) all mean autodiff, and ``diff_step``
   and ``epsfcn`` are ignored.  ``f`` must be written in ``jax.numpy``.
-- ``maxfev``/``max_nfev`` bound the solver's iterations (one residual evaluation each,
-  plus a Jacobian at accepted points).
+- ``maxfev``/``max_nfev`` bound the residual evaluations, the one at ``p0`` included
+  (``least_squares``' ``max_nfev``: ``max_steps = max_nfev − 1``, each step one trial
+  point; Jacobians at accepted points are not counted).
 - The outputs are JAX arrays in the precision of ``p0`` (or of ``ydata`` without
   ``p0``): float32 unless float64 is enabled.
 - ``ier`` uses ``scipy.optimize.least_squares``' status codes for every method: 1
@@ -61,7 +65,9 @@ _SCIPY_METHODS = (None, "lm", "trf", "dogbox")
 _FITFLEET_METHODS = ("gn", "adam", "sgd")
 _FD_JACOBIANS = (None, "2-point", "3-point", "cs")
 _IGNORED = ("diff_step", "epsfcn", "verbose")  # finite-difference and printing options
-_PASSED = ("ftol", "xtol", "gtol", "loss", "f_scale", "log_scale", "max_steps", "initial_damping", "learning_rate")
+_PASSED = (
+    "ftol", "xtol", "gtol", "loss", "f_scale", "log_scale", "max_steps", "initial_damping", "learning_rate", "x_scale",
+)  # fmt: skip
 
 
 def curve_fit(
@@ -94,15 +100,17 @@ def curve_fit(
         check_finite: raise ``ValueError`` on non-finite ``xdata``/``ydata`` (default
             ``True`` unless ``nan_policy`` is given; skipped for traced data).
         bounds: ``(lower, upper)`` scalars or arrays, or an object with ``lb``, ``ub``.
-        method: ``None``, ``"lm"``, ``"trf"``, ``"dogbox"`` (all Levenberg-Marquardt
-            here), or fitfleet's ``"gn"``, ``"adam"``, ``"sgd"``.
+        method: ``None`` (``"lm"`` without bounds, ``"trf"`` with them, as scipy),
+            ``"lm"``, ``"trf"``, ``"dogbox"`` (runs ``"trf"``), or fitfleet's ``"gn"``,
+            ``"adam"``, ``"sgd"``.
         jac: ``jac(x, *params)`` returning the (m, n) Jacobian of ``f``, or ``None`` /
             a finite-difference scheme name for automatic differentiation.
         full_output: also return ``infodict``, ``mesg`` and ``ier``.
         nan_policy: ``None``, ``"raise"`` (a ``ValueError`` if the data hold NaN) or
             ``"omit"`` (drop the NaN points), as in scipy.
         **kwargs: ``ftol``, ``xtol``, ``gtol``, ``maxfev``/``max_nfev``, ``loss``,
-            ``f_scale``, ``x_scale`` (``"jac"`` only); ``diff_step``, ``epsfcn`` and
+            ``f_scale``, ``x_scale`` (as ``least_squares``: numbers for ``"trf"``,
+            ``"jac"`` for all Newton-type methods); ``diff_step``, ``epsfcn`` and
             ``verbose`` are ignored; fitfleet's ``log_scale``, ``max_steps``,
             ``initial_damping``, ``learning_rate``.
 
@@ -378,7 +386,7 @@ def _prepare(
                 f"or an ({m}, {m}) covariance."
             )
     opts.update(
-        method="lm" if method in _SCIPY_METHODS else method,
+        method=("trf" if bounded else "lm") if method is None else "trf" if method == "dogbox" else method,
         jac=_ModelJac(jac) if callable(jac) else "auto",
         sigma=sigma,
         bounds=(lb, ub) if bounded else None,
@@ -394,16 +402,11 @@ def _options(kwargs):
             opts[key] = value
         elif key in ("maxfev", "max_nfev"):
             if value is not None:
-                opts["max_steps"] = value
-        elif key == "x_scale":
-            if value not in (None, "jac"):
-                raise ValueError(
-                    "`x_scale`: fitfleet scales parameters by the Jacobian's columns; only 'jac' is supported."
-                )
+                opts["max_nfev"] = value
         elif key not in _IGNORED:
             raise TypeError(
                 f"curve_fit got an unsupported keyword argument {key!r}. Supported: "
-                f"{', '.join(_PASSED + ('maxfev', 'max_nfev', 'x_scale') + _IGNORED)}."
+                f"{', '.join(_PASSED + ('maxfev', 'max_nfev') + _IGNORED)}."
             )
     return opts
 

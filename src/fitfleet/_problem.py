@@ -58,6 +58,11 @@ class Problem(eqx.Module):
         """Per parameter, how much its bounds shrink its Jacobian column at ``u`` (>= 1)."""
         return jnp.ones_like(u) if self.bounds is None else self.bounds.pinning(u)
 
+    def box(self):
+        """``(lower, upper)`` on ``u`` where the solver enforces the bounds itself
+        (``Bounds.box``), else None."""
+        return (self.bounds.lower, self.bounds.upper) if self.bounds is not None and self.bounds.box else None
+
     def without_bounds(self):
         """The same problem in the user's flat parameters (for uncertainty outputs)."""
         return dataclasses.replace(self, bounds=None)
@@ -106,9 +111,10 @@ class Problem(eqx.Module):
         c = robust_cost(self.loss, self.f_scale, r)
         return jnp.where(jnp.isfinite(c), c, jnp.inf)
 
-    def model(self, r, J):
-        """Residual and Jacobian of the Gauss-Newton model ``½‖r̃ + J̃δ‖²`` of the cost."""
-        return robust_model(self.loss, self.f_scale, r, J)
+    def model(self, r, J, second_order=False):
+        """Residual and Jacobian of the Gauss-Newton model ``½‖r̃ + J̃δ‖²`` of the cost
+        (``second_order``: the loss's scaling, see ``_losses``)."""
+        return robust_model(self.loss, self.f_scale, r, J, second_order)
 
     def residual_cost_grad(self, u):
         """``(r, cost, ∇cost)`` by one reverse-mode pass: no Jacobian is formed."""
@@ -178,9 +184,13 @@ class Spec(eqx.Module):
     may_raise: bool = eqx.field(static=True, default=False)  # see Problem.may_raise
 
 
-def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss="linear", f_scale=1.0, x0_name="x0") -> Spec:
+def check(
+    fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss="linear", f_scale=1.0, x0_name="x0",
+    enforced=False,
+) -> Spec:
     """Validate the user's problem (``_validate``), trace ``fun`` once for its output
-    shape (``jax.eval_shape``: no compilation), and return the :class:`Spec`."""
+    shape (``jax.eval_shape``: no compilation), and return the :class:`Spec`.
+    ``enforced``: the solver keeps the iterates inside the bounds itself (``Bounds.box``)."""
     if not callable(fun):
         raise TypeError(f"`fun` must be callable as fun(params, *args); got {type(fun).__name__}.")
     args = _validate.arguments(args)
@@ -215,7 +225,7 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
         args=args,
         sigma=None if sigma_given is None else whitening(sigma_given),
         sigma_given=sigma_given,
-        bounds=None if box is None and not np.any(log) else make_bounds(box, log, dtype),
+        bounds=None if box is None and not np.any(log) else make_bounds(box, log, dtype, enforced),
         f_scale=np.asarray(f_scale, dtype) if not _validate.is_traced(f_scale) else f_scale.astype(dtype),
         loss=loss,
         jac=jac,

@@ -10,15 +10,21 @@ from ._common import State, Tolerances
 from .gauss_newton import GaussNewton
 from .levenberg_marquardt import LevenbergMarquardt
 from .optax_baseline import OptaxSolver
+from .trust_region_reflective import TrustRegionReflective
 
-METHODS = ("lm", "gn", "adam", "sgd")
+METHODS = ("lm", "gn", "trf", "adam", "sgd")
+NEWTON_METHODS = ("lm", "gn", "trf")
 
 
 def make_solver(
-    method, *, ftol, xtol, gtol, max_steps, learning_rate, initial_damping, differentiable=False, batched=False,
+    method, *, ftol, xtol, gtol, max_steps, learning_rate, initial_damping, x_scale="jac", differentiable=False,
+    batched=False,
 ):  # fmt: skip
     """Build the solver from checked options (``_setup.prepare``); hyper-parameters
     become arrays, so a new value, or a vmapped one, never recompiles.
+
+    ``x_scale``: ``"jac"`` or positive numbers (``_validate.x_scale``); numbers only for
+    ``"trf"``.
 
     ``differentiable``: the steps themselves carry gradients (``adjoint="unroll"``).
     ``batched``: the batch engine's mode (see ``LevenbergMarquardt.batched``).
@@ -36,6 +42,13 @@ def make_solver(
         )
     if method == "gn":
         return GaussNewton(tol=tol)
+    if method == "trf":
+        return TrustRegionReflective(
+            tol=tol,
+            x_scale=None if isinstance(x_scale, str) else _hyper(x_scale, real),
+            differentiable=differentiable,
+            batched=batched,
+        )
     if isinstance(method, optax.GradientTransformation):
         return OptaxSolver(tol=tol, learning_rate=None, name="optax", transform=method)
     return OptaxSolver(tol=tol, learning_rate=_hyper(learning_rate, real), name=method)
@@ -50,4 +63,7 @@ def _hyper(value, dtype):
     return np.asarray(value, dtype)
 
 
-__all__ = ["METHODS", "GaussNewton", "LevenbergMarquardt", "OptaxSolver", "State", "Tolerances", "make_solver"]
+__all__ = [
+    "METHODS", "GaussNewton", "LevenbergMarquardt", "OptaxSolver", "State", "Tolerances", "TrustRegionReflective",
+    "make_solver",
+]  # fmt: skip
