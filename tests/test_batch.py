@@ -149,7 +149,7 @@ def test_accelerator_path_synchronises_once_per_call(x64):
                 results[name, path] = jax.block_until_ready(ff.fit_batch(decay, start, (T, data), shared_args=(0,)))
         counts[name, path] = c
     steps = np.asarray(results["stragglers", "accelerator"].n_steps)
-    assert steps[far].min() > 4 * np.median(steps)  # the stragglers needed later rounds
+    assert steps[far].min() > 3 * np.median(steps)  # the stragglers needed later rounds
     assert counts["easy", "accelerator"] == counts["stragglers", "accelerator"]
     assert counts["stragglers", "accelerator"].fetches == 0 and counts["stragglers", "accelerator"].launches == 1
     assert counts["stragglers", "cpu"].fetches >= 2  # a count per round and part

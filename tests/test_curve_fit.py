@@ -167,7 +167,7 @@ def test_indeterminate_covariance_is_inf_with_a_warning(x64):
     "call, error, text",
     [
         (dict(ydata=np.full(30, np.nan)), ValueError, "infs or NaNs"),
-        (dict(nan_policy="omit"), ValueError, "nan_policy='omit' is not supported"),
+        (dict(nan_policy="propagate"), ValueError, "nan_policy"),
         (dict(method="powell"), ValueError, "`method` must be one of"),
         (dict(x_scale=2.0), ValueError, "x_scale"),
         (dict(tr_solver="lsmr"), TypeError, "unsupported keyword argument 'tr_solver'"),

@@ -358,17 +358,30 @@ def test_history(mm, tmp_path):
         fp.history(res)
 
 
+def test_recorded_history_is_lm_path(mm):
+    """The solver's own history (history=True) is the path of fits stopped after k steps."""
+    s, v, res = mm
+    params, cost = lm_path(s, v)
+    with jax.enable_x64(True):
+        recorded = ff.least_squares(mm_residual, jnp.array([10.0, 10.0]), (s, v), history=True).history
+    n = int(recorded.length)  # the start and one row per accepted step
+    assert 3 <= n <= 8 and np.isnan(recorded.params[n:]).all()
+    np.testing.assert_allclose(recorded.params[:n], params[:n], rtol=1e-12)
+    np.testing.assert_allclose(recorded.cost[:n], cost[:n], rtol=1e-12)
+
+
 def test_landscape(mm, tmp_path):
     s, v, res = mm
     params, cost = lm_path(s, v)
-    h = types.SimpleNamespace(params=params, cost=cost, damping=np.full(cost.size, np.nan), length=8)
-    walked = types.SimpleNamespace(params=jnp.asarray(params[7]), residual=res.residual, history=h)
+    with jax.enable_x64(True):
+        walked = ff.least_squares(mm_residual, jnp.array([10.0, 10.0]), (s, v), history=8)
     ax = fp.landscape(mm_residual, (s, v), [walked, res], labels=["lm", "final"], names=["Vmax", "Km"], n_grid=40, ax=new_ax())
     render(ax.figure, tmp_path)
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("Vmax", "Km")
-    (path,) = [line for line in ax.lines if line.get_label() == "lm (7 steps)"]
-    np.testing.assert_allclose(path.get_xdata(), params[:8, 0])
-    np.testing.assert_allclose(path.get_ydata(), params[:8, 1])
+    n = int(walked.history.length)
+    (path,) = [line for line in ax.lines if line.get_label() == f"lm ({n - 1} steps)"]
+    np.testing.assert_allclose(path.get_xdata(), params[:n, 0])
+    np.testing.assert_allclose(path.get_ydata(), params[:n, 1])
     assert "final (no history)" in labels_of(ax)
     # The contoured values: ½‖r‖² on the grid the axes span, in numpy.
     (a0, a1), (b0, b1) = ax.get_xlim(), ax.get_ylim()
@@ -382,11 +395,9 @@ def test_landscape(mm, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("script", "picture"), [("multistart_plots", "multistart"), ("profile_plots", "profile"), ("landscape", "landscape")]
+    ("script", "picture"), [("multistart_plots", "multistart"), ("profile_plots", "profile"), ("quickstart", "quickstart")]
 )
-def test_examples_write_their_pictures(script, picture, tmp_path, request):
-    if "slow" not in (request.config.option.markexpr or ""):  # addopts does not deselect slow tests
-        pytest.skip("runs the example scripts (about 20 s each): select with -m slow")
+def test_examples_write_their_pictures(script, picture, tmp_path):
     repo = pathlib.Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(repo / "src")}
     command = [sys.executable, str(repo / "examples" / f"{script}.py"), "--out", str(tmp_path)]

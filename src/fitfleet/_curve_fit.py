@@ -3,20 +3,28 @@
 A scipy user changes one import.  What is the same: the signature, ``f(x, *params)``,
 ``p0`` defaulting to ones (or the middle of two-sided bounds, as scipy), ``sigma`` as
 standard deviations or a covariance, ``absolute_sigma``, ``bounds`` (a pair or an object
-with ``lb``/``ub``), ``pcov`` (scipy's ``trf`` convention: a pseudo-inverse, ``inf`` when
-it cannot be estimated), a ``RuntimeError`` when the fit fails, and ``full_output``.
+with ``lb``/``ub``), ``pcov`` (a pseudo-inverse, as scipy's ``trf``; ``inf`` where it cannot be
+estimated, with scipy's warning), a ``RuntimeError`` when the fit fails, and
+``full_output``.  ``pcov`` is ``inf`` in the rows and columns of parameters the data do
+not determine (an unused parameter, one of ``a`` and ``b`` in ``(a + b)·x``: see
+:func:`fitfleet.uncertainty`); scipy's ``lm`` makes it ``inf`` everywhere then, or huge
+when the Jacobian is singular only to round-off.
 
 What differs, and why:
 
-- Every ``method`` (``None``, ``"lm"``, ``"trf"``, ``"dogbox"``) runs fitfleet's
-  Levenberg-Marquardt; bounds work with all of them (a smooth change of variables, see
-  ``docs/fitting_guide.md``), so ``method="lm"`` with bounds is allowed.  fitfleet's own
-  methods (``"gn"``, ``"adam"``, ``"sgd"``) may be named too.
+- ``method`` runs the method it names: ``"trf"`` fitfleet's trust-region reflective
+  (scipy's algorithm), ``"lm"`` its Levenberg-Marquardt; ``None`` picks as scipy does,
+  ``"lm"`` without bounds and ``"trf"`` with them.  ``"dogbox"`` runs ``"trf"``: fitfleet
+  has no dogleg method, and trf is scipy's recommended one for bounded problems.
+  ``method="lm"`` with bounds is allowed (a smooth change of variables, see
+  ``docs/fitting_guide.md``), where scipy raises.  fitfleet's own methods (``"gn"``,
+  ``"adam"``, ``"sgd"``) may be named too.
 - Derivatives are exact (automatic differentiation): ``jac=None`` or a finite-difference
   scheme (``"2-point"``, ``"3-point"``, ``"cs"``) all mean autodiff, and ``diff_step``
   and ``epsfcn`` are ignored.  ``f`` must be written in ``jax.numpy``.
-- ``maxfev``/``max_nfev`` bound the solver's iterations (one residual evaluation each,
-  plus a Jacobian at accepted points).
+- ``maxfev``/``max_nfev`` bound the residual evaluations, the one at ``p0`` included
+  (``least_squares``' ``max_nfev``: ``max_steps = max_nfev − 1``, each step one trial
+  point; Jacobians at accepted points are not counted).
 - The outputs are JAX arrays in the precision of ``p0`` (or of ``ydata`` without
   ``p0``): float32 unless float64 is enabled.
 - ``ier`` uses ``scipy.optimize.least_squares``' status codes for every method: 1
@@ -24,8 +32,18 @@ What differs, and why:
   other failure (see ``infodict["result"].status``).
 - Under ``jit``/``vmap`` nothing can raise or warn: a failed fit returns its result
   (check ``ier`` with ``full_output=True``), and ``mesg`` is ``None``.
-- ``nan_policy="omit"`` would change the data's shape, so it is not supported; drop
-  the NaN points first.
+- ``nan_policy="omit"`` drops the NaN points, as scipy does, outside ``jit``/``vmap``
+  only (it changes the data's shape), and not in ``curve_fit_batch``.
+- ``infodict``'s ``fjac``, ``ipvt``, ``qtf`` are computed once at the solution from a
+  column-pivoted QR factorisation of the whitened Jacobian (LAPACK's, the same pivoting
+  rule as MINPACK's), in scipy's layout: ``fjac.T[:n]`` holds ``R`` (below the diagonal
+  zeros, where MINPACK keeps its Householder vectors; the signs of ``R``'s rows may
+  differ from MINPACK's), ``ipvt`` the permutation (0-based, as scipy 1.17 returns
+  it), ``qtf = (Qᵀ fvec)[:n]``.
+
+Where fitfleet's own ``least_squares`` differs from scipy's on purpose (it takes a
+residual of any shape and fewer residuals than parameters; bounds as a change of
+variables for ``lm``), ``docs/fitting_guide.md`` ("Coming from scipy") says so.
 """
 
 import inspect
@@ -37,17 +55,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _validate, _xla
 from ._engine import fit_batch
 from ._least_squares import least_squares
-from ._losses import LOSSES
 from ._status import Status
-from ._uncertainty import covariance
+from ._uncertainty import covariance_quietly
 
 _SCIPY_METHODS = (None, "lm", "trf", "dogbox")
 _FITFLEET_METHODS = ("gn", "adam", "sgd")
 _FD_JACOBIANS = (None, "2-point", "3-point", "cs")
 _IGNORED = ("diff_step", "epsfcn", "verbose")  # finite-difference and printing options
-_PASSED = ("ftol", "xtol", "gtol", "loss", "f_scale", "log_scale", "max_steps", "initial_damping", "learning_rate")
+_PASSED = (
+    "ftol", "xtol", "gtol", "loss", "f_scale", "log_scale", "max_steps", "initial_damping", "learning_rate", "x_scale",
+)  # fmt: skip
 
 
 def curve_fit(
@@ -80,14 +100,17 @@ def curve_fit(
         check_finite: raise ``ValueError`` on non-finite ``xdata``/``ydata`` (default
             ``True`` unless ``nan_policy`` is given; skipped for traced data).
         bounds: ``(lower, upper)`` scalars or arrays, or an object with ``lb``, ``ub``.
-        method: ``None``, ``"lm"``, ``"trf"``, ``"dogbox"`` (all Levenberg-Marquardt
-            here), or fitfleet's ``"gn"``, ``"adam"``, ``"sgd"``.
+        method: ``None`` (``"lm"`` without bounds, ``"trf"`` with them, as scipy),
+            ``"lm"``, ``"trf"``, ``"dogbox"`` (runs ``"trf"``), or fitfleet's ``"gn"``,
+            ``"adam"``, ``"sgd"``.
         jac: ``jac(x, *params)`` returning the (m, n) Jacobian of ``f``, or ``None`` /
             a finite-difference scheme name for automatic differentiation.
         full_output: also return ``infodict``, ``mesg`` and ``ier``.
-        nan_policy: ``None`` or ``"raise"``.
+        nan_policy: ``None``, ``"raise"`` (a ``ValueError`` if the data hold NaN) or
+            ``"omit"`` (drop the NaN points), as in scipy.
         **kwargs: ``ftol``, ``xtol``, ``gtol``, ``maxfev``/``max_nfev``, ``loss``,
-            ``f_scale``, ``x_scale`` (``"jac"`` only); ``diff_step``, ``epsfcn`` and
+            ``f_scale``, ``x_scale`` (as ``least_squares``: numbers for ``"trf"``,
+            ``"jac"`` for all Newton-type methods); ``diff_step``, ``epsfcn`` and
             ``verbose`` are ignored; fitfleet's ``log_scale``, ``max_steps``,
             ``initial_damping``, ``learning_rate``.
 
@@ -115,12 +138,14 @@ def curve_fit(
         f, xdata, ydata, p0, sigma, absolute_sigma, check_finite, bounds, method, jac, nan_policy, kwargs
     )
     res = least_squares(fit["fun"], p0, fit["args"], **opts)
-    pcov = _pcov(res, absolute_sigma, opts)
+    pcov, undetermined = _pcov(res, absolute_sigma, opts)
     concrete = not isinstance(res.status, jax.core.Tracer)
     if concrete and not bool(res.success):
         raise RuntimeError("Optimal parameters not found: " + res.message)
-    if concrete and not bool(jnp.all(jnp.isfinite(pcov))):
-        warnings.warn("Covariance of the parameters could not be estimated", UserWarning, stacklevel=2)
+    if concrete and not np.all(np.isfinite(np.asarray(pcov))):
+        which = [f"p[{i}]" for i in np.flatnonzero(np.asarray(undetermined))]
+        detail = f" for {', '.join(which)}: the data do not determine them" if which else ""
+        warnings.warn(f"Covariance of the parameters could not be estimated{detail}", UserWarning, stacklevel=2)
     if not full_output:
         return res.params, pcov
     return res.params, pcov, _infodict(res), res.message if concrete else None, _ier(res.status)
@@ -207,7 +232,7 @@ def curve_fit_batch(
     if per_row_sigma:
         opts["sigma"] = _as_data(sigma, "sigma").astype(dtype)
     res = fit_batch(fit["fun"], x0, (x, y.astype(dtype)), shared_args=() if batch_xdata else (0,), **opts)
-    pcov = _pcov(res, absolute_sigma, opts)
+    pcov, _ = _pcov(res, absolute_sigma, opts)
     if not full_output:
         return res.params, pcov
     concrete = not isinstance(res.status, jax.core.Tracer)
@@ -288,13 +313,17 @@ def _as_data(a, name):
     return arr
 
 
-def _check_finite(tree, name):
+def _check_finite(tree, name, why, nan_only=False):
     for leaf in jax.tree_util.tree_leaves(tree):
-        if isinstance(leaf, jax.core.Tracer):
+        if _validate.is_traced(leaf):
             continue
         arr = np.asarray(leaf)
-        if np.issubdtype(arr.dtype, np.number) and not np.all(np.isfinite(arr)):
-            raise ValueError(f"`{name}` must not contain infs or NaNs (check_finite=True).")
+        if not np.issubdtype(arr.dtype, np.number):
+            continue
+        if nan_only and np.any(np.isnan(arr)):
+            raise ValueError(f"`{name}` contains NaN values {why}.")
+        if not nan_only and not np.all(np.isfinite(arr)):
+            raise ValueError(f"`{name}` must not contain infs or NaNs {why}.")
 
 
 def _prepare(
@@ -303,13 +332,9 @@ def _prepare(
     """Validate scipy-style arguments; return the residual, the start and least_squares options."""
     if not callable(f):
         raise TypeError(f"`f` must be callable as f(x, *params); got {type(f).__name__}.")
-    if not isinstance(absolute_sigma, (bool, np.bool_)):
-        raise TypeError(f"`absolute_sigma` must be True or False; got {absolute_sigma!r}.")
-    if nan_policy not in (None, "raise"):
-        raise ValueError(
-            f"nan_policy={nan_policy!r} is not supported: 'omit' would change the data's shape "
-            "(drop the NaN points before fitting) and scipy rejects 'propagate'. Use None or 'raise'."
-        )
+    _validate.boolean("absolute_sigma", absolute_sigma)
+    if nan_policy not in (None, "raise", "omit"):
+        raise ValueError(f"`nan_policy` must be one of None, 'raise', 'omit' (scipy does not support 'propagate'); got {nan_policy!r}.")
     if check_finite is None:
         check_finite = nan_policy is None
     if method not in _SCIPY_METHODS + _FITFLEET_METHODS:
@@ -318,44 +343,39 @@ def _prepare(
         raise ValueError(f"`jac` must be a callable jac(x, *params), None, or one of {_FD_JACOBIANS[1:]}; got {jac!r}.")
     if "args" in kwargs:
         raise ValueError("'args' is not a supported keyword argument: f is called as f(x, *params).")
-
-    opts = {}
-    for key, value in kwargs.items():
-        if key in _PASSED:
-            opts[key] = value
-        elif key in ("maxfev", "max_nfev"):
-            if value is not None:
-                opts["max_steps"] = value
-        elif key == "x_scale":
-            if value not in (None, "jac"):
-                raise ValueError(
-                    "`x_scale`: fitfleet scales parameters by the Jacobian's columns; only 'jac' is supported."
-                )
-        elif key not in _IGNORED:
-            raise TypeError(
-                f"curve_fit got an unsupported keyword argument {key!r}. Supported: "
-                f"{', '.join(_PASSED + ('maxfev', 'max_nfev', 'x_scale') + _IGNORED)}."
-            )
-    if opts.get("loss", "linear") not in LOSSES:
-        raise ValueError(f"`loss` must be one of {LOSSES}; got {opts['loss']!r}.")
+    opts = _options(kwargs)
 
     y = _as_data(ydata, "ydata")
     if y.size == 0:
         raise ValueError("`ydata` must not be empty.")
+    x_all, y_all = (xdata, y) if check_data is None else check_data
     if check_finite:
-        _check_finite(y if check_data is None else check_data[1], "ydata")
-        _check_finite(xdata if check_data is None else check_data[0], "xdata")
+        _check_finite(y_all, "ydata", "(check_finite=True)")
+        _check_finite(x_all, "xdata", "(check_finite=True)")
+    elif nan_policy == "raise":
+        _check_finite(y_all, "ydata", "(nan_policy='raise')", nan_only=True)
+        _check_finite(x_all, "xdata", "(nan_policy='raise')", nan_only=True)
+    elif nan_policy == "omit":
+        if check_data is not None:
+            raise ValueError("nan_policy='omit' would give the rows different lengths: drop the NaN points per row and fit them with curve_fit.")
+        xdata, y, sigma = _omit_nan(xdata, y, sigma)
 
     n = _n_params(f) if p0 is None else int(np.size(p0))
     lb, ub = _bounds_pair(bounds, n)
     if p0 is None:
         p0 = jnp.asarray(_initial_point(lb, ub), y.dtype)
     else:
-        p0 = jnp.ravel(_as_data(p0, "p0"))
+        p0 = _validate.parameters(p0, "p0")
+        p0 = jnp.ravel(jnp.asarray(p0))
+        if not _validate.is_traced(p0):
+            _validate.start(np.asarray(p0), (lb, ub), np.zeros(n, bool), "p0")
     x = _as_x(xdata, p0.dtype)
     y = y.astype(p0.dtype)
-
     m = y.size
+    bounded = bool(np.any(np.isfinite(lb) | np.isfinite(ub)))
+    if method in (None, "lm") and not bounded and m != 1 and n > m:
+        raise TypeError(f"The number of func parameters={n} must not exceed the number of data points={m}.")
+
     if sigma is not None:
         sigma = _as_data(sigma, "sigma").astype(p0.dtype)
         if sigma.size == 1:
@@ -365,9 +385,8 @@ def _prepare(
                 f"`sigma` has incorrect shape {sigma.shape}: use ({m},) standard deviations "
                 f"or an ({m}, {m}) covariance."
             )
-    bounded = bool(np.any(np.isfinite(lb) | np.isfinite(ub)))
     opts.update(
-        method="lm" if method in _SCIPY_METHODS else method,
+        method=("trf" if bounded else "lm") if method is None else "trf" if method == "dogbox" else method,
         jac=_ModelJac(jac) if callable(jac) else "auto",
         sigma=sigma,
         bounds=(lb, ub) if bounded else None,
@@ -375,14 +394,73 @@ def _prepare(
     return {"fun": _Model(f), "args": (x, y)}, p0, opts
 
 
+def _options(kwargs):
+    """scipy's keyword arguments -> least_squares options."""
+    opts = {}
+    for key, value in kwargs.items():
+        if key in _PASSED:
+            opts[key] = value
+        elif key in ("maxfev", "max_nfev"):
+            if value is not None:
+                opts["max_nfev"] = value
+        elif key not in _IGNORED:
+            raise TypeError(
+                f"curve_fit got an unsupported keyword argument {key!r}. Supported: "
+                f"{', '.join(_PASSED + ('maxfev', 'max_nfev') + _IGNORED)}."
+            )
+    return opts
+
+
+def _omit_nan(xdata, y, sigma):
+    """scipy's ``nan_policy="omit"``: drop the points where ``ydata`` or ``xdata`` (its
+    last axis indexing the points) is NaN, and their ``sigma`` entries."""
+    if _validate.any_traced((xdata, y, sigma)):
+        raise ValueError("nan_policy='omit' changes the data's shape, so it cannot run under jit/vmap: drop the NaN points first.")
+    yn = np.asarray(y)
+    if yn.ndim != 1:
+        raise ValueError(f"nan_policy='omit' needs 1-D ydata; got shape {yn.shape}.")
+    has_nan = np.isnan(yn)
+    xn = np.asarray(xdata) if isinstance(xdata, (list, tuple, np.ndarray, jax.Array)) else None
+    if xn is not None and np.issubdtype(xn.dtype, np.number):
+        x_nan = np.isnan(xn)
+        has_nan |= x_nan.any(axis=tuple(range(x_nan.ndim - 1))) if x_nan.ndim else False
+        xdata = xn[..., ~has_nan]
+    if sigma is not None:
+        s = np.asarray(sigma)
+        sigma = s[~has_nan] if s.ndim == 1 and s.size > 1 else s[np.ix_(~has_nan, ~has_nan)] if s.ndim == 2 else s
+    return xdata, jnp.asarray(yn[~has_nan]), sigma
+
+
 def _pcov(res, absolute_sigma, opts):
-    pcov = covariance(res, absolute_sigma)  # with the fit's loss, which res records
-    # scipy reports an indeterminate covariance as inf, never NaN.
-    return jnp.where(jnp.any(jnp.isnan(pcov), axis=(-2, -1), keepdims=True), jnp.inf, pcov)
+    """``(pcov, undetermined)``: inf rows and columns for undetermined parameters (and
+    all inf, scipy's "could not be estimated", for a failed fit: NaN would be new to a
+    scipy user)."""
+    pcov, undetermined, success = covariance_quietly(res, absolute_sigma)  # with the fit's loss, which res records
+    usable = success[..., None, None] & ~jnp.any(jnp.isnan(pcov), axis=(-2, -1), keepdims=True)
+    return jnp.where(usable, pcov, jnp.inf), undetermined
 
 
 def _infodict(res):
-    return {"nfev": res.n_fev, "njev": res.n_jev, "nit": res.n_steps, "fvec": res.residual, "result": res}
+    fjac, ipvt, qtf = _minpack_qr(res.jac, res.residual)
+    return {
+        "nfev": res.n_fev, "njev": res.n_jev, "nit": res.n_steps, "fvec": res.residual, "fjac": fjac, "ipvt": ipvt,
+        "qtf": qtf, "result": res,
+    }  # fmt: skip
+
+
+@_xla.filter_jit
+def _minpack_qr(jac, residual):
+    """MINPACK's ``fjac``, ``ipvt``, ``qtf`` (see the module docstring), batched too."""
+
+    def one(J, r):
+        m, n = J.shape
+        q, R, perm = jax.scipy.linalg.qr(J, mode="economic", pivoting=True)
+        fjac = jnp.zeros((n, m), J.dtype).at[:, : R.shape[0]].set(R.T)
+        return fjac, perm.astype(jnp.int32), q.T @ r
+
+    for _ in range(jac.ndim - 2):
+        one = jax.vmap(one)
+    return one(jac, residual)
 
 
 def _ier(status):

@@ -9,12 +9,16 @@ to the final state; with ``adjoint.kind == "unroll"`` the loop is a checkpointed
 reverse-differentiable while loop.
 """
 
+import contextlib
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _implicit
-from ._result import Result
+from ._result import History, Result
 from ._solvers._common import linearize
 from ._status import Status
 
@@ -26,18 +30,89 @@ def finish(solver, state):
     return eqx.tree_at(lambda s: s.status, state, status)
 
 
-def step(solver, problem, state):
-    return finish(solver, solver.step(problem, state))
+class Monitor(eqx.Module):
+    """What a fit reports besides its Result: ``history`` rows of its path (0: none)
+    and ``verbose`` (2: a line per step, printed by a host callback).  Static: off,
+    they cost nothing."""
+
+    history: int = eqx.field(static=True, default=0)
+    verbose: int = eqx.field(static=True, default=0)
+    progress: bool = eqx.field(static=True, default=False)
 
 
-def run(solver, problem, p0, adjoint=_implicit.IMPLICIT):
+QUIET = Monitor()
+
+# The progress bars of the fits running now (``progress=True``), innermost last: the
+# per-step host callback updates the last one.  Filled and emptied by ``progress_bar``.
+_BARS = []
+
+
+@contextlib.contextmanager
+def progress_bar(monitor, total, what="step"):
+    """A tqdm bar for the block, which ``step``'s host callback advances (``progress``)."""
+    if not monitor.progress:
+        yield None
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as e:
+        raise ImportError("progress=True needs tqdm: pip install 'fitfleet[progress]' (or pip install tqdm).") from e
+    bar = tqdm(total=total, unit=what, desc="fitfleet")
+    _BARS.append(bar)
+    try:
+        yield bar
+    finally:
+        _BARS.remove(bar)
+        bar.close()
+
+
+def _advance_bar(n_steps, cost):
+    if _BARS:
+        bar = _BARS[-1]
+        bar.update(int(np.max(n_steps)) - bar.n)
+        bar.set_postfix(cost=f"{float(np.min(cost)):.4g}", refresh=False)
+
+
+def start(solver, problem, p0, monitor=QUIET):
+    """The state before the first step (the history's first row recorded)."""
+    state = finish(solver, solver.init(problem, p0))
+    if not monitor.history:
+        return state
+    history = History.empty(monitor.history, state.params.shape[0], state.cost.dtype)
+    history = history.record(0, problem.to_params(state.params), state.cost, jnp.nan)
+    return dataclasses.replace(state, history=history)
+
+
+def step(solver, problem, state, monitor=QUIET):
+    new = finish(solver, solver.step(problem, state))
+    if monitor.verbose >= 2:
+        jax.debug.callback(_print_step, new.n_steps, new.cost, _damping(new), new.status)
+    if monitor.progress:
+        jax.debug.callback(_advance_bar, new.n_steps, new.cost)
+    if state.history is None:
+        return new
+    history = state.history.record(new.n_steps, problem.to_params(new.params), new.cost, _damping(new))
+    return dataclasses.replace(new, history=history)
+
+
+def _damping(state):
+    """The method's damping, where it has one (Levenberg-Marquardt's λ)."""
+    damping = getattr(state.inner, "damping", None)
+    return jnp.asarray(jnp.nan, state.cost.dtype) if damping is None else damping.astype(state.cost.dtype)
+
+
+def _print_step(n_steps, cost, damping, status):
+    print(f"step {int(n_steps):5d}  cost {float(cost):.6e}  damping {float(damping):.3e}  status {Status(int(status)).name}")
+
+
+def run(solver, problem, p0, adjoint=_implicit.IMPLICIT, monitor=QUIET):
     """Iterate ``solver`` from ``p0`` until its status leaves RUNNING."""
     if adjoint.kind == "implicit":
         # Differentiating the loop would be wasted (forward mode) or fail (reverse).
         solver, problem, p0 = _implicit.no_gradient((solver, problem, p0))
-    state = finish(solver, solver.init(problem, p0))
+    state = start(solver, problem, p0, monitor)
     running = lambda s: s.status == Status.RUNNING  # noqa: E731
-    body = lambda s: step(solver, problem, s)  # noqa: E731
+    body = lambda s: step(solver, problem, s, monitor)  # noqa: E731
     if adjoint.kind == "unroll":
         return eqx.internal.while_loop(running, body, state, kind="checkpointed", checkpoints=adjoint.checkpoints)
     return jax.lax.while_loop(running, body, state)
@@ -81,6 +156,7 @@ def to_result(problem, state, adjoint=_implicit.IMPLICIT, spec=None, jac_dropped
         n_jev=n_jev,
         loss=problem.loss,
         f_scale=problem.f_scale,
+        history=state.history,
         **({} if spec is None else record(spec)),
     )
 
@@ -88,3 +164,13 @@ def to_result(problem, state, adjoint=_implicit.IMPLICIT, spec=None, jac_dropped
 def record(spec):
     """What a Result remembers of its problem (see ``Result``)."""
     return dict(sigma=spec.sigma_given, names=spec.names, order=spec.order, bounds=spec.box, log_scale=spec.log)
+
+
+def raised_result(shapes, x0):
+    """The Result of a fit whose model raised at run time (``Status.MODEL_RAISED``):
+    its start ``x0``, no steps, NaN for what was never computed.  ``shapes``: the
+    Result's shapes (``eqx.filter_eval_shape`` of the solve)."""
+    fill = lambda s: jnp.full(s.shape, jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0, s.dtype)  # noqa: E731
+    result = jax.tree_util.tree_map(fill, shapes)
+    params = jax.tree_util.tree_map(lambda a, s: jnp.asarray(a, s.dtype), x0, shapes.params)
+    return eqx.tree_at(lambda r: (r.params, r.status), result, (params, jnp.int32(Status.MODEL_RAISED)))

@@ -27,18 +27,40 @@ Undetermined parameters.  Parameter ``j`` is flagged when the undetermined subsp
 a component along it, ``w_j = Σ_{k undetermined} V_jk² > weight_tol`` (default 0.01:
 moving along the undetermined subspace changes ``p_j`` by more than 10% of the step).
 ``w_j`` is between 0 (the data fix ``p_j``) and 1 (the data say nothing about ``p_j``).
+These are *structurally* unidentified parameters (``unidentified``).
+
+Practical non-identifiability.  A parameter the data determine in principle may still
+be determined so poorly that its value means nothing: a fast rate seen only after it
+has decayed has a finite, huge standard error.  Parameter ``j`` is flagged
+``practically_unidentified`` when it is not structurally unidentified and its relative
+standard error exceeds ``max_rse`` (default 1)::
+
+    rse_j = stderr_j / |p_j|  >  max_rse,
+
+``stderr`` as :func:`fitfleet.uncertainty` computes it (with the same ``absolute_sigma``
+and the fit's loss).  ``rse_j`` is the standard error of ``log |p_j|`` (delta method),
+so the rule is one on the log scale: with ``rse > 1`` the 95% Wald interval of
+``log p`` spans more than a factor ``e^1.96 ≈ 7`` either way, and the data do not fix
+the parameter's order of magnitude.  It is meant for parameters whose size is their
+scale (rates, amplitudes, concentrations: positive parameters); for a parameter whose
+value may sit near 0 (an offset), pass a per-parameter ``max_rse`` with ``inf`` there,
+and judge it by its ``stderr``.  The Wald standard error is a local measure; the profile
+likelihood (:func:`fitfleet.profile`, whose ``verdict`` classifies the parameter) is
+the global one.
+
+A fit whose parameters, residual or Jacobian are not finite (a failed fit) says nothing: every
+parameter is flagged ``unidentified`` and ``identifiable`` is False.
 """
 
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import _xla
-from ._uncertainty import _over_batch
+from . import _validate, _xla
+from ._uncertainty import _covariance, _fit_loss, _over_batch
 
 
 class Identifiability(eqx.Module):
@@ -53,7 +75,13 @@ class Identifiability(eqx.Module):
         threshold: the eigenvalue below which a direction counts as undetermined.
         undetermined: (n,) bool, per eigen-direction: ``λ_k <= threshold``.
         null_weight: (n,) per parameter, its squared component in the undetermined subspace.
-        unidentified: (n,) bool, per parameter: ``null_weight > weight_tol``.
+        unidentified: (n,) bool, per parameter, structurally: ``null_weight > weight_tol``
+            (every parameter of a fit that is not finite).
+        relative_stderr: (n,) ``stderr / |p|``, the standard error of ``log |p|``.
+        practically_unidentified: (n,) bool, per parameter: not ``unidentified`` but
+            ``relative_stderr > max_rse`` (or not finite).
+        finite: whether the fit's parameters, residual and Jacobian are finite.
+        max_rse: the threshold of ``practically_unidentified``.
         log_params: whether the spectrum is with respect to log-parameters.
 
     Example:
@@ -73,6 +101,10 @@ class Identifiability(eqx.Module):
     undetermined: Any
     null_weight: Any
     unidentified: Any
+    relative_stderr: Any
+    practically_unidentified: Any
+    finite: Any
+    max_rse: Any
     log_params: bool = eqx.field(static=True)
 
     @property
@@ -86,12 +118,18 @@ class Identifiability(eqx.Module):
         return self.eigenvectors[..., :, -1]
 
     @property
+    def structurally_identifiable(self):
+        """True where the fit is finite and no direction is undetermined (traceable)."""
+        return self.finite & ~jnp.any(self.undetermined, axis=-1)
+
+    @property
     def identifiable(self):
-        """True where no direction is undetermined (traceable)."""
-        return ~jnp.any(self.undetermined, axis=-1)
+        """True where the fit is finite, no direction is undetermined and no parameter
+        is practically unidentified (traceable)."""
+        return self.structurally_identifiable & ~jnp.any(self.practically_unidentified, axis=-1)
 
 
-def identifiability(res, *, log_params=False, rtol=None, weight_tol=0.01):
+def identifiability(res, *, log_params=False, rtol=None, weight_tol=0.01, max_rse=1.0, absolute_sigma=False):
     """Eigen-spectrum of JᵀJ, condition number, stiff/sloppy directions, and flags.
 
     Args:
@@ -102,6 +140,10 @@ def identifiability(res, *, log_params=False, rtol=None, weight_tol=0.01):
             ``eps · max(m, n)`` of the Jacobian's dtype.
         weight_tol: a parameter with more than this squared weight in the undetermined
             subspace is flagged as unidentified.
+        max_rse: a parameter whose relative standard error exceeds this is flagged as
+            practically unidentified; a number, or one per flat parameter (``inf``
+            turns the test off for that parameter).
+        absolute_sigma: as for :func:`fitfleet.uncertainty`, for the standard errors.
 
     Returns:
         An :class:`Identifiability`.  Works under ``jit`` and ``vmap``.
@@ -124,33 +166,51 @@ def identifiability(res, *, log_params=False, rtol=None, weight_tol=0.01):
         raise ValueError(f"`rtol` must be in [0, 1); got {rtol!r}.")
     if not 0 <= float(weight_tol) < 1:
         raise ValueError(f"`weight_tol` must be in [0, 1); got {weight_tol!r}.")
+    _validate.boolean("absolute_sigma", absolute_sigma)
     m, n = res.jac.shape[-2:]
+    if not _validate.is_traced(max_rse):
+        rse = np.asarray(max_rse, np.float64)
+        if rse.shape not in ((), (n,)) or not np.all(rse > 0):
+            raise ValueError(f"`max_rse` must be a positive number, or {n} of them (one per flat parameter); got {max_rse!r}.")
     if rtol is None:
         rtol = float(jnp.finfo(res.jac.dtype).eps) * max(m, n)
-    return _identifiability(res.params, res.jac, bool(log_params), float(rtol), float(weight_tol))
+    loss, f_scale = _fit_loss(res, None, None)
+    max_rse = max_rse if _validate.is_traced(max_rse) else np.asarray(max_rse, np.float64)
+    return _identifiability(res, bool(log_params), float(rtol), float(weight_tol), max_rse, bool(absolute_sigma), loss, f_scale)
 
 
 @_xla.filter_jit
-def _identifiability(params, jac, log_params, rtol, weight_tol):
-    def one(params, jac):
+def _identifiability(res, log_params, rtol, weight_tol, max_rse, absolute_sigma, loss, f_scale):
+    max_rse = jnp.broadcast_to(max_rse, res.jac.shape[-1:]).astype(res.jac.dtype)
+    def one(params, residual, jac, cost, f_scale):
+        p = ravel_pytree(params)[0]
+        finite = jnp.all(jnp.isfinite(jac)) & jnp.all(jnp.isfinite(p)) & jnp.all(jnp.isfinite(residual))
+        pcov = _covariance(residual, jac, cost, absolute_sigma, loss, f_scale, None)[0]
+        rse = jnp.sqrt(jnp.diagonal(pcov)) / jnp.abs(p)
         if log_params:
-            jac = jac * ravel_pytree(params)[0]
-        eigenvalues, eigenvectors = _spectrum(jac)
+            jac = jac * p
+        eigenvalues, eigenvectors = _spectrum(jnp.where(finite, jac, 0))
         threshold = rtol * eigenvalues[0]
         undetermined = eigenvalues <= threshold
         null_weight = jnp.sum(jnp.where(undetermined, eigenvectors**2, 0), axis=1)
+        unidentified = (null_weight > weight_tol) | ~finite
         return Identifiability(
-            eigenvalues=eigenvalues,
-            eigenvectors=eigenvectors,
-            condition_number=eigenvalues[0] / eigenvalues[-1],
+            eigenvalues=jnp.where(finite, eigenvalues, jnp.nan),
+            eigenvectors=jnp.where(finite, eigenvectors, jnp.nan),
+            condition_number=jnp.where(finite, eigenvalues[0] / eigenvalues[-1], jnp.nan),
             threshold=threshold,
-            undetermined=undetermined,
-            null_weight=null_weight,
-            unidentified=null_weight > weight_tol,
+            undetermined=undetermined | ~finite,
+            null_weight=jnp.where(finite, null_weight, jnp.nan),
+            unidentified=unidentified,
+            relative_stderr=rse,
+            practically_unidentified=~unidentified & ~(rse <= max_rse),
+            finite=finite,
+            max_rse=max_rse,
             log_params=log_params,
         )
 
-    return _over_batch(one, jac.ndim - 2)(params, jac)
+    f_scale = jnp.broadcast_to(f_scale, res.cost.shape)
+    return _over_batch(one, res.jac.ndim - 2)(res.params, res.residual, res.jac, res.cost, f_scale)
 
 
 def _spectrum(jac):

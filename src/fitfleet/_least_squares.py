@@ -1,6 +1,8 @@
 """The front door: ``least_squares(fun, x0, args, ...) -> Result``."""
 
-from . import _driver, _problem, _xla
+import equinox as eqx
+
+from . import _driver, _problem, _validate, _xla
 from ._setup import DEFAULTS, prepare
 
 
@@ -15,6 +17,8 @@ def least_squares(
     xtol=1e-8,
     gtol=1e-8,
     max_steps=None,
+    max_nfev=None,
+    x_scale=None,
     sigma=None,
     bounds=None,
     log_scale=False,
@@ -24,6 +28,10 @@ def least_squares(
     initial_damping=1e-3,
     adjoint="implicit",
     grad_on_failure="nan",
+    history=False,
+    verbose=0,
+    progress=False,
+    kwargs=None,
 ):
     """Minimise ½‖fun(params, *args)‖² over ``params``, starting from ``x0``.
 
@@ -36,9 +44,10 @@ def least_squares(
         args: a tuple of extra arguments to ``fun`` (arrays or pytrees of arrays; a
             list of numbers is an array), traced, so new data of the same shape does
             not recompile.
-        method: ``"lm"`` (Levenberg-Marquardt, the default), ``"gn"`` (Gauss-Newton
-            with backtracking), ``"adam"`` or ``"sgd"`` (optax baselines), or any
-            ``optax.GradientTransformation``.
+        method: ``"lm"`` (Levenberg-Marquardt, the default), ``"trf"`` (trust-region
+            reflective, scipy's default method: bounds enforced by the method itself),
+            ``"gn"`` (Gauss-Newton with backtracking), ``"adam"`` or ``"sgd"`` (optax
+            baselines), or any ``optax.GradientTransformation``.
         jac: ``"auto"`` (forward mode when there are no more parameters than residuals,
             else reverse mode; the other one where ``fun`` cannot be differentiated in
             that mode: a ``custom_vjp`` such as diffrax's default adjoint has no forward
@@ -51,14 +60,27 @@ def least_squares(
             satisfies ``‖δ‖ <= xtol·(xtol + ‖p‖)``.
         gtol: stop when ``max_j |(Jᵀr)_j| / (‖J_j‖·‖r‖) <= gtol`` (the cosine between the
             residual and each Jacobian column; for optax methods ``‖Jᵀr‖∞ <= gtol``).
-            A tolerance of 0 disables its test.
-        max_steps: iteration budget; default ``100·(n+1)`` for lm/gn, 10,000 for optax.
+            A tolerance of 0 disables its test.  ``"trf"`` uses scipy's trf tests
+            (``fitfleet._solvers.trust_region_reflective``): gtol on ``‖v·∇F‖∞``, v the
+            distances to the bounds the gradient points at (1 unbounded), and
+            ftol/xtol on every proposed step.
+        max_steps: iteration budget; default ``100·(n+1)`` for lm/gn/trf, 10,000 for optax.
+        max_nfev: scipy's spelling of the budget, residual evaluations counting the one
+            at ``x0``: ``max_nfev = N`` means ``max_steps = N − 1`` (each step evaluates
+            one trial point), so ``Result.n_fev <= N``.  Give one of the two.
+        x_scale: scipy's characteristic scale of each parameter, for ``"trf"``: positive
+            numbers (a scalar or one per flat parameter; the trust region's extent along
+            parameter j is proportional to ``x_scale[j]``), or ``"jac"`` (the inverse of
+            the running maximum of the Jacobian's column norms).  Default (None) as
+            scipy 1.17: 1 for trf.  ``"lm"`` and ``"gn"`` accept None or ``"jac"``, which is
+            how they scale already.
         sigma: measurement uncertainties: one standard deviation per residual, or an
             (m, m) covariance matrix.  The residual is whitened, ``r/σ`` or ``L⁻¹r`` with
             ``LLᵀ = sigma``, and ``Result.residual``/``cost``/``jac`` refer to it.
         bounds: ``(lower, upper)``, each a scalar, an array like the flat parameters or a
             pytree like ``x0``; ``±inf`` for no bound.  Enforced by a smooth change of
-            variables, so every iterate is feasible (see ``fitfleet._bounds``).
+            variables, so every iterate is feasible (see ``fitfleet._bounds``); with
+            ``"trf"`` by the method itself (every iterate strictly inside).
         log_scale: bool, or per-parameter (array or pytree like ``x0``): fit ``log p``,
             which keeps ``p`` positive; for rate constants spanning decades.
         loss: robust loss, one of ``"linear"``, ``"soft_l1"``, ``"huber"``, ``"cauchy"``,
@@ -79,6 +101,14 @@ def least_squares(
             ``"nan"`` (default, so a failure cannot go unnoticed), ``"zero"`` (failed
             fits contribute nothing) or ``"keep"`` (evaluate the formula at the returned
             point anyway).
+        history: record the path: ``True`` for every step (``max_steps + 1`` rows), an
+            int ``k`` for the start and the first ``k − 1`` steps; ``Result.history``.
+        verbose: 0 silent, 1 print the Result at the end, 2 also a line per step (a
+            host callback per step), as scipy's ``verbose``.
+        progress: a progress bar of the steps taken, with the cost (needs ``tqdm``; a
+            host callback per step).
+        kwargs: keyword arguments to ``fun``, ``fun(params, *args, **kwargs)`` (scipy's
+            ``kwargs``), traced like ``args``.
 
     Returns:
         A :class:`Result`.  A fit that fails does not raise: its ``status`` says why.
@@ -111,10 +141,22 @@ def least_squares(
         (True, True)
     """
     options = {name: value for name, value in locals().items() if name in DEFAULTS}
-    return _solve(fun, *prepare(fun, x0, args, options))
+    fun, args = _problem.with_keywords(fun, args, kwargs)
+    setup = prepare(fun, x0, args, options)
+    try:
+        steps = int(setup.solver.tol.max_steps) if not _validate.is_traced(setup.solver.tol.max_steps) else None
+        with _xla.compile_notice("the fit"), _driver.progress_bar(setup.monitor, steps):
+            res = _solve(fun, *setup)
+    except Exception as e:
+        if not _xla.raised_by_model(e):
+            raise
+        res = _driver.raised_result(eqx.filter_eval_shape(_solve, fun, *setup), setup.spec.x0)
+    if verbose and not _validate.is_traced(res.status):
+        print(res)
+    return res
 
 
 @_xla.filter_jit
-def _solve(fun, spec, solver, adjoint):
+def _solve(fun, spec, solver, adjoint, monitor):
     problem, u0 = _problem.make_problem(fun, spec)
-    return _driver.to_result(problem, _driver.run(solver, problem, u0, adjoint), adjoint, spec)
+    return _driver.to_result(problem, _driver.run(solver, problem, u0, adjoint, monitor), adjoint, spec)

@@ -4,16 +4,30 @@ The starts come from ``_samplers``; the fits from ``fit_batch``, so a start that
 many steps does not slow the others.  Afterwards, on the host:
 
 - the fits are sorted by cost;
-- fits that reached the same optimum are grouped: in cost order, a fit joins the first
-  group whose best member agrees with it in cost and in every parameter, to a relative
-  ``rtol`` (plus an absolute floor of machine epsilon times the largest cost, or the
-  largest parameter magnitude, for values at round-off level such as a zero residual);
-  otherwise it opens a group.  Only converged fits (``success``) count: a fit that ran
-  out of steps or failed has not shown that where it stopped is an optimum;
-- ``p_star``, the fraction of all starts that reached the best optimum, estimates the
-  chance that one random start finds it, so ``1 - (1 - p*)^M`` estimates the chance
-  that M starts find it at least once (independent starts; Latin hypercube and Sobol
-  starts are more even than that, so it is a conservative estimate).
+- ``p_star`` is the fraction of all starts whose final cost reaches the best cost found,
+  ``C_best``, within a threshold (pyPESTO's convention), whatever their status and
+  whichever parameters they ended at: ``cost − C_best <= threshold`` with
+
+      threshold = rtol · |C_best|    (floored at eps · max(1, |C_best|))   by default,
+      threshold = χ²₁(0.95)/2 = 1.92                        with ``absolute_sigma=True``,
+
+  or the ``threshold`` given.  ``absolute_sigma=True`` says that the whitened residual
+  has unit variance (``sigma`` are the true errors, or the residual is a negative
+  log-likelihood written as a sum of squares), so the cost is ``χ²/2``, the negative
+  log-likelihood up to a constant, and two costs less than χ²₁(0.95)/2 apart are not
+  distinguishable by a likelihood-ratio test.  Symmetric or flat optima (a phase ±2π,
+  swapped rates, a ridge) all count: they reach the same cost.  ``p_star`` estimates
+  the chance that one random start finds the best cost, so ``1 - (1 - p*)^M``
+  estimates the chance that M starts find it at least once (independent starts; Latin
+  hypercube and Sobol starts are more even than that, so it is a conservative
+  estimate);
+- the converged fits (``success``; a fit that ran out of steps or failed has not shown
+  that where it stopped is an optimum) are grouped into distinct optima, so distinct
+  parameter sets at the best cost are reported separately: in cost order, a fit joins
+  the first group whose best member agrees with it in cost and in every parameter, to a
+  relative ``rtol`` (plus an absolute floor of machine epsilon times the largest cost,
+  or the largest parameter magnitude, for values at round-off level such as a zero
+  residual); otherwise it opens a group.
 """
 
 import math
@@ -26,8 +40,9 @@ import numpy as np
 from . import _validate, _xla
 from ._engine import fit_batch, runtime
 from ._result import Result
-from ._status import is_success
 from ._samplers import SAMPLERS, check_box, to_box, unit_cube
+from ._stats import chi2_1_ppf
+from ._status import is_success
 
 
 class Optimum(NamedTuple):
@@ -56,9 +71,17 @@ class MultiStartResult(NamedTuple):
         results: a :class:`Result` with one entry per start, sorted by cost (best first).
         starts: the starting points, in the same order, with the batch axis first.
         best: the :class:`Result` of the best fit (no batch axis).
-        optima: the distinct :class:`Optimum` s found, best first.
-        p_star: the fraction of starts that reached the best optimum.
+        optima: the distinct :class:`Optimum` s found (converged fits grouped by cost
+            and parameters), best first.
+        p_star: the fraction of starts whose cost reached the best cost within
+            ``threshold`` (see :mod:`fitfleet._multistart`).
         n_starts: the number of starts.
+        threshold: the cost difference from the best within which a start counts as
+            having found it (an absolute cost difference; the waterfall plot draws it).
+        n_success: how many starts did (``p_star · n_starts``).
+        rtol: the relative tolerance of the grouping (and of the default threshold).
+        threshold_rule: ``"relative"`` (``rtol`` times the best cost), ``"nll"``
+            (χ²₁(0.95)/2, with ``absolute_sigma``) or ``"given"``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -68,8 +91,8 @@ class MultiStartResult(NamedTuple):
         >>> ms = ff.multistart(residual, -3.0, 1.0, n_starts=64, sampler="lhs")
         >>> [round(float(o.params[0]), 3) for o in ms.optima]
         [1.0, -1.0]
-        >>> round(ms.p_star, 2), round(ms.prob_found(10), 3)
-        (0.25, 0.944)
+        >>> round(ms.p_star, 2), ms.n_success, round(ms.prob_found(10), 3)
+        (0.25, 16, 0.944)
     """
 
     results: Result
@@ -78,16 +101,22 @@ class MultiStartResult(NamedTuple):
     optima: list
     p_star: float
     n_starts: int
+    threshold: float = None
+    n_success: int = None
+    rtol: float = 1e-3
+    threshold_rule: str = "relative"
 
     def prob_found(self, n_starts=None):
         """Estimated chance that ``n_starts`` random starts (default: as many as were
-        run) find the best optimum at least once: ``1 - (1 - p*)^M``."""
+        run) find the best cost at least once: ``1 - (1 - p*)^M``."""
         m = self.n_starts if n_starts is None else n_starts
         return 1.0 - (1.0 - self.p_star) ** m
 
     def summary(self, max_optima=10):
-        """A text table of the distinct optima (best first) and what p* says about the
-        number of starts.
+        """A text report: exits counted by status, the best cost and how many starts
+        found it (within ``threshold``), the starts p* says are needed, the distinct
+        optima (those at the best cost marked ``*``) and the best parameters under the
+        user's names.
 
         Example:
             >>> import jax.numpy as jnp
@@ -95,29 +124,25 @@ class MultiStartResult(NamedTuple):
             >>> def residual(p):
             ...     return jnp.array([p[0] ** 2 - 1.0, 1e-2 * (p[0] - 1.0)])
             >>> print(ff.multistart(residual, -3.0, 1.0, n_starts=64).summary())
-            optimum          cost  starts  fraction
-                  1             0      16    0.2500
-                  2        0.0002      48    0.7500
-            64 starts, 64 converged; p* = 0.25: 64 starts find the best optimum with probability 1.000; 17 would for 99%.
+            [[Multi-start]] 64 starts, 64 converged
+                exits              = ...
+                best cost          = 0
+                best value found   = 16 times (cost within 1.19e-07 of the best: relative 0.001), success fraction p* = 0.25
+                starts needed      = 17 for 99% (estimate from p*); 64 starts find the best with probability 1.000
+            [[Optima]] converged fits grouped by cost and parameters (rtol 0.001)
+                optimum          cost  starts  fraction
+                      1             0      16    0.2500  *
+                      2   0.00019999...      48    0.7500
+            [[Best parameters]]
+                p[0] = 1
         """
-        lines = [f"{'optimum':>7}  {'cost':>12}  {'starts':>6}  {'fraction':>8}"]
-        for i, o in enumerate(self.optima[:max_optima]):
-            lines.append(f"{i + 1:>7}  {o.cost:>12.4g}  {o.n_starts:>6}  {o.fraction:>8.4f}")
-        if len(self.optima) > max_optima:
-            rest = self.optima[max_optima:]
-            lines.append(f"{'...':>7}  {'':>12}  {sum(o.n_starts for o in rest):>6}  {'':>8}  ({len(rest)} more)")
-        converged = sum(o.n_starts for o in self.optima)
-        needed = self.starts_needed(0.99)
-        lines.append(
-            f"{self.n_starts} starts, {converged} converged; p* = {self.p_star:.2g}: {self.n_starts} starts find the "
-            f"best optimum with probability {self.prob_found():.3f}; "
-            + (f"{needed} would for 99%." if needed != math.inf else "no estimate of the starts needed (p* = 0).")
-        )
-        return "\n".join(lines)
+        from ._report import multistart_summary
+
+        return multistart_summary(self, max_optima)
 
     def starts_needed(self, confidence=0.99):
-        """Starts needed to find the best optimum with probability ``confidence``
-        (by the same estimate); ``inf`` when no start found it twice."""
+        """Starts needed to find the best cost with probability ``confidence``
+        (by the same estimate); ``inf`` when no start found it."""
         if self.p_star >= 1:
             return 1
         if self.p_star <= 0:
@@ -137,6 +162,8 @@ def multistart(
     key=None,
     dtype=None,
     rtol=1e-3,
+    threshold=None,
+    absolute_sigma=False,
     fit_log_scale=False,
     progress=False,
     **options,
@@ -158,7 +185,14 @@ def multistart(
         key: a ``jax.random`` key; default ``jax.random.key(0)``.  Pass a new key for new
             starts.
         dtype: precision of the fits; default: float64 if enabled, else float32.
-        rtol: relative tolerance in cost and parameters for grouping fits into optima.
+        rtol: relative tolerance in cost and parameters for grouping fits into optima,
+            and of the default success threshold (``rtol`` times the best cost).
+        threshold: a start whose cost is within this of the best cost found it (an
+            absolute cost difference); default: see ``absolute_sigma``.
+        absolute_sigma: ``True`` when the whitened residual has unit variance (``sigma``
+            are the true errors, or the residual is a negative log-likelihood written
+            as a sum of squares): the threshold is then χ²₁(0.95)/2 = 1.92, the
+            likelihood-ratio test's (see :mod:`fitfleet._multistart`).
         progress: show a progress bar (needs ``tqdm``).
         **options: any other :func:`fit_batch` option (``method``, ``ftol``, ``max_steps``,
             ``bounds``, ``sigma``, ``loss``, ``chunk_size``, ...), the same for every start.
@@ -188,6 +222,7 @@ def multistart(
         raise ValueError(f"`n_starts` must be a positive integer; got {n_starts!r}.")
     if not (isinstance(rtol, (int, float)) and rtol > 0):
         raise ValueError(f"`rtol` must be a positive number; got {rtol!r}.")
+    _check_threshold(threshold, absolute_sigma)
     if "shared_args" in options or "x0" in options:
         raise TypeError("multistart shares `args` among all starts and draws x0 itself; use fit_batch for per-fit data.")
     dtype = _validate.floating_dtype("dtype", dtype or jnp.result_type(float))
@@ -211,11 +246,13 @@ def multistart(
         results = fit_batch(fun, x0, args, shared_args=True, log_scale=fit_log_scale, progress=progress, **options)
     finally:
         runtime.AFTER_BATCH.reset(token)
-    return summarise(results, x0, rtol)
+    return summarise(results, x0, rtol, threshold, absolute_sigma)
 
 
-def summarise(results, starts, rtol=1e-3):
-    """Sort a batch of fits of one model by cost and group them into optima."""
+def summarise(results, starts, rtol=1e-3, threshold=None, absolute_sigma=False):
+    """Sort a batch of fits of one model by cost, count the starts that reached the
+    best cost and group the converged fits into optima (module docstring)."""
+    _check_threshold(threshold, absolute_sigma)
     cost = np.asarray(results.cost, np.float64)
     order = np.argsort(np.where(np.isfinite(cost), cost, np.inf), kind="stable")
     cost = cost[order]
@@ -234,9 +271,29 @@ def summarise(results, starts, rtol=1e-3):
         Optimum(treedef.unflatten([leaf[i] for leaf in optimum_leaves]), float(cost[j]), count, count / n_total, int(j))
         for i, (j, count) in enumerate(zip(best_of, counts))
     ]
-    p_star = optima[0].fraction if optima else 0.0
+    threshold, rule = success_threshold(cost[0], eps, rtol, threshold, absolute_sigma)
+    n_success = int(np.sum(np.isfinite(cost) & (cost - cost[0] <= threshold)))
     results, starts, best = _sorted(results, starts, order)
-    return MultiStartResult(results, starts, best, optima, p_star, n_total)
+    return MultiStartResult(results, starts, best, optima, n_success / n_total, n_total, threshold, n_success, float(rtol), rule)
+
+
+def success_threshold(best, eps, rtol, threshold=None, absolute_sigma=False):
+    """``(threshold, rule)``: the cost difference from ``best`` within which a start
+    found the best cost (module docstring)."""
+    if threshold is not None:
+        return float(threshold), "given"
+    if absolute_sigma:
+        return chi2_1_ppf(0.95) / 2, "nll"
+    best = abs(float(best)) if np.isfinite(best) else 0.0
+    return max(rtol * best, eps * max(1.0, best)), "relative"
+
+
+def _check_threshold(threshold, absolute_sigma):
+    _validate.boolean("absolute_sigma", absolute_sigma)
+    if threshold is not None:
+        _validate.real("threshold", threshold)
+        if threshold < 0:
+            raise ValueError(f"`threshold` must be a cost difference >= 0; got {threshold!r}.")
 
 
 @_xla.filter_jit

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import _validate
+from . import _validate, _xla
 from ._bounds import make_bounds, strictly_inside
-from ._losses import LOSSES, robust_cost, robust_model
+from ._losses import check_loss, robust_cost, robust_model
 
 JAC_MODES = ("auto", "fwd", "rev")
 
@@ -42,6 +42,9 @@ class Problem(eqx.Module):
     bounds: Any = None  # None or _bounds.Bounds
     loss: str = eqx.field(static=True, default="linear")
     f_scale: Any = 1.0
+    # The Jacobian holds run-time checks that may raise (``_jacobian_trace``): it is
+    # evaluated only where the residual is finite.
+    may_raise: bool = eqx.field(static=True, default=False)
 
     def to_params(self, u):
         """Flat internal variables -> flat user parameters."""
@@ -54,6 +57,11 @@ class Problem(eqx.Module):
     def pinning(self, u):
         """Per parameter, how much its bounds shrink its Jacobian column at ``u`` (>= 1)."""
         return jnp.ones_like(u) if self.bounds is None else self.bounds.pinning(u)
+
+    def box(self):
+        """``(lower, upper)`` on ``u`` where the solver enforces the bounds itself
+        (``Bounds.box``), else None."""
+        return (self.bounds.lower, self.bounds.upper) if self.bounds is not None and self.bounds.box else None
 
     def without_bounds(self):
         """The same problem in the user's flat parameters (for uncertainty outputs)."""
@@ -70,10 +78,25 @@ class Problem(eqx.Module):
         r = self.fun(self.unravel(self.to_params(u)), *self.args)
         return self.whiten(jnp.ravel(r).astype(u.dtype))
 
-    def residual_and_jac(self, p):
+    def residual_and_jac(self, p, fallback=None):
         """``(r, J)`` at the flat parameters ``p`` of a problem without bounds (with
         bounds, ``_common.linearize`` maps ``J`` to the internal variables); with
-        autodiff the residual comes for free with ``J``."""
+        autodiff the residual comes for free with ``J``.
+
+        For a model whose Jacobian may raise (``may_raise``: a diffrax implicit solver's
+        linear solves refuse non-finite input, and under ``vmap`` one member's refusal
+        raises for all), the residual is evaluated first, and where it is not finite the
+        Jacobian is evaluated at ``fallback`` (default 0: any point known to be safe)
+        and reported as NaN: the point is rejected as it would be anyway."""
+        if not self.may_raise:
+            return self._residual_and_jac(p)
+        r = self.residual(p)
+        ok = jnp.all(jnp.isfinite(r))
+        safe = jnp.zeros_like(p) if fallback is None else fallback
+        r_safe, J = self._residual_and_jac(jnp.where(ok, p, safe))
+        return jnp.where(ok, r_safe, r), jnp.where(ok, J, jnp.nan)
+
+    def _residual_and_jac(self, p):
         if callable(self.jac):
             r = jnp.ravel(self.fun(self.unravel(p), *self.args)).astype(p.dtype)
             J = _flat_user_jac(self.jac(self.unravel(p), *self.args), r, p)
@@ -88,9 +111,10 @@ class Problem(eqx.Module):
         c = robust_cost(self.loss, self.f_scale, r)
         return jnp.where(jnp.isfinite(c), c, jnp.inf)
 
-    def model(self, r, J):
-        """Residual and Jacobian of the Gauss-Newton model ``½‖r̃ + J̃δ‖²`` of the cost."""
-        return robust_model(self.loss, self.f_scale, r, J)
+    def model(self, r, J, second_order=False):
+        """Residual and Jacobian of the Gauss-Newton model ``½‖r̃ + J̃δ‖²`` of the cost
+        (``second_order``: the loss's scaling, see ``_losses``)."""
+        return robust_model(self.loss, self.f_scale, r, J, second_order)
 
     def residual_cost_grad(self, u):
         """``(r, cost, ∇cost)`` by one reverse-mode pass: no Jacobian is formed."""
@@ -108,6 +132,27 @@ def _flat_user_jac(J, r, p):
     leaves = jax.tree_util.tree_leaves(J)
     blocks = [jnp.reshape(leaf, (r.size, -1)) for leaf in leaves]
     return jnp.concatenate(blocks, axis=1).astype(p.dtype)
+
+
+class Keywords(eqx.Module):
+    """``fun(params, *args, **kwargs)`` as ``fun(params, *args, *kwargs.values())``: the
+    keyword arguments travel with ``args`` (traced), their names are static."""
+
+    fun: Callable = eqx.field(static=True)
+    names: tuple = eqx.field(static=True)
+
+    def __call__(self, params, *args):
+        k = len(self.names)
+        return self.fun(params, *args[: len(args) - k], **dict(zip(self.names, args[len(args) - k :])))
+
+
+def with_keywords(fun, args, kwargs):
+    """``(fun, args)`` with scipy's ``kwargs`` folded in (see :class:`Keywords`)."""
+    if kwargs is None or kwargs == {}:
+        return fun, args
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise TypeError(f"`kwargs` must be a dict of keyword arguments to fun; got {type(kwargs).__name__}.")
+    return Keywords(fun, tuple(kwargs)), (*_validate.arguments(args), *kwargs.values())
 
 
 # --------------------------------------------------------------------------- the checked problem
@@ -136,11 +181,16 @@ class Spec(eqx.Module):
     order: tuple = eqx.field(static=True)
     box: Any = eqx.field(static=True)  # None, or (lower, upper): tuples of floats, user scale
     log: Any = eqx.field(static=True)  # None, or a tuple of bools
+    may_raise: bool = eqx.field(static=True, default=False)  # see Problem.may_raise
 
 
-def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss="linear", f_scale=1.0, x0_name="x0") -> Spec:
+def check(
+    fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss="linear", f_scale=1.0, x0_name="x0",
+    enforced=False,
+) -> Spec:
     """Validate the user's problem (``_validate``), trace ``fun`` once for its output
-    shape (``jax.eval_shape``: no compilation), and return the :class:`Spec`."""
+    shape (``jax.eval_shape``: no compilation), and return the :class:`Spec`.
+    ``enforced``: the solver keeps the iterates inside the bounds itself (``Bounds.box``)."""
     if not callable(fun):
         raise TypeError(f"`fun` must be callable as fun(params, *args); got {type(fun).__name__}.")
     args = _validate.arguments(args)
@@ -153,7 +203,7 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
     n = sum(int(np.prod(np.shape(leaf))) for leaf in leaves)
     if n == 0:
         raise ValueError(f"`{x0_name}` has no parameters: every array in it is empty.")
-    _validate.choice("loss", loss, LOSSES)
+    check_loss(loss)
     _validate.real("f_scale", f_scale, positive=True)
     log = _validate.flat(log_scale, n, x0, "log_scale", bool)
     box = _validate.bounds(bounds, n, x0, log)
@@ -175,7 +225,7 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
         args=args,
         sigma=None if sigma_given is None else whitening(sigma_given),
         sigma_given=sigma_given,
-        bounds=None if box is None and not np.any(log) else make_bounds(box, log, dtype),
+        bounds=None if box is None and not np.any(log) else make_bounds(box, log, dtype, enforced),
         f_scale=np.asarray(f_scale, dtype) if not _validate.is_traced(f_scale) else f_scale.astype(dtype),
         loss=loss,
         jac=jac,
@@ -324,10 +374,13 @@ def choose_jacobian(fun, spec):
     if callable(jac):
         return spec
     modes = (jac,) if jac != "auto" else ("fwd", "rev") if spec.n_params <= spec.n_residuals else ("rev", "fwd")
+    traces = {}
     for mode in modes:
-        if _traced(_differentiable, fun, x0, args, mode):
-            return dataclasses.replace(spec, jac=mode)
-    errors = {mode: _jacobian_error(fun, x0, args, mode) for mode in modes}  # traced again: not kept
+        traces[mode] = _traced(_jacobian_trace, fun, x0, args, mode)
+        error, raises = traces[mode]
+        if error is None:
+            return dataclasses.replace(spec, jac=mode, may_raise=raises)
+    errors = {mode: traces[mode][0] for mode in modes}
     how = {"fwd": "forward mode (jax.jacfwd)", "rev": "reverse mode (jax.jacrev)"}
     reasons = "; ".join(f"{how[mode]}: {type(e).__name__}: {str(e).splitlines()[0].rstrip('.')}" for mode, e in errors.items())
     if jac != "auto":
@@ -343,18 +396,17 @@ def choose_jacobian(fun, spec):
     ) from errors[modes[0]]
 
 
-def _differentiable(fun, x0, args, mode):
-    return _jacobian_error(fun, x0, args, mode) is None
-
-
-def _jacobian_error(fun, x0, args, mode):
-    """The exception that tracing ``fun``'s Jacobian in ``mode`` raises, or None."""
+def _jacobian_trace(fun, x0, args, mode):
+    """``(error, may_raise)``: the exception that tracing ``fun``'s Jacobian in ``mode``
+    raises (None if it traces), and whether it contains run-time checks that may raise
+    (``_xla.may_raise``: then the solvers evaluate it only at points whose residual is
+    finite, so a member of a batch that strays cannot raise for all of them)."""
     transform = jax.jacfwd if mode == "fwd" else jax.jacrev
     try:
-        jax.eval_shape(lambda p, a: transform(lambda q: fun(q, *a))(p), x0, args)
+        jaxpr = jax.make_jaxpr(lambda p, a: transform(lambda q: fun(q, *a))(p))(x0, args)
     except Exception as e:  # whatever JAX raises for an untransformable function
-        return e
-    return None
+        return e, False
+    return None, _xla.may_raise(jaxpr)
 
 
 _TRACED = {}
@@ -405,6 +457,7 @@ def make_problem(fun, spec):
         bounds=spec.bounds,
         loss=spec.loss,
         f_scale=spec.f_scale,
+        may_raise=spec.may_raise,
     )
     if spec.bounds is None:
         return problem, p0

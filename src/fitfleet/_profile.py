@@ -1,8 +1,8 @@
 """Profile likelihood of one parameter: fix it on a grid and refit the others.
 
-For each grid value ``g`` of parameter ``p_i`` the other parameters are refitted (all grid
-points at once, ``vmap``-ped, each warm-started from the optimum), giving the profiled
-cost ``C(g) = min over p₋ᵢ of cost(p_i = g, p₋ᵢ)``, and the likelihood-ratio statistic
+For each grid value ``g`` of parameter ``p_i`` the other parameters are refitted
+(``vmap``-ped), giving the profiled cost ``C(g) = min over p₋ᵢ of cost(p_i = g, p₋ᵢ)``, and
+the likelihood-ratio statistic
 
     Δ(g) = 2 · (C(g) − C(p̂))         known errors (absolute_sigma=True): a Δχ²
     Δ(g) = m · ln(C(g) / C(p̂))        unknown error scale (absolute_sigma=False)
@@ -17,7 +17,11 @@ The likelihood-ratio confidence interval at ``level`` is ``{g : Δ(g) <= χ²₁
 interpolated linearly between the last grid point inside and the first outside.
 An end that the grid does not reach is ``∓inf``: the profile stays below the threshold
 up to the last grid point, so the data do not bound the parameter on that side within
-the grid (a flat profile is the signature of a non-identifiable parameter).
+the grid.
+
+The default grid adapts to the parameter (:mod:`fitfleet._profile_walk`): it walks out
+from the estimate on the fit's scale until the threshold, a bound or a maximum extent,
+and classifies the parameter (``Profile.verdict``).
 
 A negative Δ means a refit found a lower cost than the optimum passed in: the original
 fit was not at the (global) minimum.
@@ -37,20 +41,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import _xla
-from . import _validate
+from . import _validate, _xla
 from ._least_squares import least_squares
-from ._setup import check_options
+from ._profile_walk import FLAT, End, Verdict, on_bound, verdict, walk
 from ._result import Result
+from ._setup import check_options
 from ._stats import chi2_1_ppf
-from ._uncertainty import uncertainty
 
 
 class Profile(eqx.Module):
     """A profile likelihood; see :mod:`fitfleet._profile` for the maths.
 
     Attributes:
-        values: (k,) the grid of values of the profiled parameter.
+        values: (k,) the grid of values of the profiled parameter, ascending.
         statistic: (k,) Δ, the likelihood-ratio statistic at each grid value.
         cost: (k,) the refitted cost at each grid value.
         params: (k, n) the refitted flat parameters (the profiled one included).
@@ -59,8 +62,10 @@ class Profile(eqx.Module):
         cost_min: the cost at the optimum (refitted with the same options).
         threshold: χ²₁(level), the cut-off of Δ.
         ci: (2,) the likelihood-ratio confidence interval; ``∓inf`` where unbounded.
-        index: the flat index of the profiled parameter.
-        level: the confidence level.
+        ends: (2,) how the lower and the upper side ended (:class:`End` codes).
+        verdict: a :class:`Verdict` code; ``verdict_text`` says it in words.
+        index: the flat index of the profiled parameter; ``name`` its name.
+        level: the confidence level; ``log_scale``: whether the grid was on log p.
 
     Example:
         >>> import jax.numpy as jnp
@@ -69,8 +74,8 @@ class Profile(eqx.Module):
         >>> line = lambda p, x: (p[0] + p[1] * x - (1.0 + 2.0 * x + 0.1 * jnp.sin(x))) / 0.1
         >>> res = ff.least_squares(line, jnp.zeros(2), (x,))
         >>> prof = ff.profile(line, res, (x,), index=0, grid=jnp.linspace(0.5, 1.5, 11), absolute_sigma=True)
-        >>> prof.statistic.shape, bool(prof.ci[0] < res.params[0] < prof.ci[1])
-        ((11,), True)
+        >>> prof.statistic.shape, bool(prof.ci[0] < res.params[0] < prof.ci[1]), prof.verdict_text
+        ((11,), True, 'identifiable: the profile crosses the threshold on both sides')
     """
 
     values: Any
@@ -82,12 +87,30 @@ class Profile(eqx.Module):
     cost_min: Any
     threshold: Any
     ci: Any
+    ends: Any
+    verdict: Any
     index: int = eqx.field(static=True)
     level: float = eqx.field(static=True)
+    name: str = eqx.field(static=True, default=None)
+    log_scale: bool = eqx.field(static=True, default=False)
+
+    @property
+    def identifiable(self):
+        """True where the verdict is ``identifiable`` (traceable)."""
+        return self.verdict == Verdict.IDENTIFIABLE
+
+    @property
+    def verdict_text(self):
+        """The verdict in words (a string, or a nested list for a batch)."""
+        codes = np.asarray(self.verdict)
+        if codes.ndim == 0:
+            return Verdict(int(codes)).message
+        return np.vectorize(lambda c: Verdict(int(c)).message, otypes=[object])(codes).tolist()
 
 
 def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigma=False, level=0.95, **options):
-    """Profile likelihood of parameter ``index`` and its likelihood-ratio interval.
+    """Profile likelihood of parameter ``index``, its likelihood-ratio interval and a
+    verdict on its identifiability.
 
     Args:
         fun, args: the residual function and its extra arguments, as for the fit.
@@ -95,9 +118,12 @@ def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigm
             the optimum is found first with :func:`least_squares`.
         index: the parameter to profile: a flat index into ``ravel_pytree(params)``, or
             its name (``Result.names``, e.g. ``"km"`` for a dict of parameters).
-        grid: the values to fix it at (1-D); default: ``n_points`` values spanning
-            ``±2·√χ²₁(level)`` standard errors around the estimate (about ±3.9 for 95%),
-            geometric for a ``log_scale`` parameter, and kept inside its bounds.
+        grid: the values to fix it at (1-D); default: an adaptive grid that walks away
+            from the estimate on the parameter's scale (geometric for a ``log_scale``
+            parameter) until the threshold is crossed, a bound reached, or the maximum
+            extent (3 decades on a log scale, 1000 units on a linear one) reached; see
+            the module docstring.
+        n_points: points per round of the default grid (both sides together).
         absolute_sigma: ``True`` if ``sigma`` are the true errors (Δχ² statistic);
             ``False`` to profile the error scale too (see the module docstring).
         level: confidence level of the interval.
@@ -107,7 +133,8 @@ def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigm
             ``jac`` must be an autodiff mode.
 
     Returns:
-        A :class:`Profile`.  ``jax.vmap`` over data sets works, with a given ``grid``.
+        A :class:`Profile`.  ``jax.vmap`` over data sets works (the default grid's
+        unused slots are then NaN, sorted last).
 
     Example: the 95% interval of a straight line's slope, with known errors.
 
@@ -135,7 +162,7 @@ def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigm
     if res.residual.ndim != 1:
         raise ValueError(
             "`res` is a batched Result: profile one fit at a time, e.g. with jax.vmap over "
-            "the data sets and an explicit `grid`."
+            "the data sets."
         )
     names = res.flat_names()
     n = len(names)
@@ -172,43 +199,79 @@ def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigm
     )
     box = (float(lower[index]), float(upper[index]), bool(log[index]))
     pinned = _Pinned(fun, index, *_unflatten_spec(res.params))
-    return _profile(pinned, res, args, grid, refit_options, index, n_points, absolute_sigma, level, threshold, box)
+    with _xla.compile_notice("the profile's refits"):
+        prof = _profile(pinned, res, args, grid, refit_options, index, names[index], n_points, absolute_sigma, level, threshold, box)
+    return _drop_unused(prof)
 
 
 @_xla.filter_jit
-def _profile(pinned, res, args, grid, refit_options, index, n_points, absolute_sigma, level, threshold, box):
+def _profile(pinned, res, args, grid, refit_options, index, name, n_points, absolute_sigma, level, threshold, box):
     """Everything after validation, as one program (eager, it would be dozens)."""
     p_hat, _ = ravel_pytree(res.params)
     n = p_hat.shape[0]
     estimate = p_hat[index]
-    if grid is None:
-        grid = _default_grid(res, index, n_points, absolute_sigma, threshold, *box)
-    grid = jnp.sort(grid)
     keep = np.arange(n) != index
     q0 = p_hat[keep] if n > 1 else jnp.zeros(1, p_hat.dtype)  # a dummy the residual ignores
-
-    def refit(value):
-        return least_squares(pinned, q0, (value, *args), **refit_options)
-
-    fits = jax.vmap(refit)(jnp.concatenate([grid, estimate[None]]))
-    cost, cost_min = fits.cost[:-1], fits.cost[-1]
     m = res.residual.shape[0]
-    statistic = 2 * (cost - cost_min) if absolute_sigma else m * jnp.log(cost / cost_min)
-    q = fits.params[:-1]
-    full = jnp.concatenate([q[:, :index], grid[:, None], q[:, index:]], axis=1) if n > 1 else grid[:, None]
+    lower, upper, log = box
+    at_bound = jnp.stack([on_bound(estimate, lower, log), on_bound(estimate, upper, log)])
+
+    def refits(values, starts):
+        fits = jax.vmap(lambda v, q: least_squares(pinned, q, (v, *args), **refit_options))(values, starts)
+        return fits.cost, fits.params, fits.success
+
+    def statistic(cost, cost_min):
+        return 2 * (cost - cost_min) if absolute_sigma else m * jnp.log(cost / cost_min)
+
+    if grid is None:
+        values, cost, q, success, cost_min, ends = walk(
+            refits, statistic, res, estimate, q0, index, n_points, absolute_sigma, threshold, box, at_bound
+        )
+    else:
+        cost, q, success = refits(jnp.concatenate([grid, estimate[None]]), jnp.broadcast_to(q0, (grid.shape[0] + 1, q0.shape[0])))
+        values, cost_min, cost, q, success = grid, cost[-1], cost[:-1], q[:-1], success[:-1]
+        delta = statistic(cost, cost_min)
+        sides = jnp.stack([values < estimate, values > estimate])
+        crossed = jnp.any(sides & (delta >= threshold), axis=1)
+        failed = jnp.any(sides, axis=1) & ~jnp.any(sides & jnp.isfinite(cost), axis=1)
+        ends = jnp.where(crossed, End.CROSSED, jnp.where(failed, End.FAILED, End.EXTENT))
+        ends = jnp.where(at_bound & ~crossed, End.AT_BOUND, ends)
+    order = jnp.argsort(jnp.where(jnp.isnan(values), jnp.inf, values))
+    values, cost, q, success = values[order], cost[order], q[order], success[order]
+    delta = statistic(cost, cost_min)
+    full = jnp.concatenate([q[:, :index], values[:, None], q[:, index:]], axis=1) if n > 1 else values[:, None]
+    finite_delta = jnp.where(jnp.isfinite(delta), delta, 0)
+    flat = jnp.all(ends != End.CROSSED) & (jnp.max(jnp.abs(finite_delta)) <= FLAT * threshold)
     return Profile(
-        values=grid,
-        statistic=statistic,
+        values=values,
+        statistic=delta,
         cost=cost,
         params=full,
-        success=fits.success[:-1],
+        success=success,
         estimate=estimate,
         cost_min=cost_min,
         threshold=jnp.asarray(threshold, p_hat.dtype),
-        ci=_interval(grid, statistic, estimate, threshold),
+        ci=_interval(values, delta, estimate, threshold),
+        ends=ends.astype(jnp.int32),
+        verdict=verdict(ends, flat),
         index=index,
         level=level,
+        name=name,
+        log_scale=log,
     )
+
+
+def _drop_unused(prof):
+    """Outside traces, the default grid's unused slots (NaN values) go."""
+    if _validate.is_traced(prof.values):
+        return prof
+    values = np.asarray(prof.values)
+    used = ~np.isnan(values)
+    if used.all():
+        return prof
+    take = lambda a: jnp.asarray(np.asarray(a)[used])  # noqa: E731  (numpy: no program to compile)
+    return eqx.tree_at(lambda p: (p.values, p.statistic, p.cost, p.params, p.success), prof,
+                       tuple(take(getattr(prof, f)) for f in ("values", "statistic", "cost", "params", "success")))  # fmt: skip
 
 
 class _Pinned(eqx.Module):
@@ -243,41 +306,25 @@ def _unflatten_spec(params):
     return treedef, tuple(tuple(jnp.shape(x)) for x in leaves), tuple(jnp.result_type(x).name for x in leaves)
 
 
-def _default_grid(res, index, n_points, absolute_sigma, threshold, lower, upper, log):
-    p_hat = ravel_pytree(res.params)[0]
-    centre = p_hat[index]
-    se = uncertainty(res, absolute_sigma=absolute_sigma).stderr[index]
-    half_width = 2 * np.sqrt(threshold) * se
-    usable = jnp.isfinite(half_width) & (half_width > 0)
-    t = jnp.linspace(-1, 1, n_points, dtype=p_hat.dtype)
-    if log:
-        # A relative standard error se/p is the standard error of log p (delta method).
-        log_width = jnp.where(usable, half_width / jnp.abs(centre), np.log(2.0))
-        grid = centre * jnp.exp(t * log_width)
-    else:
-        width = jnp.where(usable, half_width, jnp.where(centre != 0, 0.5 * jnp.abs(centre), 1))
-        grid = centre + t * width
-    # Stay a little inside the bounds: the refits keep the other parameters feasible.
-    eps = 100 * jnp.finfo(p_hat.dtype).eps
-    lo = lower + eps * max(1.0, abs(lower)) if np.isfinite(lower) else -jnp.inf
-    hi = upper - eps * max(1.0, abs(upper)) if np.isfinite(upper) else jnp.inf
-    return jnp.clip(grid, lo, hi)
-
-
 def _interval(grid, statistic, estimate, threshold):
-    """The ends of ``{Δ <= threshold}`` around the estimate, by interpolating √Δ."""
+    """The ends of ``{Δ <= threshold}`` around the estimate, by interpolating √Δ between
+    the last point inside (or the estimate) and the first outside; points whose refit
+    failed (NaN) and unused slots are skipped."""
     values = jnp.concatenate([grid, estimate[None]])
     roots = jnp.sqrt(jnp.maximum(jnp.concatenate([statistic, jnp.zeros((1,), statistic.dtype)]), 0))
-    order = jnp.argsort(values)
+    order = jnp.argsort(jnp.where(jnp.isnan(values), jnp.inf, values))
     values, roots = values[order], roots[order]
     c = jnp.sqrt(jnp.asarray(threshold, roots.dtype))
 
     def upper_end(v, r, centre):
-        outside = (v > centre) & (r >= c)  # NaN (a failed refit) is never outside
+        idx = jnp.arange(v.shape[0])
+        usable = (v >= centre) & jnp.isfinite(r)  # the estimate included (Δ = 0)
+        outside = usable & (v > centre) & (r >= c)
         j = jnp.argmax(outside)
-        v1, v2, r1, r2 = v[j - 1], v[j], r[j - 1], r[j]
+        i = jnp.max(jnp.where(usable & (idx < j) & (r < c), idx, -1))
+        v1, v2, r1, r2 = v[i], v[j], r[i], r[j]
         end = v1 + (c - r1) * (v2 - v1) / jnp.where(r2 > r1, r2 - r1, 1)
-        return jnp.where(jnp.any(outside), end, jnp.inf)
+        return jnp.where(jnp.any(outside) & (i >= 0), end, jnp.inf)
 
     upper = upper_end(values, roots, estimate)
     lower = -upper_end(-values[::-1], roots[::-1], -estimate)

@@ -4,9 +4,40 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ._status import MESSAGES, Status, is_success
+
+
+class History(eqx.Module):
+    """The path of a fit (``history=`` in :func:`least_squares`, :func:`fit_batch`).
+
+    Attributes:
+        params: (L, n) the flat parameters (the order of ``Result.jac``'s columns) at
+            the start (row 0) and after each step.
+        cost: (L,) the cost at those points.
+        damping: (L,) the method's damping after each step (Levenberg-Marquardt's λ;
+            NaN for a method without one, and at the start).
+        length: how many rows were recorded; later rows are NaN padding.
+    For a batched Result each field has the leading batch axis.
+    """
+
+    params: Any
+    cost: Any
+    damping: Any
+    length: Any
+
+    @classmethod
+    def empty(cls, rows, n, dtype):
+        nan = lambda *shape: jnp.full(shape, jnp.nan, dtype)  # noqa: E731
+        return cls(nan(rows, n), nan(rows), nan(rows), jnp.zeros((), jnp.int32))
+
+    def record(self, row, params, cost, damping):
+        """Row ``row`` set to this point; rows past the end are dropped."""
+        put = lambda buf, value: buf.at[row].set(jnp.asarray(value, buf.dtype), mode="drop")  # noqa: E731
+        rows = self.cost.shape[0]
+        return History(put(self.params, params), put(self.cost, cost), put(self.damping, damping), jnp.minimum(row + 1, rows).astype(jnp.int32))
 
 
 class Result(eqx.Module):
@@ -41,6 +72,7 @@ class Result(eqx.Module):
             ``None``; ``log_scale``: a flat tuple of bools, or ``None`` for none.  With
             ``sigma``, ``loss`` and ``f_scale`` they let :func:`uncertainty`,
             :func:`profile` and the plots analyse the fit without being told again.
+        history: the fit's path, a :class:`History` (``history=`` on), else None.
 
     Example:
         >>> import jax.numpy as jnp
@@ -66,6 +98,7 @@ class Result(eqx.Module):
     order: tuple = eqx.field(static=True, default=None)
     bounds: Any = eqx.field(static=True, default=None)
     log_scale: Any = eqx.field(static=True, default=None)
+    history: Any = None
 
     @property
     def success(self):
@@ -90,6 +123,42 @@ class Result(eqx.Module):
     def display_order(self):
         """Flat parameter indices in the user's order."""
         return list(self.order) if self.order is not None else list(range(len(self.flat_names())))
+
+    def summary(self, *, absolute_sigma=False, level=0.95, min_correlation=0.1):
+        """A report of one fit, after lmfit's ``fit_report``: the status, χ², reduced
+        χ², AIC and BIC, the parameters (user's names, user's order) with standard
+        errors, relative errors and Wald intervals, the correlations above
+        ``min_correlation``, and warnings (a failed fit, undetermined or practically
+        non-identifiable parameters, parameters on a bound, redundant pairs).
+
+        ``absolute_sigma`` and ``level`` are :func:`uncertainty`'s.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> import fitfleet as ff
+            >>> S = jnp.array([0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
+            >>> v = jnp.array([2.4, 4.1, 6.1, 7.6, 9.1, 9.6])
+            >>> res = ff.least_squares(lambda p, S, v: p["vmax"] * S / (p["km"] + S) - v, {"vmax": 5.0, "km": 1.0}, (S, v))
+            >>> print(res.summary())
+            [[Fit Statistics]]
+                status             = success (...
+                steps              = ...
+                data points        = 6
+                variables          = 2
+                chi-square         = 0.0967727
+                reduced chi-square = 0.0241932
+                Akaike info crit   = -20.7629
+                Bayesian info crit = -21.1794
+            [[Variables]] (stderr, relative error and 95% Wald interval, Student t, 4 dof)
+                param      estimate        stderr      rel.err     95% lower     95% upper
+                vmax          10.71         0.169        1.58%         10.25         11.18
+                km            1.596       0.08612        5.39%         1.357         1.835
+            [[Correlations]] (unreported correlations are < 0.100 in magnitude)
+                C(vmax, km) = +0.8169
+        """
+        from ._report import result_summary
+
+        return result_summary(self, absolute_sigma, level, min_correlation)
 
     def __repr__(self):
         try:

@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _implicit, _problem, _validate
-from ._solvers import METHODS, make_solver
+from . import _driver, _implicit, _problem, _validate
+from ._solvers import METHODS, NEWTON_METHODS, make_solver
 
 # The public signatures of least_squares and fit_batch spell these out (a test checks
 # that they agree).
@@ -28,6 +28,8 @@ DEFAULTS = dict(
     xtol=1e-8,
     gtol=1e-8,
     max_steps=None,
+    max_nfev=None,
+    x_scale=None,
     sigma=None,
     bounds=None,
     log_scale=False,
@@ -37,6 +39,9 @@ DEFAULTS = dict(
     initial_damping=1e-3,
     adjoint="implicit",
     grad_on_failure="nan",
+    history=False,
+    verbose=0,
+    progress=False,
 )
 DEFAULT_LEARNING_RATE = 1e-3
 
@@ -44,13 +49,14 @@ DEFAULT_LEARNING_RATE = 1e-3
 def default_max_steps(method, n_params):
     """The step budget when ``max_steps`` is None: ``100·(n + 1)`` for Newton-type
     methods (MINPACK's default for ``lmder``), 10,000 for first-order ones."""
-    return 100 * (n_params + 1) if method in ("lm", "gn") else 10_000
+    return 100 * (n_params + 1) if method in NEWTON_METHODS else 10_000
 
 
 class Setup(NamedTuple):
     spec: Any  # _problem.Spec, its Jacobian mode settled
     solver: Any
     adjoint: Any
+    monitor: Any  # _driver.Monitor
 
 
 def check_options(options):
@@ -66,11 +72,16 @@ def check_options(options):
     _validate.tolerances(o["ftol"], o["xtol"], o["gtol"])
     if o["max_steps"] is not None:
         o["max_steps"] = _validate.integer("max_steps", o["max_steps"])
+    o["max_steps"] = _validate.steps_from_nfev(o["max_steps"], o.pop("max_nfev"))
     _validate.real("initial_damping", o["initial_damping"])
     if o["learning_rate"] is not None:
         _validate.real("learning_rate", o["learning_rate"], positive=True)
     _validate.choice("adjoint", o["adjoint"], _implicit.ADJOINTS)
     _validate.choice("grad_on_failure", o["grad_on_failure"], _implicit.ON_FAILURE)
+    if not isinstance(o["history"], (bool, np.bool_)):
+        o["history"] = _validate.integer("history", o["history"])
+    if o["verbose"] not in (0, 1, 2) or isinstance(o["verbose"], bool):
+        raise ValueError(f"`verbose` must be 0 (silent), 1 (a final report) or 2 (a line per step); got {o['verbose']!r}.")
     return o
 
 
@@ -80,9 +91,10 @@ def prepare(fun, x0, args, options):
     o = check_options(options)
     spec = _problem.check(
         fun, x0, args, o["jac"], sigma=o["sigma"], bounds=o["bounds"], log_scale=o["log_scale"], loss=o["loss"],
-        f_scale=o["f_scale"],
+        f_scale=o["f_scale"], enforced=o["method"] == "trf",
     )  # fmt: skip
     method = o["method"]
+    x_scale = _validate.x_scale(o["x_scale"], method, spec.n_params, NEWTON_METHODS)
     max_steps = o["max_steps"]
     if max_steps is None:
         max_steps = default_max_steps(method, spec.n_params)
@@ -93,9 +105,15 @@ def prepare(fun, x0, args, options):
         learning_rate = DEFAULT_LEARNING_RATE
     solver = make_solver(
         method, ftol=o["ftol"], xtol=o["xtol"], gtol=o["gtol"], max_steps=max_steps, learning_rate=learning_rate,
-        initial_damping=o["initial_damping"], differentiable=adjoint.kind == "unroll",
+        initial_damping=o["initial_damping"], x_scale=x_scale, differentiable=adjoint.kind == "unroll",
     )  # fmt: skip
-    return Setup(_problem.choose_jacobian(fun, spec), solver, adjoint)
+    history = o["history"]
+    if history is True:
+        if not isinstance(max_steps, int):
+            raise ValueError("`history=True` records max_steps + 1 rows and needs a concrete max_steps; pass history=k for k rows.")
+        history = max_steps + 1
+    monitor = _driver.Monitor(history=int(history), verbose=o["verbose"], progress=_validate.boolean("progress", o["progress"]))
+    return Setup(_problem.choose_jacobian(fun, spec), solver, adjoint, monitor)
 
 
 def _is_optax(method):

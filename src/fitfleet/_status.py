@@ -29,6 +29,8 @@ class Status(enum.IntEnum):
     NONFINITE_RESIDUAL = 5
     NONFINITE_JACOBIAN = 6
     STEP_FAILED = 7
+    MODEL_RAISED = 8
+    DIVERGED = 9
 
     @property
     def message(self) -> str:
@@ -54,6 +56,14 @@ MESSAGES = {
     Status.STEP_FAILED: (
         "no step reduces the cost: the step shrank to round-off or the linear "
         "system is singular (tolerances tighter than the problem's precision?)"
+    ),
+    Status.MODEL_RAISED: (
+        "the model raised an error while it was evaluated (for example a linear solver inside "
+        "an implicit ODE solver refused non-finite input): the fit was stopped and its start returned"
+    ),
+    Status.DIVERGED: (
+        "a stopping test held at a cost above the starting cost: the iteration diverged "
+        "(a first-order method's learning rate too large?)"
     ),
 }
 

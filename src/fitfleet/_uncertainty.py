@@ -19,13 +19,36 @@ is estimated from the scatter of the residuals.  With ``dof <= 0`` and
 Pseudo-inverse.  ``(JᵀJ)⁺ = D⁻¹ V diag(1/s²) Vᵀ D⁻¹`` from the SVD ``J D⁻¹ = U diag(s) Vᵀ``
 of the column-equilibrated Jacobian (``D`` = the column norms of ``J``), which never
 forms ``JᵀJ`` and so keeps the digits the normal equations would square away.  Singular
-values ``s_k <= rcond · s_max``, with ``rcond = eps · max(m, n)`` by default (scipy's
-cut-off in ``curve_fit``), are treated as zero: their directions get zero variance,
-not infinite.  Equilibrating first makes the cut-off independent of the units of the
-parameters (scipy applies it to the raw ``J``, which can drop well-determined directions
-of badly scaled problems such as NIST's Hahn1).  A rank-deficient fit therefore has
-finite but meaningless standard errors for the parameters it does not determine:
-``Uncertainty.rank < n`` says so, and :func:`fitfleet.identifiability` says which.
+values ``s_k <= c = rcond · s_max``, with ``rcond = eps · max(m, n)`` by default (scipy's
+cut-off in ``curve_fit``), are dropped.  Equilibrating first makes the cut-off
+independent of the units of the parameters (scipy applies it to the raw ``J``, which can
+drop well-determined directions of badly scaled problems such as NIST's Hahn1).
+
+Undetermined parameters.  A dropped direction is one the data do not determine: its
+variance is infinite, or beyond what this precision can resolve.  Parameter ``j`` is
+*undetermined* when the dropped directions carry a weight ``w_j = Σ_dropped V_jk²`` that
+would, with their singular values floored at the cut-off, at least double its variance::
+
+    w_j / c²  >=  Σ_kept V_jk² / s_k²
+
+(a parameter the data fix has ``w_j`` at round-off level, ~eps², far below; one that an
+unused argument or a sum ``(a + b)`` leaves free has ``w_j`` of order 1).  Its variance is
+reported as ``inf``, scipy's convention for a covariance that cannot be estimated; so is
+every covariance involving it (its row and column of ``pcov``), its correlations are NaN
+and its confidence interval is ``(−inf, inf)`` (``(0, inf)`` on a log scale).  The other
+parameters keep their variances from the pseudo-inverse, which are exact: each lies in
+the row space of ``J``, where every generalised inverse of ``JᵀJ`` agrees.  Outside
+``jit``, :func:`uncertainty` and :func:`covariance` warn naming them.
+(scipy's ``curve_fit`` with ``method="lm"`` makes the whole ``pcov`` ``inf`` when the
+Jacobian is exactly singular and reports huge finite numbers when it is singular to
+round-off; with ``"trf"`` it reports the pseudo-inverse silently.)
+
+Failed fits.  A fit whose ``status`` is not a success stopped somewhere that is not shown
+to be an optimum, so the quadratic model of the cost there says nothing about the
+parameters: ``pcov``, ``stderr``, ``corr`` and ``ci`` are NaN (``rss``, ``rms``,
+``aic`` and ``bic`` still describe the point).  Outside ``jit`` a warning says how many
+fits of a batch failed (once, not per fit).  Refit with more steps or looser
+tolerances, or from a better start.
 
 Robust losses.  With ``loss`` other than ``"linear"`` (by default the fit's, which the
 ``Result`` records with its ``f_scale``), scipy's convention is followed: ``J`` is
@@ -39,10 +62,17 @@ Other outputs::
     corr_ij     = pcov_ij / (stderr_i · stderr_j)
     ci          = p ∓ q · stderr,   q = t_{dof}((1 + level)/2)     (absolute_sigma=False)
                                     q = Φ⁻¹((1 + level)/2)           (absolute_sigma=True)
+    ci          = p · exp(∓q · stderr / p)       for a parameter the fit took on a log
+                                                 scale (``Result.log_scale``)
     residual_sd = √(RSS / dof)      (NIST's "residual standard deviation")
     rms         = √(RSS / m)
     aic         = m · ln(RSS/m) + 2n
     bic         = m · ln(RSS/m) + n · ln(m)
+
+A ``log_scale`` parameter was fitted as ``log p``, so its Wald interval is computed on
+that scale, where the fit's quadratic model holds (``stderr/p`` is the standard error of
+``log p`` by the delta method), and mapped back: it is positive and asymmetric, like
+the parameter.  ``pcov`` and ``stderr`` stay those of ``p`` (scipy's convention).
 
 AIC and BIC are −2 ln L + penalty for the Gaussian likelihood at the maximum-likelihood
 variance RSS/m, dropping the constant m·(1 + ln 2π), lmfit's convention; only
@@ -51,6 +81,7 @@ fitted parameters, not the variance.
 """
 
 import functools
+import warnings
 from typing import Any
 
 import equinox as eqx
@@ -60,29 +91,37 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from . import _xla
-from ._losses import LOSSES, rho
+from ._losses import check_loss, rho
 from ._stats import norm_ppf, t_ppf
+from ._status import is_success
 
 
 class Uncertainty(eqx.Module):
     """Uncertainty of a fit; see the :mod:`fitfleet._uncertainty` docstring for the maths.
 
     For a batched Result every array field has the same leading batch axes.
-    Parameter-indexed fields follow ``ravel_pytree(res.params)`` order, like ``Result.jac``.
+    Parameter-indexed fields follow ``ravel_pytree(res.params)`` order, like ``Result.jac``
+    (``names`` names them; ``order`` lists them in the user's order).
 
     Attributes:
-        pcov: (n, n) covariance of the parameters.
+        pcov: (n, n) covariance of the parameters (``inf`` rows and columns for
+            undetermined parameters; NaN for a failed fit).
         stderr: (n,) standard errors √diag(pcov).
         corr: (n, n) correlation matrix.
-        ci: (n, 2) lower and upper confidence limits at ``level``.
+        ci: (n, 2) lower and upper confidence limits at ``level`` (for a ``log_scale``
+            parameter, the interval of ``log p`` mapped back).
         residual_sd: √(RSS/dof), the estimated σ of one (whitened) residual.
         rms: √(RSS/m).
         rss: RSS = ‖r‖² of the whitened residual (χ² for a weighted fit).
         aic, bic: Akaike and Bayesian information criteria (lmfit's convention).
         rank: number of singular values of the equilibrated Jacobian kept.
+        estimate: (n,) the flat parameters the uncertainty is about.
+        undetermined: (n,) bool, parameters the data do not determine (infinite variance).
+        success: whether the fit succeeded (if not, the parameter uncertainties are NaN).
         n_obs, n_params, dof: m, n and m − n (Python ints).
         level: the confidence level of ``ci``.
         absolute_sigma: whether ``pcov`` takes ``sigma`` as absolute.
+        names, order, log_scale: what the Result recorded (``None`` if nothing).
 
     Example:
         >>> import jax.numpy as jnp
@@ -104,44 +143,46 @@ class Uncertainty(eqx.Module):
     aic: Any
     bic: Any
     rank: Any
+    estimate: Any
+    undetermined: Any
+    success: Any
     n_obs: int = eqx.field(static=True)
     n_params: int = eqx.field(static=True)
     dof: int = eqx.field(static=True)
     level: float = eqx.field(static=True)
     absolute_sigma: bool = eqx.field(static=True)
+    names: tuple = eqx.field(static=True, default=None)
+    order: tuple = eqx.field(static=True, default=None)
+    log_scale: tuple = eqx.field(static=True, default=None)
 
-    def summary(self, params, names=None):
-        """A text table of estimates, standard errors and confidence limits (one fit).
+    @property
+    def relative_stderr(self):
+        """(n,) ``stderr / |estimate|``: the standard error of ``log |p|`` (delta method)."""
+        return self.stderr / jnp.abs(self.estimate)
+
+    def summary(self, params=None, names=None):
+        """A text table of estimates, standard errors and confidence limits (one fit),
+        in the user's order of the parameters, with the fit statistics.
+
+        Args:
+            params: the parameters to show; default the estimate the uncertainty is about.
+            names: a name per flat parameter; default the names the Result recorded.
 
         Example:
             >>> import jax.numpy as jnp
             >>> import fitfleet as ff
             >>> x = jnp.arange(6.0)
             >>> y = jnp.array([1.1, 2.9, 5.2, 7.1, 8.8, 11.0])
-            >>> res = ff.least_squares(lambda p, x, y: p[0] + p[1] * x - y, jnp.zeros(2), (x, y))
-            >>> print(ff.uncertainty(res).summary(res.params, ["a", "b"]))
-            param      estimate        stderr     95% lower     95% upper
-            a             1.081        0.1126        0.7684         1.393
-            b             1.974       0.03718         1.871         2.078
+            >>> res = ff.least_squares(lambda p, x, y: p["a"] + p["b"] * x - y, {"b": 0.0, "a": 0.0}, (x, y))
+            >>> print(ff.uncertainty(res).summary())
+            param      estimate        stderr      rel.err     95% lower     95% upper
+            b             1.974       0.03718        1.88%         1.871         2.078
+            a             1.081        0.1126        10.4%        0.7684         1.393
             dof = 4, residual sd = 0.1555, rms = 0.127, AIC = -20.76, BIC = -21.18
         """
-        if np.ndim(self.rss) != 0:
-            raise ValueError("summary() is for a single fit; index a batched Uncertainty first.")
-        p = np.asarray(ravel_pytree(params)[0])
-        names = [f"p[{i}]" for i in range(p.size)] if names is None else list(names)
-        if len(names) != p.size:
-            raise ValueError(f"`names` has {len(names)} entries but there are {p.size} parameters.")
-        pct = f"{100 * self.level:g}%"
-        width = max(5, *(len(s) for s in names))
-        lines = [f"{'param':<{width}}  {'estimate':>12}  {'stderr':>12}  {pct + ' lower':>12}  {pct + ' upper':>12}"]
-        se, ci = np.asarray(self.stderr), np.asarray(self.ci)
-        for name, v, e, (lo, hi) in zip(names, p, se, ci):
-            lines.append(f"{name:<{width}}  {v:>12.4g}  {e:>12.4g}  {lo:>12.4g}  {hi:>12.4g}")
-        lines.append(
-            f"dof = {self.dof}, residual sd = {float(self.residual_sd):.4g}, rms = {float(self.rms):.4g}, "
-            f"AIC = {float(self.aic):.4g}, BIC = {float(self.bic):.4g}"
-        )
-        return "\n".join(lines)
+        from ._report import uncertainty_table
+
+        return "\n".join(uncertainty_table(self, params, names))
 
 
 def uncertainty(res, *, absolute_sigma=False, level=0.95, loss=None, f_scale=None, rcond=None):
@@ -157,7 +198,9 @@ def uncertainty(res, *, absolute_sigma=False, level=0.95, loss=None, f_scale=Non
         rcond: relative cut-off of the pseudo-inverse; default ``eps · max(m, n)``.
 
     Returns:
-        An :class:`Uncertainty`.  Works under ``jit`` and ``vmap``.
+        An :class:`Uncertainty`.  Works under ``jit`` and ``vmap``.  Outside them, a
+        warning names the undetermined parameters (infinite variance) and counts the
+        failed fits (NaN uncertainties): see the module docstring.
 
     Example:
         >>> import jax.numpy as jnp
@@ -173,7 +216,9 @@ def uncertainty(res, *, absolute_sigma=False, level=0.95, loss=None, f_scale=Non
     level = _check_options(absolute_sigma, level, loss, f_scale, rcond)
     m, n = res.jac.shape[-2:]
     quantile = _quantile(level, m - n, bool(absolute_sigma))
-    return _uncertainty(res, bool(absolute_sigma), level, quantile, loss, f_scale, rcond)
+    u = _uncertainty(res, bool(absolute_sigma), level, quantile, loss, f_scale, rcond)
+    warn_if_concrete(u.success, u.undetermined, res.flat_names(), "uncertainties")
+    return u
 
 
 @_xla.filter_jit
@@ -181,42 +226,57 @@ def _uncertainty(res, absolute_sigma, level, quantile, loss, f_scale, rcond):
     m, n = res.jac.shape[-2:]
     dtype = res.jac.dtype
     dof = m - n
+    log = np.zeros(n, bool) if res.log_scale is None else np.asarray(res.log_scale, bool)
 
-    def one(params, residual, jac, cost, f_scale):
+    def one(params, residual, jac, cost, f_scale, status):
         p = ravel_pytree(params)[0]
-        pcov, rank, rss = _covariance(residual, jac, cost, absolute_sigma, loss, f_scale, rcond)
+        pcov, rank, rss, undetermined = _covariance(residual, jac, cost, absolute_sigma, loss, f_scale, rcond)
+        success = is_success(status)
+        pcov = jnp.where(success, pcov, jnp.nan)
         stderr = jnp.sqrt(jnp.diagonal(pcov))
         outer = stderr[:, None] * stderr[None, :]
-        corr = pcov / jnp.where(outer > 0, outer, jnp.nan)
+        corr = pcov / jnp.where((outer > 0) & jnp.isfinite(outer), outer, jnp.nan)
         half = quantile * stderr
+        # Wald interval of log p for log_scale parameters, mapped back (module docstring).
+        log_half = half / jnp.abs(p)
+        lower = jnp.where(log, p * jnp.exp(-log_half), p - half)
+        upper = jnp.where(log, p * jnp.exp(log_half), p + half)
         plain_rss = jnp.sum(residual * residual)
         log_mean = jnp.log(plain_rss / m)
         return Uncertainty(
             pcov=pcov,
             stderr=stderr,
             corr=corr,
-            ci=jnp.stack([p - half, p + half], axis=-1),
+            ci=jnp.stack([lower, upper], axis=-1),
             residual_sd=jnp.sqrt(rss / dof) if dof > 0 else jnp.full((), jnp.inf, dtype),
             rms=jnp.sqrt(plain_rss / m),
             rss=plain_rss,
             aic=m * log_mean + 2 * n,
             bic=m * log_mean + n * np.log(m),
             rank=rank,
+            estimate=p,
+            undetermined=undetermined,
+            success=success,
             n_obs=m,
             n_params=n,
             dof=dof,
             level=level,
             absolute_sigma=absolute_sigma,
+            names=res.names,
+            order=res.order,
+            log_scale=res.log_scale,
         )
 
     f_scale = jnp.broadcast_to(f_scale, res.cost.shape)
-    return _over_batch(one, res.residual.ndim - 1)(res.params, res.residual, res.jac, res.cost, f_scale)
+    return _over_batch(one, res.residual.ndim - 1)(res.params, res.residual, res.jac, res.cost, f_scale, res.status)
 
 
 def covariance(res, absolute_sigma=False, *, loss=None, f_scale=None, rcond=None):
     """The parameter covariance ``pcov`` alone (scipy ``curve_fit``'s second output).
 
-    See :func:`uncertainty` for the arguments and the module docstring for the maths.
+    See :func:`uncertainty` for the arguments, the warnings, and the module docstring
+    for the maths (``inf`` rows and columns for undetermined parameters, NaN for a
+    failed fit).
 
     Example:
         >>> import jax.numpy as jnp
@@ -228,20 +288,63 @@ def covariance(res, absolute_sigma=False, *, loss=None, f_scale=None, rcond=None
         [[ 0.01267 -0.00346]
          [-0.00346  0.00138]]
     """
+    pcov, undetermined, success = covariance_quietly(res, absolute_sigma, loss=loss, f_scale=f_scale, rcond=rcond)
+    warn_if_concrete(success, undetermined, res.flat_names(), "covariances")
+    return pcov
+
+
+def covariance_quietly(res, absolute_sigma=False, *, loss=None, f_scale=None, rcond=None):
+    """``(pcov, undetermined, success)`` as :func:`covariance` computes them, without
+    warnings."""
     loss, f_scale = _fit_loss(res, loss, f_scale)
     _check_options(absolute_sigma, None, loss, f_scale, rcond)
-    return _covariance_batch(res.residual, res.jac, res.cost, bool(absolute_sigma), loss, f_scale, rcond)
+    return _covariance_batch(res.residual, res.jac, res.cost, res.status, bool(absolute_sigma), loss, f_scale, rcond)
 
 
 @_xla.filter_jit
-def _covariance_batch(residual, jac, cost, absolute_sigma, loss, f_scale, rcond):
-    def one(residual, jac, cost, f_scale):
-        return _covariance(residual, jac, cost, absolute_sigma, loss, f_scale, rcond)[0]
+def _covariance_batch(residual, jac, cost, status, absolute_sigma, loss, f_scale, rcond):
+    def one(residual, jac, cost, f_scale, status):
+        pcov, _, _, undetermined = _covariance(residual, jac, cost, absolute_sigma, loss, f_scale, rcond)
+        success = is_success(status)
+        return jnp.where(success, pcov, jnp.nan), undetermined, success
 
-    return _over_batch(one, residual.ndim - 1)(residual, jac, cost, jnp.broadcast_to(f_scale, cost.shape))
+    return _over_batch(one, residual.ndim - 1)(residual, jac, cost, jnp.broadcast_to(f_scale, cost.shape), status)
+
+
+def warn_if_concrete(success, undetermined, names, what, stacklevel=3):
+    """Outside traces: one warning counting the failed fits, one naming the undetermined
+    parameters (over a whole batch, never one per fit)."""
+    if _is_traced(success) or _is_traced(undetermined):
+        return
+    success = np.asarray(success, bool)
+    undetermined = np.asarray(undetermined, bool) & success[..., None]
+    n_fits = success.size
+    if not success.all():
+        failed = int(np.sum(~success))
+        which = "the fit did not succeed" if n_fits == 1 else f"{failed} of {n_fits} fits did not succeed"
+        warnings.warn(
+            f"{which} (see Result.message): the parameter {what} of a failed fit are NaN; refit "
+            "(more steps, another start) before reading them.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    if undetermined.any():
+        flagged = np.flatnonzero(undetermined.reshape(-1, undetermined.shape[-1]).any(axis=0))
+        listed = ", ".join(names[j] for j in flagged)
+        where = "" if n_fits == 1 else f" in {int(np.sum(undetermined.any(axis=-1)))} of {n_fits} fits"
+        warnings.warn(
+            f"Covariance of the parameters could not be estimated for {listed}{where}: the data do not "
+            "determine them (their variance is reported as inf; see fitfleet.identifiability).",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def _is_traced(x):
+    return isinstance(x, jax.core.Tracer)
 
 
 def _fit_loss(res, loss, f_scale):
@@ -254,8 +357,7 @@ def _fit_loss(res, loss, f_scale):
 def _check_options(absolute_sigma, level, loss, f_scale, rcond):
     if not isinstance(absolute_sigma, (bool, np.bool_)):
         raise TypeError(f"`absolute_sigma` must be True or False; got {absolute_sigma!r}.")
-    if loss not in LOSSES:
-        raise ValueError(f"`loss` must be one of {LOSSES} (the loss the fit used); got {loss!r}.")
+    check_loss(loss)
     if not isinstance(f_scale, jax.core.Tracer) and not np.all(np.asarray(f_scale) > 0):
         raise ValueError(f"`f_scale` must be > 0 (the f_scale the fit used); got {f_scale!r}.")
     if rcond is not None and not (0 <= float(rcond) < 1):
@@ -277,32 +379,41 @@ def _over_batch(fn, n_batch):
 
 
 def pinv_normal(jac, rcond=None):
-    """``((JᵀJ)⁺, rank)`` by the SVD of the column-equilibrated ``J`` (module docstring)."""
+    """``((JᵀJ)⁺, rank, undetermined)`` by the SVD of the column-equilibrated ``J``
+    (module docstring)."""
     m, n = jac.shape
     if rcond is None:
         rcond = jnp.finfo(jac.dtype).eps * max(m, n)
     d = jnp.sqrt(jnp.sum(jac * jac, axis=0))
     d = jnp.where(d > 0, d, 1)
-    _, s, vt = jnp.linalg.svd(jac / d, full_matrices=False)
-    keep = s > rcond * s[0]
+    # With m < n the null space has n − m more directions than singular values: the
+    # full V holds them (U is then only m × m).
+    _, s, vt = jnp.linalg.svd(jac / d, full_matrices=m < n)
+    s = jnp.concatenate([s, jnp.zeros(n - s.shape[0], s.dtype)])
+    cut = rcond * s[0]
+    keep = s > cut
     inv = jnp.where(keep, 1 / jnp.where(keep, s, 1) ** 2, 0)
-    return (vt.T * inv) @ vt / (d[:, None] * d[None, :]), jnp.sum(keep).astype(jnp.int32)
+    weight = vt.T**2  # (parameter, direction)
+    kept_variance = weight @ inv
+    dropped_weight = weight @ (~keep).astype(weight.dtype)
+    undetermined = (dropped_weight > 0) & (dropped_weight >= cut**2 * kept_variance)
+    pinv = (vt.T * inv) @ vt / (d[:, None] * d[None, :])
+    return pinv, jnp.sum(keep).astype(jnp.int32), undetermined
 
 
 def _covariance(residual, jac, cost, absolute_sigma, loss, f_scale, rcond):
-    """``(pcov, rank, s²·dof)`` for one fit."""
+    """``(pcov, rank, s²·dof, undetermined)`` for one fit."""
     m, n = jac.shape
     if loss == "linear":
         rss = jnp.sum(residual * residual)
     else:
         jac = _robust_scale(loss, f_scale, residual)[:, None] * jac
         rss = 2 * cost
-    pcov, rank = pinv_normal(jac, rcond)
-    if absolute_sigma:
-        return pcov, rank, rss
-    if m <= n:
-        return jnp.full_like(pcov, jnp.inf), rank, rss
-    return pcov * (rss / (m - n)), rank, rss
+    pcov, rank, undetermined = pinv_normal(jac, rcond)
+    if not absolute_sigma:
+        pcov = jnp.full_like(pcov, jnp.inf) if m <= n else pcov * (rss / (m - n))
+    pcov = jnp.where(undetermined[:, None] | undetermined[None, :], jnp.inf, pcov)
+    return pcov, rank, rss, undetermined
 
 
 def _robust_scale(loss, f_scale, r):

@@ -24,7 +24,11 @@ CPU engine's tail program is not traced in the background, the round's program
 finishes the fits).
 """
 
+import contextlib
 import functools
+import sys
+import threading
+import time
 
 import equinox as eqx
 import jax
@@ -157,3 +161,119 @@ def x64(enabled):
     from jax.experimental import disable_x64, enable_x64  # older jax
 
     return enable_x64() if enabled else disable_x64()
+# Primitives through which a traced function can raise at run time: host callbacks
+# (equinox's ``error_if``, used by optimistix and diffrax, is a ``pure_callback`` that
+# raises), and lineax's ``linear_solve``, whose check of its input is part of the
+# primitive (a diffrax implicit solver's root finds go through it).  Under ``vmap`` such
+# a check raises for the whole batch when any member trips it.
+RAISING_PRIMITIVES = ("pure_callback", "io_callback", "linear_solve")
+
+
+def may_raise(closed_jaxpr):
+    """Whether a jaxpr contains a host callback that may raise at run time (searched
+    through every sub-jaxpr: cond branches, loop bodies, custom rules, calls)."""
+    stack = [closed_jaxpr]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+            continue
+        jaxpr = getattr(item, "jaxpr", item)  # a ClosedJaxpr holds a Jaxpr
+        for eqn in getattr(jaxpr, "eqns", ()):
+            if eqn.primitive.name in RAISING_PRIMITIVES:
+                return True
+            stack.extend(v for v in eqn.params.values() if hasattr(v, "eqns") or hasattr(v, "jaxpr") or isinstance(v, (list, tuple)))
+    return False
+
+
+def raised_by_model(error):
+    """Whether an exception from running a compiled fit is a run-time error raised
+    inside the user's model through a host callback (equinox's ``error_if``, used by
+    lineax, optimistix and diffrax), rather than a failure of fitfleet or of XLA."""
+    text = f"{type(error).__name__}: {error}"
+    return isinstance(error, (RuntimeError, ValueError)) and ("EquinoxRuntimeError" in text or "CpuCallback error" in text)
+
+
+# --------------------------------------------------------------------- compile notices
+
+_NOTICE = {"seconds": 2.0}
+_TRACED, _COMPILED = "/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration"
+
+
+def set_compile_notice(seconds=2.0):
+    """Print a one-line notice (to stderr) when fitfleet compiles a new program for longer than
+    ``seconds`` (default 2; ``None`` turns notices off), so that a long first call of a
+    new model or shape is not a silent wait.  Returns the previous setting.
+
+    Example:
+        >>> import fitfleet as ff
+        >>> previous = ff.set_compile_notice(None)   # quiet
+        >>> _ = ff.set_compile_notice(previous)
+    """
+    if seconds is not None and not (isinstance(seconds, (int, float)) and seconds >= 0):
+        raise ValueError(f"`seconds` must be a number >= 0 or None; got {seconds!r}.")
+    previous, _NOTICE["seconds"] = _NOTICE["seconds"], seconds
+    return previous
+
+
+@contextlib.contextmanager
+def compile_notice(what):
+    """While the block runs, watch JAX's compilation events (listeners registered for
+    the block only): once a program has been traced and its compilation has run for
+    the notice's threshold (or its tracing alone took that long), print one line."""
+    seconds = _NOTICE["seconds"]
+    if seconds is None:
+        yield
+        return
+    state = {"timer": None, "said": False, "start": time.perf_counter()}
+    lock = threading.Lock()
+
+    def say():
+        with lock:
+            if not state["said"]:
+                state["said"] = True
+                print(f"fitfleet: compiling {what} for a new model or shape (once: later calls with these shapes reuse it; "
+                      "ff.enable_compilation_cache() keeps it across sessions)...", file=sys.stderr, flush=True)  # fmt: skip
+
+    def listener(event, duration, **kwargs):
+        with lock:
+            if state["timer"] is not None:
+                state["timer"].cancel()
+                state["timer"] = None
+        if event == _TRACED and not state["said"]:
+            if time.perf_counter() - state["start"] >= seconds:
+                say()
+            else:
+                with lock:
+                    state["timer"] = threading.Timer(seconds, say)
+                    state["timer"].daemon = True
+                    state["timer"].start()
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+        with lock:
+            if state["timer"] is not None:
+                state["timer"].cancel()
+
+
+def enable_compilation_cache(path=None, min_compile_seconds=0.0):
+    """Turn on JAX's persistent compilation cache (your choice: it is JAX's global
+    setting, which fitfleet never changes on its own): compiled programs are kept on
+    disk, so a new Python session skips most of a first call's compilation.
+
+    Args:
+        path: the cache directory; default ``~/.cache/fitfleet-jax``.
+        min_compile_seconds: keep programs that took at least this long to compile.
+
+    Returns:
+        The directory used.
+    """
+    import os
+
+    path = os.path.expanduser(path or "~/.cache/fitfleet-jax")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
+    return path

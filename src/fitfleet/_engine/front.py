@@ -5,7 +5,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from .. import _problem, _setup, _validate
+from .. import _problem, _setup, _validate, _xla
 from .._least_squares import least_squares
 from .._setup import DEFAULTS
 from .host import Engine
@@ -23,6 +23,8 @@ def fit_batch(
     xtol=1e-8,
     gtol=1e-8,
     max_steps=None,
+    max_nfev=None,
+    x_scale=None,
     sigma=None,
     bounds=None,
     log_scale=False,
@@ -32,6 +34,8 @@ def fit_batch(
     initial_damping=1e-3,
     adjoint="implicit",
     grad_on_failure="nan",
+    history=False,
+    verbose=0,
     chunk_size=None,
     devices=None,
     progress=False,
@@ -62,8 +66,11 @@ def fit_batch(
             the default CPU device a chunk is also split over one thread per core.
         progress: show a progress bar of finished fits (needs ``tqdm``; on the
             accelerator path it advances chunk by chunk).
-        method, jac, ftol, xtol, gtol, max_steps, bounds, log_scale, loss, f_scale,
-            learning_rate, initial_damping, adjoint, grad_on_failure: as for
+        history: ``k`` records the start and the first ``k − 1`` steps of every fit
+            (``Result.history``, with the batch axis); off by default.
+        verbose: 1 prints the batch's Result (statuses counted) at the end.
+        method, jac, ftol, xtol, gtol, max_steps, max_nfev, x_scale, bounds, log_scale,
+            loss, f_scale, learning_rate, initial_damping, adjoint, grad_on_failure: as for
             :func:`least_squares`, the same for every fit (bounds are shared).  Under
             ``jax.grad``/``jit``/``vmap`` the batch runs as ``vmap(least_squares)``, whose
             derivatives these options define.
@@ -94,12 +101,17 @@ def fit_batch(
 
     if _validate.any_traced((x0, args, sigma, options)):
         _setup.check_options(options)
-        return _vmapped_least_squares(fun, x0, args, mask, sigma_batched, options)
+        return _vmapped_least_squares(fun, x0, args, mask, sigma_batched, dict(options, progress=False))
 
     first = lambda t: jax.tree_util.tree_map(lambda a: a[0], t)  # noqa: E731
     args0 = tuple(first(a) if b else a for a, b in zip(args, mask))
-    one = dict(options, sigma=first(sigma) if sigma_batched else sigma)
-    spec, solver, _ = _setup.prepare(fun, first(x0), args0, one)
+    if options["history"] is True:
+        raise ValueError("`history` in fit_batch is a number of rows, history=k (the start and the first k - 1 steps of each fit): a cap, so that a million fits cannot fill the memory by accident.")
+    if options["verbose"] == 2:
+        raise ValueError("`verbose=2` (a line per step) is for least_squares; fit_batch takes verbose=0 or 1 (a summary at the end), or progress=True.")
+    # The engine draws its own progress bar (finished fits), not the per-step one.
+    one = dict(options, sigma=first(sigma) if sigma_batched else sigma, progress=False)
+    spec, solver, _, monitor = _setup.prepare(fun, first(x0), args0, one)
     x0 = jax.tree_util.tree_map(lambda a: a.astype(spec.dtype), x0)
     _validate.start(_validate.flat_rows(x0), spec.box, np.asarray(spec.log or False), "x0")
     sigma_data = None
@@ -110,8 +122,12 @@ def fit_batch(
     progress = _validate.boolean("progress", progress)
     template = dataclasses.replace(spec, args=tuple(None if b else a for a, b in zip(spec.args, mask)))
     data = (x0, tuple(a for a, b in zip(args, mask) if b), sigma_data)
-    engine = Engine(fun, solver, template, mask, sigma_batched, _validate.devices(devices))
-    return engine.run(data, size, chunk_size, progress)
+    engine = Engine((fun, solver, template, mask, sigma_batched, monitor), _validate.devices(devices))
+    with _xla.compile_notice("the batch's programs"):
+        result = engine.run(data, size, chunk_size, progress)
+    if verbose:
+        print(result)
+    return result
 
 
 def _vmapped_least_squares(fun, x0, args, mask, sigma_batched, options):

@@ -57,8 +57,8 @@ _SEEN = runtime.cache()  # the accelerator path's programs that have run, per mo
 class Engine:
     """Runs one ``fit_batch`` call (see the module docstring)."""
 
-    def __init__(self, fun, solver, template, mask, sigma_batched, devices):
-        self.statics = (fun, solver, template, mask, sigma_batched)
+    def __init__(self, statics, devices):
+        self.statics = statics  # (fun, solver, template, mask, sigma_batched, monitor): see ``programs``
         self.devices = devices
         self.n_devices = len(devices)
         self.cpu = devices[0].platform == "cpu"

@@ -1,13 +1,14 @@
 """The traced side of the engine: one fit's pieces, and the CPU path's programs.
 
 Every program takes ``(statics, blocks, mesh, *arrays)``: ``statics`` is the model
-(``fun``, the solver, the problem's shared template, which args are batched), ``blocks``
+(``fun``, the solver, the problem's shared template, which args are batched, whether
+sigma is, the ``_driver.Monitor``: what a fit records besides its Result), ``blocks``
 the static block sizes, ``mesh`` None or the devices to ``shard_map`` over.  The state
 between programs is packed (``packing``).
 
-The solver state in a batch carries no Jacobian (``State.jac`` is None: the solvers'
-contract, ``fitfleet._solvers``): only ``JᵀJ`` and ``Jᵀr`` travel, and the Result
-evaluates ``J`` once, at the solution.
+The solver state in a batch is the solver's ``thin`` state (the solvers' contract,
+``fitfleet._solvers``): as a rule no Jacobian, only ``JᵀJ`` and ``Jᵀr`` travel, and the
+Result evaluates ``J`` once, at the solution.
 """
 
 import dataclasses
@@ -43,27 +44,27 @@ def member(template, mask, sigma_batched, data):
 
 
 def _problem_of(statics, data):
-    fun, solver, template, mask, sigma_batched = statics
+    fun, solver, template, mask, sigma_batched, monitor = statics
     return _problem.make_problem(fun, member(template, mask, sigma_batched, data))
 
 
 def init_one(statics, data):
-    """One fit's first state, without its Jacobian."""
-    solver = statics[1]
+    """One fit's first state, as thin as its solver allows."""
+    solver, monitor = statics[1], statics[5]
     problem, u0 = _problem_of(statics, data)
-    return dataclasses.replace(_driver.finish(solver, solver.init(problem, u0)), jac=None)
+    return solver.thin(_driver.start(solver, problem, u0, monitor))
 
 
 def _step_one(statics, data, state):
     """One step of one fit; a finished fit is left as it is."""
     problem, _ = _problem_of(statics, data)
-    new = _driver.step(statics[1], problem, state)
+    new = _driver.step(statics[1], problem, state, statics[5])
     running = state.status == Status.RUNNING
     return jax.tree_util.tree_map(lambda a, b: jnp.where(running, a, b), new, state)
 
 
 def result_one(statics, data, state):
-    fun, solver, template, mask, sigma_batched = statics
+    fun, solver, template, mask, sigma_batched, monitor = statics
     spec = member(template, mask, sigma_batched, data)
     problem, _ = _problem.make_problem(fun, spec)
     return _driver.to_result(problem, state, spec=spec, jac_dropped=solver.forms_jacobian)

@@ -10,14 +10,18 @@ recompile) with
   ``_driver.run`` loops ``while status == RUNNING``.
 - ``forms_jacobian``: whether ``init``/``step`` evaluate ``J`` (Newton-type methods) or
   gradients only (first-order methods, whose ``State.jac`` is None).
+- ``thin(state) -> State``: the state a batch carries from step to step, with what the
+  step can do without dropped (``_common.without_jacobian``).
 
 The batch engine (``fitfleet._engine``) runs the same ``init``/``step``, vmapped, on
-states it may thin out:
+``thin`` states:
 
-- ``State.jac`` may be None in a state that comes from ``init``'s with its ``J``
-  dropped: a step must then use only ``JᵀJ``/``Jᵀr`` (in ``inner``/``grad``) and keep
-  ``jac`` None (``_common.linearize_like``), so that a batch does not carry (m, n) per
-  fit through its loop; the Result evaluates ``J`` once, at the solution.
+- What a batched step may skip is ``State.jac``, and only that: a solver whose step uses
+  only ``JᵀJ``/``Jᵀr`` (in ``inner``/``grad``) drops it in ``thin``, and its step then
+  keeps ``jac`` None (``_common.linearize_like``), so that a batch does not carry (m, n)
+  per fit through its loop; the Result evaluates ``J`` once, at the solution.  LM and
+  Gauss-Newton always drop it; trf keeps it with more than ``_linalg.UNROLL_MAX``
+  parameters, where its step is an SVD of ``J`` itself.
 - Nothing else differs: a batched step is the same step, and every counter means the
   same (``n_jev`` counts the Jacobians the method needs, where a fit alone evaluates
   them; under ``vmap`` a ``lax.cond`` runs both branches, so the batch may evaluate
@@ -35,15 +39,20 @@ from ._common import State, Tolerances
 from .gauss_newton import GaussNewton
 from .levenberg_marquardt import LevenbergMarquardt
 from .optax_baseline import OptaxSolver
+from .trust_region_reflective import TrustRegionReflective
 
-METHODS = ("lm", "gn", "adam", "sgd")
+METHODS = ("lm", "gn", "trf", "adam", "sgd")
+NEWTON_METHODS = ("lm", "gn", "trf")
 
 
 def make_solver(
-    method, *, ftol, xtol, gtol, max_steps, learning_rate, initial_damping, differentiable=False,
+    method, *, ftol, xtol, gtol, max_steps, learning_rate, initial_damping, x_scale="jac", differentiable=False,
 ):  # fmt: skip
     """Build the solver from checked options (``_setup.prepare``); hyper-parameters
     become arrays, so a new value, or a vmapped one, never recompiles.
+
+    ``x_scale``: ``"jac"`` or positive numbers (``_validate.x_scale``); numbers only for
+    ``"trf"``.
 
     ``differentiable``: the steps themselves carry gradients (``adjoint="unroll"``).
     """
@@ -60,6 +69,12 @@ def make_solver(
         )
     if method == "gn":
         return GaussNewton(tol=tol)
+    if method == "trf":
+        return TrustRegionReflective(
+            tol=tol,
+            x_scale=None if isinstance(x_scale, str) else _hyper(x_scale, real),
+            differentiable=differentiable,
+        )
     if isinstance(method, optax.GradientTransformation):
         return OptaxSolver(tol=tol, learning_rate=None, name="optax", transform=method)
     return OptaxSolver(tol=tol, learning_rate=_hyper(learning_rate, real), name=method)
@@ -74,4 +89,7 @@ def _hyper(value, dtype):
     return np.asarray(value, dtype)
 
 
-__all__ = ["METHODS", "GaussNewton", "LevenbergMarquardt", "OptaxSolver", "State", "Tolerances", "make_solver"]
+__all__ = [
+    "METHODS", "GaussNewton", "LevenbergMarquardt", "OptaxSolver", "State", "Tolerances", "TrustRegionReflective",
+    "make_solver",
+]  # fmt: skip

@@ -64,6 +64,7 @@ from ._common import (
     keep_linearization,
     linearize,
     linearize_like,
+    without_jacobian,
     start_status,
     step_status,
 )
@@ -103,6 +104,9 @@ class GaussNewton(eqx.Module):
 
     tol: Tolerances
     forms_jacobian = True  # the solvers' contract (``fitfleet._solvers``)
+
+    def thin(self, state):  # the solvers' contract: a batch carries JᵀJ and Jᵀr only
+        return without_jacobian(state)
 
     def init(self, problem, p):
         lin = linearize(problem, p)

@@ -8,10 +8,14 @@ curvature ``JᵀJ`` that least squares gives for free.
 
 Stopping tests, adapted to a method without a Jacobian:
 - ``gtol``: ``‖g‖∞ <= gtol`` (absolute; the MINPACK cosine needs the Jacobian);
-- ``ftol``: ``|F_old - F_new| <= ftol · F_old``;
+- ``ftol``: ``0 <= F_old - F_new <= ftol · F_old`` (a step that raised the cost proves
+  nothing);
 - ``xtol``: ``‖u‖ <= xtol · (xtol + ‖p‖)``.
-A non-finite cost at an iterate stops the fit with ``NONFINITE_RESIDUAL`` and keeps the
-last finite iterate.  The Jacobian of the final point is evaluated once, for the Result.
+A test that holds at a cost above the starting cost ends the fit with ``DIVERGED``, not a
+success: a learning rate too large can throw the iterate far away, where the cost is
+huge but flat, and every test then holds.  A non-finite cost at an iterate stops the fit
+with ``NONFINITE_RESIDUAL`` and keeps the last finite iterate.  The Jacobian of the final
+point is evaluated once, for the Result.
 """
 
 from typing import Any
@@ -39,6 +43,9 @@ class OptaxSolver(eqx.Module):
     transform: Any = eqx.field(static=True, default=None)
     forms_jacobian = False  # the solvers' contract (``fitfleet._solvers``): steps see gradients only
 
+    def thin(self, state):  # the solvers' contract: nothing to drop
+        return state
+
     def _optimiser(self):
         if self.transform is not None:
             return self.transform
@@ -48,11 +55,12 @@ class OptaxSolver(eqx.Module):
         r, cost, grad = problem.residual_cost_grad(p)
         status = jnp.where(jnp.isfinite(cost), Status.RUNNING, Status.NONFINITE_RESIDUAL)
         status = jnp.where((status == Status.RUNNING) & (jnp.max(jnp.abs(grad)) <= self.tol.at_precision(p.dtype).gtol), Status.GTOL, status)
-        opt_state = self._optimiser().init(p)
-        return State(p, r, cost, None, grad, status.astype(jnp.int32), counter(), counter(1), counter(0), opt_state)
+        inner = (self._optimiser().init(p), cost)  # the optimiser's state, the starting cost
+        return State(p, r, cost, None, grad, status.astype(jnp.int32), counter(), counter(1), counter(0), inner)
 
     def step(self, problem, state):
-        updates, opt_state = self._optimiser().update(state.grad, state.inner, state.params)
+        opt_state, start_cost = state.inner
+        updates, opt_state = self._optimiser().update(state.grad, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         r, cost, grad = problem.residual_cost_grad(params)
         finite = jnp.isfinite(cost) & jnp.all(jnp.isfinite(grad))
@@ -60,12 +68,13 @@ class OptaxSolver(eqx.Module):
         conditions = [
             (~finite, Status.NONFINITE_RESIDUAL),
             (jnp.max(jnp.abs(grad)) <= tol.gtol, Status.GTOL),
-            (jnp.abs(state.cost - cost) <= tol.ftol * state.cost, Status.FTOL),
+            ((state.cost >= cost) & (state.cost - cost <= tol.ftol * state.cost), Status.FTOL),
             (jnp.linalg.norm(updates) <= tol.xtol * (tol.xtol + jnp.linalg.norm(params)), Status.XTOL),
         ]
         status = jnp.asarray(Status.RUNNING, jnp.int32)
         for condition, code in reversed(conditions):
             status = jnp.where(condition, jnp.int32(code), status)
+        status = jnp.where((status != Status.RUNNING) & finite & (cost > start_cost), jnp.int32(Status.DIVERGED), status)
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         return State(
             params=keep(params, state.params),
@@ -77,6 +86,6 @@ class OptaxSolver(eqx.Module):
             n_steps=state.n_steps + 1,
             n_fev=state.n_fev + 1,
             n_jev=state.n_jev,
-            inner=jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), opt_state, state.inner),
+            inner=(jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), opt_state, state.inner[0]), start_cost),
         )
 

@@ -13,6 +13,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .. import _xla
+from .._losses import robust_cost
+from .._problem import Problem, whitening
 from . import _common
 
 
@@ -92,8 +94,8 @@ def landscape(fun, args, res, *, i=0, j=1, labels=None, names=None, limits=None,
 
     Args:
         fun, args: the residual and its extra arguments, as for the fit.  The cost drawn
-            is the plain ``½‖fun‖²``: for a fit with ``sigma`` or a robust loss, pass a
-            ``fun`` that includes them.
+            is the fit's: ``fun`` whitened by the ``sigma`` and under the ``loss`` the
+            first Result recorded.
         res: a :class:`~fitfleet.Result` (one fit) or a list of them.  Each is drawn as
             its path from ``res.history`` if recorded, else as its final point.
         i, j: the flat indices of the parameters on the horizontal and vertical axes.
@@ -144,7 +146,11 @@ def landscape(fun, args, res, *, i=0, j=1, labels=None, names=None, limits=None,
     grid = np.tile(np.asarray(base, np.float64), (a.size * b.size, 1))
     aa, bb = np.meshgrid(a, b)
     grid[:, i], grid[:, j] = aa.ravel(), bb.ravel()
-    cost = np.asarray(_grid_cost(fun, results[0].params, jnp.asarray(grid, base.dtype), args), np.float64).reshape(aa.shape)
+    first = results[0]
+    f_scale = getattr(first, "f_scale", None)
+    recorded = (getattr(first, "sigma", None), getattr(first, "loss", "linear"), 1.0 if f_scale is None else f_scale)
+    grid = jnp.asarray(grid, base.dtype)
+    cost = np.asarray(_grid_cost(fun, first.params, grid, args, *recorded), np.float64).reshape(aa.shape)
 
     ax = _common.new_axes(ax, figsize=(6.0, 4.8))
     finite = cost[np.isfinite(cost)]
@@ -188,11 +194,11 @@ def _limits(limits, points, i, j):
 
 
 @_xla.filter_jit
-def _grid_cost(fun, template, grid, args):
+def _grid_cost(fun, template, grid, args, sigma, loss, f_scale):
     unravel = ravel_pytree(template)[1]
+    whiten = Problem(fun=fun, jac="fwd", unravel=unravel, args=args, sigma=whitening(sigma)).whiten
 
     def cost(q):
-        r = jnp.ravel(fun(unravel(q), *args))
-        return 0.5 * jnp.sum(r * r)
+        return robust_cost(loss, f_scale, whiten(jnp.ravel(fun(unravel(q), *args)).astype(q.dtype)))
 
     return jax.vmap(cost)(grid)

@@ -1,0 +1,248 @@
+"""The PEtab problem as JAX functions of the estimated parameters: ODE solves of all
+conditions in one program, observables, residuals and the negative log-likelihood.
+
+Likelihood (pyPESTO's and AMICI's objective, with its normalisation constants).  A data
+point y with simulated observable h, noise σ and observableTransformation τ (lin, log,
+log10; τ(h) = h, ln h, log10 h) contributes
+
+    nll_i = ½ r_i² + ½ ln(2π σ_i²) + J_i,    r_i = (τ(y_i) − τ(h_i)) / σ_i,
+
+with J_i = 0 (lin), ln y_i (log-normal), ln(y_i ln 10) (log10-normal): the change of
+variables from τ(y) back to y.
+
+Sum of squares.  fitfleet minimises F = ½‖ρ‖².  Every data point gives ρ_i = r_i.  Where
+σ is constant (a number, a fixed parameter) ln σ_i is a constant.  Where σ depends on
+the parameters or the states (an observable whose noise formula involves an estimated
+parameter or a state, Armistead's σ = a·state), each of its data points also gives
+
+    s_i = √( ln max(σ_i², τ_min) − ln τ_min + 2 ),    ½ s_i² = ln|σ_i| + K,
+    K = 1 − ½ ln τ_min,
+
+with τ_min the smallest normal number of the dtype (2.2e-308 in float64: K = 355.2;
+1.2e-38 in float32: K = 44.7).  The argument of the root is ≥ 2 for every σ the dtype
+can square, so s is real and ≥ √2, and ∂s/∂ln σ = 1/s ≤ 1/√2: finite for σ → 0 (down to
+1e-154 in float64, where σ² underflows; below that the clamp holds s at √2 with a zero
+derivative, and r = (τ(y) − τ(h))/σ has long overflowed) and for σ → ∞ (s grows like
+√(2 ln σ)).  A smaller K chosen from the parameter bounds (``examples/boehm.py``) would
+not do: a σ that follows a simulated state has no bound.  The Gauss-Newton model of ½ s² = ln σ + K
+is ln σ + K + Δ + Δ²/(2 s²) for a step Δ in ln σ: nearly the exact (linear) term, as
+s² ≥ 2 and typically s² ≈ 2K, so the large K makes the quadratic model more faithful,
+not less.  Then
+
+    nll(x) = ½‖ρ(x)‖² + offset,
+    offset = Σ_i (½ ln 2π + J_i) + Σ_{σ constant} ln|σ_i| − K · #{σ variable},
+
+which ``Problem.offset`` holds.  The constant K per σ-dependent data point inflates F,
+so fitfleet's relative stopping tests (``ftol``: a decrease relative to F; ``gtol``: a
+cosine with ‖ρ‖) are looser in NLL units than on F = NLL; the fits from the nominal
+parameters still end within 1e-5 of the best known optima
+(``benchmarks/results/petab_import.md``).
+
+ODE solves: every condition has the same state vector and right-hand side, so one
+``vmap`` over conditions (their times padded to equal length with their last time)
+solves them all in one program; see ``_solve``.
+"""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._codegen import Generated
+from ._sbml import TIME, symbol
+
+
+class Settings(eqx.Module):
+    """The ODE solver and its relative tolerance (``fitfleet.petab.load``, ``_tolerances``)."""
+
+    solver: diffrax.AbstractSolver
+    rtol: float
+    max_steps: int
+
+
+class ObservableFns(eqx.Module):
+    observable: Generated = eqx.field(static=True)
+    noise: Generated = eqx.field(static=True)
+    transformation: str = eqx.field(static=True)
+    variable_sigma: bool = eqx.field(static=True)
+    rows: tuple = eqx.field(static=True)  # positions in the measurement table
+    condition: jax.Array
+    time: jax.Array
+    observable_index: jax.Array
+    noise_index: jax.Array
+
+
+class Model(eqx.Module):
+    """Pure functions of ``x`` (the estimated parameters on their estimation scale) and
+    ``y`` (the measurements in table order)."""
+
+    rhs: Generated = eqx.field(static=True)
+    initial: Generated = eqx.field(static=True)
+    scale_groups: tuple = eqx.field(static=True)  # (log indices, log10 indices)
+    settings: Settings = eqx.field(static=True)
+    observables: tuple
+    constants: jax.Array
+    theta_index: jax.Array
+    initial_index: jax.Array
+    times: jax.Array
+    state_scales: jax.Array  # atol = rtol · state_scales (``_tolerances``)
+
+    def pool(self, x):
+        x_lin = x
+        log, log10 = self.scale_groups
+        if log:
+            x_lin = x_lin.at[np.array(log)].set(jnp.exp(x[np.array(log)]))
+        if log10:
+            x_lin = x_lin.at[np.array(log10)].set(10.0 ** x[np.array(log10)])
+        return jnp.concatenate([x_lin, self.constants.astype(x.dtype)])
+
+    def _vector_field(self, t, state, theta):
+        f = self.rhs(jnp.reshape(t, (1,)).astype(state.dtype), state, theta)
+        # Nothing non-finite may reach the implicit solver's linear solves: lineax's
+        # tangent solves (forward mode) raise on it, which would end a whole batch.  A
+        # non-finite rate, or a state past ``big`` (a finite-time blow-up on its way
+        # to overflow), becomes a huge finite rate instead: the step's error estimate
+        # is then huge, the controller rejects it and shrinks the step, and at ``dtmin``
+        # the solve stops as failed (NaN, see ``_solve``).  No accepted step sees it.
+        big = jnp.finfo(state.dtype).max ** (1 / 3)
+        ok = jnp.isfinite(f) & (jnp.max(jnp.abs(state)) < big)
+        return jnp.where(ok, f, big)
+
+    def _solve(self, theta, y0, ts):
+        s = self.settings
+        eps = float(jnp.finfo(ts.dtype).eps)
+        rtol = max(s.rtol, 100 * eps)
+        valid = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(theta))
+        y0, theta = jnp.where(valid, y0, 0), jnp.where(valid, theta, 1)
+        controller = diffrax.PIDController(
+            rtol=rtol, atol=rtol * self.state_scales.astype(y0.dtype), pcoeff=0.3, icoeff=0.3,
+            dtmin=max(1e-14, 10 * eps) * jnp.maximum(ts[-1], 1), force_dtmin=False,
+        )  # fmt: skip
+        solution = diffrax.diffeqsolve(
+            diffrax.ODETerm(self._vector_field), s.solver, t0=jnp.zeros((), ts.dtype), t1=ts[-1], dt0=None, y0=y0,
+            args=theta, saveat=diffrax.SaveAt(ts=ts), stepsize_controller=controller,
+            adjoint=diffrax.ForwardMode(), max_steps=s.max_steps, throw=False,
+        )  # fmt: skip
+        # A failed solve (step budget, dtmin, a non-finite start) is NaN, which
+        # fitfleet reads as a failed evaluation, never a number that looks valid.
+        return jnp.where(valid & (solution.result == diffrax.RESULTS.successful), solution.ys, jnp.nan)
+
+    def states(self, x):
+        """(conditions, times, states) at every condition's measurement times, the
+        condition parameters (conditions, parameters) and the pool."""
+        pool = self.pool(x)
+        theta = pool[self.theta_index]
+        y0 = self.initial(theta.T).T
+        override = self.initial_index >= 0
+        y0 = jnp.where(override, pool[jnp.where(override, self.initial_index, 0)], y0)
+        ys = jax.vmap(self._solve)(theta, y0, self.times.astype(x.dtype))
+        return ys, theta, pool
+
+    def predict(self, x):
+        """Per observable: (h, σ) at its rows."""
+        return self._observe(*self.states(x))
+
+    def _observe(self, ys, theta, pool):
+        out = []
+        for o in self.observables:
+            t = self.times.astype(pool.dtype)[o.condition, o.time][None]
+            args = (t, ys[o.condition, o.time].T, theta[o.condition].T, pool[o.observable_index].T)
+            h = o.observable(*args)[0]
+            sigma = o.noise(*args, pool[o.noise_index].T)[0]
+            out.append((h, sigma))
+        return out
+
+    def simulation(self, x):
+        """The observables in measurement-table order."""
+        return self._table_order([h for h, _ in self.predict(x)])
+
+    def residual(self, x, y):
+        """ρ(x): the weighted residuals in table order, then the σ terms (module docstring)."""
+        tiny = jnp.finfo(x.dtype).tiny
+        r, s = [], []
+        for o, (h, sigma) in zip(self.observables, self.predict(x)):
+            r.append(_weighted(o.transformation, y[np.asarray(o.rows)], h, sigma))
+            if o.variable_sigma:
+                s.append(jnp.sqrt(jnp.log(jnp.maximum(sigma * sigma, tiny)) - jnp.log(tiny) + 2))
+        return jnp.concatenate([self._table_order(r), *s])
+
+    def nll(self, x, y):
+        """The negative log-likelihood (module docstring), exactly."""
+        total = 0.0
+        for o, (h, sigma) in zip(self.observables, self.predict(x)):
+            data = y[np.asarray(o.rows)]
+            r = _weighted(o.transformation, data, h, sigma)
+            total += jnp.sum(0.5 * r * r + 0.5 * jnp.log(2 * np.pi * sigma * sigma) + _jacobian_term(o.transformation, data))
+        return total
+
+    def offset(self, x, y):
+        """``nll - ½‖residual‖²``, from the constant terms alone (module docstring);
+        no ODE solve: a constant σ does not depend on the states."""
+        K = 1 - 0.5 * jnp.log(jnp.finfo(x.dtype).tiny)
+        pool = self.pool(x)
+        theta = pool[self.theta_index]
+        ys = jnp.zeros((*self.times.shape, self.initial_index.shape[1]), x.dtype)
+        total = 0.0
+        for o, (_, sigma) in zip(self.observables, self._observe(ys, theta, pool)):
+            data = y[np.asarray(o.rows)]
+            total += jnp.sum(0.5 * jnp.log(2 * np.pi) + _jacobian_term(o.transformation, data))
+            total += -K * data.size if o.variable_sigma else jnp.sum(0.5 * jnp.log(sigma**2))
+        return total
+
+    def _table_order(self, parts):
+        rows = np.concatenate([o.rows for o in self.observables])
+        return jnp.concatenate(parts)[np.argsort(rows, kind="stable")]
+
+
+def _weighted(transformation, y, h, sigma):
+    if transformation == "log":
+        return (jnp.log(y) - jnp.log(h)) / sigma
+    if transformation == "log10":
+        return (jnp.log10(y) - jnp.log10(h)) / sigma
+    return (y - h) / sigma
+
+
+def _jacobian_term(transformation, y):
+    if transformation == "log":
+        return jnp.log(y)
+    if transformation == "log10":
+        return jnp.log(y * np.log(10))
+    return jnp.zeros_like(y)
+
+
+def build_model(ode, layout, settings, state_scales):
+    """The :class:`Model` of an ``_sbml.OdeModel`` and a ``_tables.Layout``."""
+    states = [symbol(s) for s in ode.states]
+    params = [symbol(p) for p in layout.parameters]
+    rhs = Generated([[TIME], states, params], ode.rhs)
+    initial = Generated([params], ode.initial)
+    observables = []
+    for o in layout.observables:
+        groups = [[TIME], states, params, [symbol(p) for p in o.placeholders]]
+        observables.append(
+            ObservableFns(
+                observable=Generated(groups, [o.formula]),
+                noise=Generated(groups + [[symbol(p) for p in o.noise_placeholders]], [o.noise]),
+                transformation=o.transformation,
+                variable_sigma=o.variable_sigma,
+                rows=tuple(o.rows.tolist()),
+                condition=o.condition.astype(np.int32),
+                time=o.time.astype(np.int32),
+                observable_index=o.observable_index.astype(np.int32),
+                noise_index=o.noise_index.astype(np.int32),
+            )
+        )
+    scales = np.asarray(layout.scales)
+    return Model(
+        rhs=rhs,
+        initial=initial,
+        scale_groups=(tuple(np.flatnonzero(scales == "log").tolist()), tuple(np.flatnonzero(scales == "log10").tolist())),
+        settings=settings,
+        observables=tuple(observables),
+        constants=np.asarray(layout.constants),
+        theta_index=layout.theta_index.astype(np.int32),
+        initial_index=layout.initial_index.astype(np.int32),
+        times=np.asarray(layout.times),
+        state_scales=np.asarray(state_scales, np.float64),
+    )

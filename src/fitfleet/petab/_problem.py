@@ -1,0 +1,227 @@
+"""``load``: a PEtab problem in, a :class:`Problem` out (simulate, nll, fit, multistart)."""
+
+import math
+import statistics
+from pathlib import Path
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import petab.v1 as petab
+from petab.v1 import C
+
+from .. import _multistart, _xla, fit_batch, least_squares
+from . import _model, _sbml, _tables, _tolerances
+
+
+def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, lint=True):
+    """Load a PEtab v1 problem (its yaml file, or the folder that holds exactly one).
+
+    The SBML model is translated to JAX once, here; nothing compiles until the first
+    evaluation.
+
+    Args:
+        path: the problem's yaml file or its folder.
+        solver: a diffrax solver; default ``diffrax.Kvaerno5()``, an L-stable implicit
+            Runge-Kutta method: the benchmark models are stiff somewhere inside their
+            bounds (Boehm's import rate reaches 1e5/min), and multi-starts go there.
+        rtol: the relative tolerance of the ODE solver (raised to 100 ε in float32).
+        state_scales: per state (or one number), the magnitude below which a state's
+            absolute error is controlled: ``atol_i = rtol · state_scales[i]``.  Default:
+            by the rule of ``fitfleet.petab._tolerances`` (each state's largest value
+            at the nominal parameters, from a pilot solve on the host).
+        max_steps: the ODE solver's step budget per condition; a solve that needs more
+            fails (NaN residuals, which a fit treats as a rejected point).
+        lint: run ``petab.lint_problem`` first and refuse a problem with errors.
+
+    The Jacobian comes from forward-mode sensitivities through the solver
+    (``diffrax.ForwardMode``, so ``jax.jacfwd``; ``nll`` also has a reverse-mode
+    gradient built on them), and a failed solve returns NaN rather than raising.
+
+    Returns:
+        A :class:`Problem`.
+
+    Raises:
+        NotImplementedError: for a PEtab or SBML feature outside what the benchmark
+            collection's ODE problems use (events, pre-equilibration, steady-state
+            measurements, objective priors, Laplace noise, algebraic rules, ...),
+            naming it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        yamls = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+        if len(yamls) != 1:
+            raise ValueError(f"`path` {str(path)!r} is a folder with {len(yamls)} yaml files; pass the problem's yaml file.")
+        path = yamls[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"`path`: no PEtab yaml file {str(path)!r}.")
+    problem = petab.Problem.from_yaml(str(path))
+    if problem.model is None or not hasattr(problem.model, "sbml_document"):
+        raise NotImplementedError("only PEtab problems with an SBML model are supported.")
+    if lint and petab.lint_problem(problem):
+        raise ValueError(f"petab.lint_problem found errors in {str(path)!r} (logged above); pass lint=False to load it anyway.")
+    ode = _sbml.load_sbml(problem.model.sbml_document)
+    layout = _tables.build(problem, ode)
+    if state_scales is None:
+        state_scales = _tolerances.state_scales(ode, layout)
+    state_scales = np.broadcast_to(np.asarray(state_scales, np.float64), (len(ode.states),))
+    settings = _model.Settings(solver or diffrax.Kvaerno5(), float(rtol), int(max_steps))
+    return Problem(path, problem, ode, layout, _model.build_model(ode, layout, settings, state_scales))
+
+
+class Problem:
+    """A PEtab problem as functions of the estimated parameters ``x`` on their
+    estimation scale (``lin``, ``log`` or ``log10`` per parameter, as the parameter
+    table says).
+
+    Attributes:
+        names, scales: the estimated parameters, in parameter-table order.
+        lower, upper, nominal: their bounds and nominal values on the estimation scale.
+        measurements: the measurement table's values, in its row order.
+        fun, args: the residual ``fun(x, *args)`` for fitfleet (module docstring of
+            ``fitfleet.petab._model``: ``nll(x) = ½‖fun(x, *args)‖² + offset``).
+        petab_problem: the ``petab.v1.Problem`` it was loaded from.
+    """
+
+    def __init__(self, path, petab_problem, ode, layout, model):
+        self.path, self.petab_problem, self.ode, self.layout, self.model = path, petab_problem, ode, layout, model
+        self.names, self.scales = layout.names, layout.scales
+        self.lower, self.upper, self.nominal = layout.lower, layout.upper, layout.nominal
+        self.measurements = layout.measurements
+        self.state_scales = np.asarray(model.state_scales)
+        self.fun, self.args = model.residual, (layout.measurements,)
+        self._nll = _xla.filter_jit(_nll_with_gradient(model))
+        self._simulation = _xla.filter_jit(model.simulation)
+        self._residual = _xla.filter_jit(model.residual)
+        self._offset = {}
+
+    def __repr__(self):
+        return f"<fitfleet.petab.Problem {self.path.stem}: {len(self.names)} parameters, {self.measurements.size} measurements, {len(self.layout.condition_ids)} conditions, {len(self.ode.states)} states>"
+
+    def _x(self, x, name="x"):
+        x = jnp.asarray(x)
+        if x.shape[-1:] != (len(self.names),):
+            raise ValueError(f"`{name}` must have {len(self.names)} entries (the estimated parameters {list(self.names)}) in its last axis; got shape {x.shape}.")
+        return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(float)
+
+    def nll(self, x):
+        """The negative log-likelihood at ``x`` (estimation scale); jit, vmap and grad
+        work (the gradient by forward-mode sensitivities)."""
+        x = self._x(x)
+        return self._nll(x, jnp.asarray(self.measurements, x.dtype))
+
+    def residual(self, x):
+        """``fun(x, *args)``: the residual vector fitfleet minimises."""
+        x = self._x(x)
+        return self._residual(x, jnp.asarray(self.measurements, x.dtype))
+
+    @property
+    def offset(self):
+        """``nll(x) − ½‖residual(x)‖²``, the same for every ``x`` (float64 if enabled)."""
+        dtype = jnp.result_type(float)
+        if dtype not in self._offset:
+            x = jnp.asarray(self.nominal, dtype)
+            self._offset[dtype] = float(self.model.offset(x, jnp.asarray(self.measurements, dtype)))  # eager: small
+        return self._offset[dtype]
+
+    def simulate(self, x):
+        """The measurement table with a ``simulation`` column: the observables at ``x``."""
+        table = self.petab_problem.measurement_df.reset_index(drop=True).copy()
+        table[C.SIMULATION] = np.asarray(self._simulation(self._x(x)), np.float64)
+        return table
+
+    def fit(self, x0=None, **options):
+        """``fitfleet.least_squares`` on the problem from ``x0`` (default: the nominal
+        parameters), with the parameter table's bounds and forward-mode Jacobians.
+        ``options`` go to ``least_squares``.  The NLL at the result: ``res.cost +
+        self.offset`` (or ``self.nll(res.params)``)."""
+        x0 = self._x(self.nominal if x0 is None else x0, "x0")
+        if x0.ndim != 1:
+            raise ValueError(f"`x0` must be one point of shape ({len(self.names)},); use multistart for many.")
+        return least_squares(self.fun, x0, self._data(x0), **self._options(options))
+
+    def multistart(self, n_starts, key=None, **options):
+        """``n_starts`` fits from starts drawn by :meth:`sample_starts`, by
+        ``fitfleet.fit_batch``, summarised as a ``fitfleet.MultiStartResult`` (its
+        costs are ``nll − offset``)."""
+        if isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
+            raise ValueError(f"`n_starts` must be a positive integer; got {n_starts!r}.")
+        rtol = options.pop("rtol", 1e-3)
+        dtype = options.pop("dtype", None) or jnp.result_type(float)
+        x0 = self.sample_starts(n_starts, key).astype(dtype)
+        results = fit_batch(self.fun, x0, self._data(x0), shared_args=True, **self._options(options))
+        return _multistart.summarise(results, x0, rtol)
+
+    def sample_starts(self, n_starts, key=None):
+        """(n_starts, n) starting points on the estimation scale, drawn from each
+        parameter's initializationPriorType (default ``parameterScaleUniform``: uniform
+        between the bounds on the estimation scale, pyPESTO's default), truncated to
+        the bounds; ``key``: a ``jax.random`` key (default ``jax.random.key(0)``)."""
+        key = jax.random.key(0) if key is None else key
+        u = np.asarray(jax.random.uniform(key, (int(n_starts), len(self.names)), jnp.float32), np.float64)
+        u = np.clip(u, 1e-12, 1 - 1e-12)
+        columns = [
+            _sample(u[:, j], kind, params, lo, hi, scale)
+            for j, ((kind, params), lo, hi, scale) in enumerate(zip(self.layout.priors, self.lower, self.upper, self.scales))
+        ]
+        return np.clip(np.stack(columns, axis=1), self.lower, self.upper) if columns else np.zeros((int(n_starts), 0))
+
+    def _data(self, x0):
+        return (jnp.asarray(self.measurements, x0.dtype),)
+
+    def _options(self, options):
+        options = dict(options)
+        options.setdefault("bounds", (self.lower, self.upper))
+        options.setdefault("jac", "fwd")  # the ODE solves differentiate in forward mode only
+        return options
+
+
+def _nll_with_gradient(model):
+    """``nll(x, y)`` whose reverse-mode gradient in ``x`` comes from forward-mode
+    sensitivities (diffrax.ForwardMode has no reverse mode)."""
+
+    @jax.custom_vjp
+    def nll(x, y):
+        return model.nll(x, y)
+
+    def forward(x, y):
+        grad, value = jax.jacfwd(lambda x: (model.nll(x, y),) * 2, has_aux=True)(x)
+        return value, (grad, y)
+
+    def backward(saved, g):
+        grad, y = saved
+        return g * grad, jnp.zeros_like(y)
+
+    nll.defvjp(forward, backward)
+    return nll
+
+
+def _sample(u, kind, params, lo, hi, scale):
+    """Inverse-CDF sampling of one parameter's initialization prior, truncated to its
+    bounds ``lo``, ``hi`` (estimation scale), returned on the estimation scale."""
+    to_scale = lambda p: np.asarray([petab.scale(float(v), scale) for v in np.atleast_1d(p)])  # noqa: E731
+    lin_lo, lin_hi = petab.unscale(lo, scale), petab.unscale(hi, scale)
+    if kind == C.PARAMETER_SCALE_UNIFORM:
+        a, b = params or (lo, hi)
+        return np.maximum(a, lo) + u * (np.minimum(b, hi) - np.maximum(a, lo))
+    if kind == C.UNIFORM:
+        a, b = max(params[0], lin_lo), min(params[1], lin_hi)
+        return to_scale(a + u * (b - a))
+    space = {C.PARAMETER_SCALE_NORMAL: "scale", C.PARAMETER_SCALE_LAPLACE: "scale", C.LOG_NORMAL: "ln", C.LOG_LAPLACE: "ln"}.get(kind, "lin")
+    a, b = {"scale": (lo, hi), "ln": (math.log(lin_lo) if lin_lo > 0 else -math.inf, math.log(lin_hi)), "lin": (lin_lo, lin_hi)}[space]
+    cdf, inverse = _laplace(*params) if "aplace" in kind else _normal(*params)
+    z = inverse(cdf(a) + u * (cdf(b) - cdf(a)))
+    return z if space == "scale" else to_scale(np.exp(z) if space == "ln" else z)
+
+
+def _normal(mu, s):
+    d = statistics.NormalDist(mu, s)
+    clip = lambda p: min(max(p, 1e-300), 1 - 1e-16)  # noqa: E731
+    return (lambda x: d.cdf(x) if np.isfinite(x) else float(x > 0)), np.vectorize(lambda p: d.inv_cdf(clip(p)))
+
+
+def _laplace(mu, b):
+    cdf = lambda x: 0.5 * math.exp((x - mu) / b) if x < mu else 1 - 0.5 * math.exp(-(x - mu) / b)  # noqa: E731
+    inverse = lambda p: mu - b * np.sign(p - 0.5) * np.log1p(-2 * np.abs(p - 0.5))  # noqa: E731
+    return cdf, inverse

@@ -1,0 +1,66 @@
+"""Answers that are right or flagged (issue 18 §1, §3): a success is a promise."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fitfleet as ff
+
+S = jnp.linspace(0.1, 30.0, 40)
+V = 29.0 * S / (6.0 + S) + 0.5 * jnp.asarray(np.random.default_rng(0).normal(size=40))
+
+
+def michaelis_menten(p, S, v):
+    return p[0] * S / (p[1] + S) - v
+
+
+def test_a_diverged_first_order_run_is_not_a_success(x64):
+    """sgd with learning rate 0.3 from (10, 10) throws Vmax to about -1.6e6 within three
+    steps, where the cost is huge and flat: ftol used to report success there."""
+    res = ff.least_squares(michaelis_menten, jnp.array([10.0, 10.0]), (S, V), method="sgd", learning_rate=0.3)
+    start_cost = float(0.5 * jnp.sum(michaelis_menten(jnp.array([10.0, 10.0]), S, V) ** 2))
+    assert float(res.cost) > start_cost  # it did diverge
+    assert not bool(res.success)
+    assert int(res.status) in (ff.Status.DIVERGED, ff.Status.NONFINITE_RESIDUAL, ff.Status.MAX_STEPS)
+    good = ff.least_squares(michaelis_menten, jnp.array([10.0, 10.0]), (S, V), method="adam", learning_rate=0.05, max_steps=20_000)
+    assert bool(good.success) and float(good.cost) < 10.0  # a run that converges still succeeds
+
+
+def _raising_model():
+    """A model whose Jacobian raises at run time where its residual is not finite: a
+    linear solve with lineax's default ``throw=True`` inside a custom JVP, the way
+    optimistix differentiates the root finds of diffrax's implicit solvers."""
+    lineax = pytest.importorskip("lineax")
+
+    @jax.custom_jvp
+    def decay(k, t):
+        return jnp.exp(-k * t)
+
+    @decay.defjvp
+    def decay_jvp(primals, tangents):
+        k, t = primals
+        value = decay(k, t)
+        # = 1, or raises: exp(-10 k) overflows where the residual, exp(-k t) with t <= 3, may not
+        operator = lineax.MatrixLinearOperator(jnp.eye(2, dtype=value.dtype) * jnp.exp(-10 * k))
+        scale = lineax.linear_solve(operator, jnp.ones(2, value.dtype) * jnp.exp(-10 * k)).value[0]
+        return value, -t * value * tangents[0] * scale
+
+    t = jnp.linspace(0.0, 3.0, 10)
+    return (lambda k, t, y: decay(k[0], t) - y), t, jnp.exp(-0.7 * t)
+
+
+def test_a_model_that_raises_gives_a_status_not_an_exception(x64):
+    """A start far enough that the model's internal linear solve sees inf: the fit ends
+    with MODEL_RAISED at its start instead of killing the caller (issue 18 §3)."""
+    fun, t, y = _raising_model()
+    good = ff.least_squares(fun, jnp.array([0.3]), (t, y))
+    assert good.success and abs(float(good.params[0]) - 0.7) < 1e-6
+    # The residual overflows too: the Jacobian is never evaluated there.
+    res = ff.least_squares(fun, jnp.array([-800.0]), (t, y))
+    assert int(res.status) == ff.Status.NONFINITE_RESIDUAL
+    # A finite residual, a raising Jacobian: the fit stops with its own status.
+    res = ff.least_squares(fun, jnp.array([-100.0]), (t, y))
+    assert int(res.status) == ff.Status.MODEL_RAISED and not bool(res.success)
+    np.testing.assert_array_equal(res.params, [-100.0])
+    assert "raised" in res.message
