@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -213,6 +214,36 @@ def test_nan_member_keeps_its_own_status(dtype):
     others = np.arange(12) != 4
     np.testing.assert_array_equal(np.asarray(res.params)[others], np.asarray(ref.params)[others])
     np.testing.assert_array_equal(np.asarray(res.status)[others], np.asarray(ref.status)[others])
+
+
+def checked_decay(p, t, y):
+    """``decay`` with a run-time check on the data (equinox's ``error_if``, a host
+    callback): under ``vmap`` one member's check raises for the whole batch."""
+    return eqx.error_if(decay(p, t, y), jnp.any(y > 100), "bad data")
+
+
+@pytest.mark.parametrize("path", ["cpu", "accelerator"])
+def test_a_raising_member_is_isolated(x64, path):
+    """Members whose data make the model raise get MODEL_RAISED at their start, as a fit
+    alone does; the others get exactly what they get in a batch without them."""
+    x0, y, _ = decay_data(10, seed=14)
+    bad = y.copy()
+    bad[[2, 7]] = 1000.0
+    good = np.setdiff1d(np.arange(10), [2, 7])
+    with ff.engine_settings(path=path):
+        res = ff.fit_batch(checked_decay, x0, (T, bad), shared_args=(0,))
+        ref = ff.fit_batch(checked_decay, x0[good], (T, y[good]), shared_args=(0,))
+    assert np.asarray(res.status)[[2, 7]].tolist() == [Status.MODEL_RAISED] * 2
+    np.testing.assert_array_equal(np.asarray(res.params)[[2, 7]], x0[[2, 7]])
+    assert np.asarray(res.n_steps)[[2, 7]].tolist() == [0, 0]
+    alone = ff.least_squares(checked_decay, jnp.asarray(x0[2]), (jnp.asarray(T), jnp.asarray(bad[2])))
+    assert int(alone.status) == Status.MODEL_RAISED
+    for name in ("params", "cost", "jac", "status", "n_steps", "n_fev", "n_jev"):
+        np.testing.assert_array_equal(np.asarray(getattr(res, name))[good], np.asarray(getattr(ref, name)), err_msg=name)
+    i = good[0]
+    one = ff.least_squares(checked_decay, jnp.asarray(x0[i]), (jnp.asarray(T), jnp.asarray(y[i])))
+    np.testing.assert_allclose(res.params[i], one.params, rtol=1e-9)
+    assert int(res.status[i]) == int(one.status) and int(res.n_steps[i]) == int(one.n_steps)
 
 
 def test_options_pass_through_per_fit_sigma_bounds_loss(x64):

@@ -2,13 +2,16 @@
 
 import dataclasses
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from .. import _problem, _setup, _validate, _xla
+from .. import _driver, _problem, _setup, _validate, _xla
 from .._least_squares import least_squares
 from .._setup import DEFAULTS
 from .host import Engine
+from .programs import init_one, result_one
 
 
 def fit_batch(
@@ -124,10 +127,62 @@ def fit_batch(
     data = (x0, tuple(a for a, b in zip(args, mask) if b), sigma_data)
     engine = Engine((fun, solver, template, mask, sigma_batched, monitor), _validate.devices(devices))
     with _xla.compile_notice("the batch's programs"):
-        result = engine.run(data, size, chunk_size, progress)
+        result = _run(engine, data, size, chunk_size, progress, template.may_raise)
     if verbose:
         print(result)
     return result
+
+
+def _run(engine, data, size, chunk_size, progress, may_raise):
+    """The engine's run of the batch, and where the model raised at run time
+    (``_xla.raised_by_model``: under ``vmap`` one member's check raises for all), the
+    raising members found by bisection: the same batch runs again with the rows under
+    suspicion kept and the others replaced by copies of one of them (the same shapes, so
+    nothing compiles again), halving the rows of every run that raised, until each
+    raising member stands alone and gets ``Status.MODEL_RAISED`` (its start, no steps,
+    as ``least_squares`` gives it); every other member keeps the result of a run that did
+    not raise, which equals its fit alone (a row's arithmetic never depends on the
+    others).  For k raising members that is about 2·k·log2(B) more runs.  (An error
+    surfaces when the program has run: a model that may raise is waited for here.)"""
+
+    def attempt(rows):
+        kept = np.where(np.isin(np.arange(size), rows), np.arange(size), rows[0])
+        part = data if len(rows) == size else jax.tree_util.tree_map(lambda a: a[kept], data)
+        try:
+            result = engine.run(part, size, chunk_size, progress and len(rows) == size)
+            return jax.block_until_ready(result) if may_raise else result
+        except Exception as e:
+            if not _xla.raised_by_model(e):
+                raise
+            return None
+
+    everything = np.arange(size)
+    result = attempt(everything)
+    if result is not None:
+        return result
+    merged, raised, pending = None, [], [everything]
+    while pending:
+        rows = pending.pop()
+        found = attempt(rows) if len(rows) < size else None
+        if found is not None:
+            take = np.isin(everything, rows)
+            merged = found if merged is None else _where_rows(take, found, merged)
+        elif len(rows) == 1:
+            raised.append(int(rows[0]))
+        else:
+            pending += [rows[len(rows) // 2 :], rows[: len(rows) // 2]]
+    statics, row = engine.statics, lambda i: jax.tree_util.tree_map(lambda a: a[i], data)  # noqa: E731
+    shapes = eqx.filter_eval_shape(lambda d: result_one(statics, d, init_one(statics, d)), row(0))
+    for i in raised:
+        failed = _driver.raised_result(shapes, row(i)[0])
+        if merged is None:  # every member raised
+            merged = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (size, *a.shape)), failed)
+        merged = jax.tree_util.tree_map(lambda a, b: a.at[i].set(b), merged, failed)
+    return merged
+
+
+def _where_rows(take, new, old):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(take.reshape(-1, *(1,) * (a.ndim - 1)), a, b), new, old)
 
 
 def _vmapped_least_squares(fun, x0, args, mask, sigma_batched, options):

@@ -147,6 +147,7 @@ class Engine:
                 results.append(self._run_part(programs, parts[0], int(n_valid[0]), bar))
             else:
                 futures = [runtime.pool("run").submit(self._run_part, programs, *p, bar) for p in zip(parts, n_valid)]
+                concurrent.futures.wait(futures)  # all of them, even where one raised: nothing left running
                 results += [f.result() for f in futures]
         return results
 
