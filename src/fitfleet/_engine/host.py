@@ -70,6 +70,8 @@ class Engine:
         settings = runtime.current()
         self.path = settings.path if settings.path != "auto" else ("cpu" if self.cpu else "accelerator")
         self.background = settings.background
+        if self.path == "accelerator":  # a step without loops (the solvers' contract, ``vectorised``)
+            self.statics = (statics[0], statics[1].vectorised(), *statics[2:])
         # Compiled executables serve the default device: they carry no tracing state, so
         # worker threads may call them.  Elsewhere the jitted programs run on this thread.
         self.precompiled = self.device is None

@@ -12,6 +12,11 @@ recompile) with
   gradients only (first-order methods, whose ``State.jac`` is None).
 - ``thin(state) -> State``: the state a batch carries from step to step, with what the
   step can do without dropped (``_common.without_jacobian``).
+- ``vectorised() -> solver``: the same method with a step that has no data-dependent
+  loop (LM's spectral damping search), for the engine's accelerator path: under ``vmap``
+  a loop inside the step runs every fit as long as the slowest, and on a GPU each of
+  its trips costs kernel launches and a predicate read.  Its iterates are the same as
+  the solver's own, up to round-off.
 
 The batch engine (``fitfleet._engine``) runs the same ``init``/``step``, vmapped, on
 ``thin`` states:

@@ -108,6 +108,9 @@ class GaussNewton(eqx.Module):
     def thin(self, state):  # the solvers' contract: a batch carries JᵀJ and Jᵀr only
         return without_jacobian(state)
 
+    def vectorised(self):  # the solvers' contract: the step has no loop
+        return self
+
     def init(self, problem, p):
         lin = linearize(problem, p)
         cost = problem.cost(lin.residual)

@@ -46,7 +46,16 @@ Newton iteration on ``1/‖Dδ‖ − 1/radius`` with Moré's bracketing safegua
 started from the previous step's damping (Moré 1978, §5; one Cholesky per iteration).
 It also stops where ``‖Dδ‖`` stays short of the radius and no longer grows as the
 damping falls (the "hard case", a direction of no curvature and no slope, in which a
-longer step would gain nothing).
+longer step would gain nothing).  The same iteration runs on one eigendecomposition
+``D⁻¹JᵀJD⁻¹ = V diag(s) Vᵀ`` in the batch engine's accelerator path (``vectorised``,
+:func:`spectral_damping`): with ``c = Vᵀ(D⁻¹g)``, ``‖Dδ(λ)‖² = Σ c²/(s + λ)²`` and
+Hebden's derivative ``Σ c²/(s + λ)³`` cost O(n) per iterate, so all iterations are
+unrolled and a step has no loop (under ``vmap`` a loop runs every fit's search as long
+as the slowest one's, and on a GPU each trip costs kernel launches).  Its iterates are
+the Cholesky search's to round-off; on NIST, MGH and the bounds suite it solved the
+same problems (``benchmarks/lean_accuracy.py``).  The fit alone and the CPU engine keep
+the Cholesky loop: an unrolled Cholesky runs in SIMD lanes across a block of fits,
+where LAPACK's ``syevd`` is called once per fit (measured in ``benchmarks/accelerator.py``).
 
 The radius (scipy ``trf``'s rule).  With the gain ratio
 
@@ -87,6 +96,7 @@ for large-scale bound-constrained minimization problems", SIAM J. Sci. Comput. 2
 (scipy's ``trf``); J. Nocedal & S. Wright, "Numerical Optimization" (2006), §4.3.
 """
 
+import dataclasses
 from typing import Any
 
 import equinox as eqx
@@ -129,10 +139,16 @@ class LevenbergMarquardt(eqx.Module):
     initial_damping: Any
     # adjoint="unroll": re-solve for the step with gradients flowing through J and r.
     differentiable: bool = eqx.field(static=True, default=False)
+    # The damping search: "cholesky" (a loop of factorisations) or "spectral" (one
+    # eigendecomposition, no loop: ``vectorised``); see the module docstring.
+    search: str = eqx.field(static=True, default="cholesky")
     forms_jacobian = True  # the solvers' contract (``fitfleet._solvers``)
 
     def thin(self, state):  # the solvers' contract: a batch carries JᵀJ and Jᵀr only
         return without_jacobian(state)
+
+    def vectorised(self):  # the solvers' contract: no loop inside the step
+        return dataclasses.replace(self, search="spectral")
 
     def init(self, problem, p):
         lin = linearize(problem, p, exact_loss_curvature=True)
@@ -156,7 +172,8 @@ class LevenbergMarquardt(eqx.Module):
         # gradients; only adjoint="unroll" needs the step itself differentiable.
         # A finished fit's step is discarded; under vmap it must not keep the search going.
         running = state.status == Status.RUNNING
-        damping, scaled_step = trust_region_damping(*jax.lax.stop_gradient((A, b, s.radius, s.damping)), running)
+        search = spectral_damping if self.search == "spectral" else trust_region_damping
+        damping, scaled_step = search(*jax.lax.stop_gradient((A, b, s.radius, s.damping)), running)
         if self.differentiable:
             L = cholesky(A + damping * jnp.eye(A.shape[0], dtype=A.dtype))
             scaled_step = -solve_upper_transposed(L, solve_lower(L, b))
@@ -269,3 +286,40 @@ def trust_region_damping(A, b, radius, damping_guess, search=True):
     init = (jnp.int32(0), zero, zero, upper, ~jnp.asarray(search), zero, jnp.zeros_like(b), zero)
     running = lambda c: (c[0] < MAX_DAMPING_ITERATIONS) & ~c[4]  # noqa: E731
     return jax.lax.while_loop(running, body, init)[5:7]
+
+
+def spectral_damping(A, b, radius, damping_guess, search=True):
+    """:func:`trust_region_damping`'s search (the same iterates, tests and safeguards) on
+    one eigendecomposition ``A = V diag(s) Vᵀ`` instead of a Cholesky factorisation per
+    iterate: with ``c = Vᵀb``, ``‖y(λ)‖² = Σ c²/(s + λ)²`` and ``‖L⁻¹y‖² = Σ c²/(s + λ)³``
+    cost O(n) each, so all ``MAX_DAMPING_ITERATIONS`` are unrolled (a converged search
+    keeps its damping): one factorisation per step and no loop, which under ``vmap``
+    would run every fit's search as long as the slowest one's.  Eigenvalues that
+    round-off made negative count as 0 (a Cholesky factorisation would fail there too)."""
+    s, V = jnp.linalg.eigh(A)
+    s = jnp.maximum(s, 0)
+    c = V.T @ b
+    upper = jnp.linalg.norm(b) / radius
+    guess = jnp.where(damping_guess > 0, jnp.minimum(damping_guess, upper), 1e-3 * upper)
+    damping = lower = short_norm = found = jnp.zeros_like(upper)
+    done = ~jnp.asarray(search)
+    for i in range(MAX_DAMPING_ITERATIONS):
+        w = c / (s + damping)
+        norm = jnp.sqrt(jnp.sum(w * w))
+        ok = jnp.isfinite(norm)
+        short = ok & (norm < radius)
+        newton_fits = (damping == 0) & (norm <= (1 + RADIUS_RTOL) * radius)
+        flat = short & (norm <= (1 + PLATEAU_RTOL) * short_norm)
+        converged = ok & (newton_fits | (jnp.abs(norm - radius) <= RADIUS_RTOL * radius) | flat)
+        found = jnp.where(done, found, damping)  # a search not converged ends at its last iterate
+        done = done | converged
+        upper = jnp.where(short, damping, upper)
+        lower = jnp.where(short, lower, damping)
+        q_norm = jnp.sqrt(jnp.sum(w * w / (s + damping)))
+        hebden = damping + (norm / q_norm) ** 2 * (norm - radius) / radius
+        safe = jnp.maximum(jnp.sqrt(lower * upper), lower + 1e-3 * (upper - lower))
+        hebden = jnp.where(ok & (hebden > lower) & (hebden < upper), hebden, safe)
+        damping = jnp.where(i == 0, jnp.clip(guess, lower, upper), hebden)
+        short_norm = jnp.where(short, norm, 0)
+    return found, -(V @ (c / (s + found)))
+

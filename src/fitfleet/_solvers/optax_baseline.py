@@ -46,6 +46,9 @@ class OptaxSolver(eqx.Module):
     def thin(self, state):  # the solvers' contract: nothing to drop
         return state
 
+    def vectorised(self):  # the solvers' contract: the step has no loop
+        return self
+
     def _optimiser(self):
         if self.transform is not None:
             return self.transform

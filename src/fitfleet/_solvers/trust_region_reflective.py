@@ -138,6 +138,9 @@ class TrustRegionReflective(eqx.Module):
     def thin(self, state):  # the solvers' contract: J only where the step needs it
         return state if _needs_jac(state.params) else without_jacobian(state)
 
+    def vectorised(self):  # the solvers' contract: the damping iterations are unrolled already
+        return self
+
     def init(self, problem, x):
         lin = linearize(problem, x, exact_loss_curvature=True)
         cost = problem.cost(lin.residual)
