@@ -44,7 +44,7 @@ import fitfleet as ff  # noqa: E402
 import lean_lm  # noqa: E402
 import nist  # noqa: E402
 from fitfleet import _setup  # noqa: E402
-from fitfleet._engine import programs  # noqa: E402
+from fitfleet._engine import programs, runtime  # noqa: E402
 from ref_lm import ref_lm  # noqa: E402
 
 DEVICE = jax.devices()[0]
@@ -262,6 +262,31 @@ def section_stragglers(report, small):
     report.table(["method", "all easy (ms)", "1% far (ms)", "ratio", "far steps", "added (ms)", "bound (ms)", "added / bound"], rows)
 
 
+def section_syncs(report, small):
+    """Host synchronisations per call: the engine's program launches and device-to-host
+    reads (``runtime.counting``), by batch size and path."""
+    sizes = (1024, 4096, 16384) if small else (1024, 100_000, 1_000_000)
+    report.add("## Host synchronisations per call (NIST MGH10, 1% far starts, float64)", "")
+    report.add(
+        "Program launches and device-to-host reads of one `fit_batch` call after a first one, counted by "
+        "`fitfleet._engine.runtime.counting()` (every engine launch and fetch goes through it, from any thread). "
+        "*Rounds*: the far fits' steps (the accelerator path's rounds run inside its one program).",
+        "",
+    )
+    rows = []
+    for n in sizes:
+        prob, x, y, easy, mixed, far = straggler_data(n)
+        fun = prob.residual()
+        for name, ctx in fitfleet_paths().items():
+            with ctx():
+                block(ff.fit_batch(fun, mixed, (x, y), shared_args=(0,), max_steps=1000))
+                with runtime.counting() as c:
+                    out = block(ff.fit_batch(fun, mixed, (x, y), shared_args=(0,), max_steps=1000))
+            rows.append([f"{n:,}", name, int(np.asarray(out.n_steps)[far].max()), c.launches, c.fetches])
+            print(rows[-1], flush=True)
+    report.table(["fits", "path", "far steps", "launches", "fetches"], rows)
+
+
 def section_multistart(report, small):
     sizes = [256, 4096] if small else [1024, 65_536, 1_048_576]
     report.add("## Multi-start, NIST problems, log-uniform starts over three decades (float64)", "")
@@ -311,13 +336,13 @@ def engine_step(fun, x0, args, options, keep_running=False):
     """fit_batch's vmapped step, its data and first states, for fits ``x0`` (batch, n)
     with ``args = (shared, batched)``; ``keep_running``: every tolerance 0 (which
     ``fit_batch`` refuses), so that fits keep stepping."""
-    spec, solver, _ = _setup.prepare(fun, x0[0], (args[0], args[1][0]), options)
+    spec, solver, _, monitor = _setup.prepare(fun, x0[0], (args[0], args[1][0]), options)
     if keep_running:
         zero = np.zeros((), solver.tol.ftol.dtype)
         solver = eqx.tree_at(lambda s: (s.tol.ftol, s.tol.xtol, s.tol.gtol, s.tol.max_steps), solver, (zero, zero, zero, np.int32(10**6)))
     mask = (False, True)
     template = dataclasses.replace(spec, args=(args[0], None))
-    statics = (fun, solver, template, mask, False)
+    statics = (fun, solver, template, mask, False, monitor)
     data = (x0, (args[1],), None)
     state = jax.vmap(lambda d: programs.init_one(statics, d))(data)
     return programs.batched_step(statics), data, state
@@ -432,7 +457,9 @@ def mgh10_starts(n):
     return prob.residual(), (np.asarray(prob.x), np.broadcast_to(np.asarray(prob.y), (n, prob.y.size)), starts, None)
 
 
-STEP_VARIANTS = ("current", "spectral", "unrolled-2+loop", "unrolled-3", "one")
+# "current": the solver's Cholesky loop (the fit alone, the CPU path); "spectral": its
+# vectorised() search (the accelerator path).
+STEP_VARIANTS = ("current", "spectral")  # lean_lm.VARIANTS has the other prototypes
 
 
 def section_steps(report, small):
@@ -495,7 +522,7 @@ def ref_lm_fixed(fun, p, shared, batched, steps):
     return jax.vmap(lambda q, d: ref_lm(lambda u: fun(u, shared, d), q, maxit=steps, tol=0.0))(p, batched)
 
 
-SECTIONS = {"steps": section_steps, "gauss2d": section_gauss2d, "peak1d": section_peak1d, "stragglers": section_stragglers, "multistart": section_multistart, "single": section_single}
+SECTIONS = {"syncs": section_syncs, "steps": section_steps, "gauss2d": section_gauss2d, "peak1d": section_peak1d, "stragglers": section_stragglers, "multistart": section_multistart, "single": section_single}
 
 
 def main():

@@ -15,7 +15,8 @@ the stopping tests) is the solver's own:
   ``while_loop`` for the rest, which under ``vmap`` makes no trip once every fit's search
   has converged;
 - ``spectral``: the same search (Moré's iteration), on one eigendecomposition of the
-  scaled ``JᵀJ`` per step, where each iterate costs O(n): all iterations unrolled, no loop;
+  scaled ``JᵀJ`` per step, where each iterate costs O(n): all iterations unrolled, no loop
+  (adopted: ``levenberg_marquardt.spectral_damping``, the accelerator path's search);
 - ``one``: one factorisation per step, at the damping the previous step ended with (0:
   Gauss-Newton first while the previous step was one), cut back to the radius if longer;
   the next step starts from the damping Hebden's iterate gives.
@@ -112,46 +113,9 @@ def unrolled_then_loop(A, b, radius, damping_guess, search=True, unrolled=2):
     return jax.lax.while_loop(running, body, carry)[5:7]
 
 
-def spectral_damping(A, b, radius, damping_guess, search=True):
-    """The solver's own search (Moré's iteration, the same tests and safeguards), on one
-    eigendecomposition ``A = V diag(s) Vᵀ`` instead of a Cholesky factorisation per
-    iterate: ``‖y(λ)‖² = Σ c²/(s + λ)²`` and ``‖L⁻¹y‖² = Σ c²/(s + λ)³`` with ``c = Vᵀb``
-    cost O(n) per iterate, so all ``MAX_DAMPING_ITERATIONS`` are unrolled (masked once
-    converged): one factorisation per step and no loop."""
-    s, V = jnp.linalg.eigh(A)
-    s = jnp.maximum(s, 0)
-    c = V.T @ b
-    upper = jnp.linalg.norm(b) / radius
-    guess = jnp.where(damping_guess > 0, jnp.minimum(damping_guess, upper), 1e-3 * upper)
-    zero = jnp.zeros_like(upper)
-    damping, lower, short_norm = zero, zero, zero
-    done = ~jnp.asarray(search)
-    out = zero
-    for i in range(lm.MAX_DAMPING_ITERATIONS):
-        w = c / (s + damping)
-        norm = jnp.sqrt(jnp.sum(w * w))
-        ok = jnp.isfinite(norm)
-        short = ok & (norm < radius)
-        newton_fits = (damping == 0) & (norm <= (1 + lm.RADIUS_RTOL) * radius)
-        flat = short & (norm <= (1 + lm.PLATEAU_RTOL) * short_norm)
-        converged = ok & (newton_fits | (jnp.abs(norm - radius) <= lm.RADIUS_RTOL * radius) | flat)
-        out = jnp.where(done, out, damping)
-        done = done | converged
-        upper = jnp.where(short, damping, upper)
-        lower = jnp.where(short, lower, damping)
-        q_norm = jnp.sqrt(jnp.sum(w * w / (s + damping)))
-        hebden = damping + (norm / q_norm) ** 2 * (norm - radius) / radius
-        safe = jnp.maximum(jnp.sqrt(lower * upper), lower + 1e-3 * (upper - lower))
-        hebden = jnp.where(ok & (hebden > lower) & (hebden < upper), hebden, safe)
-        damping = jnp.where(i == 0, jnp.clip(guess, lower, upper), hebden)
-        short_norm = jnp.where(short, norm, 0)
-    out = jnp.where(done, out, damping)
-    return out, -(V @ (c / (s + out)))
-
-
 def damping_search(variant):
     if variant == "spectral":
-        return spectral_damping
+        return lm.spectral_damping  # adopted: LevenbergMarquardt.vectorised()
     if variant == "current":
         return lm.trust_region_damping
     if variant.endswith("+loop"):
@@ -221,7 +185,7 @@ def search_statistics(states):
     trips, per_fit = [], []
     for state in states:
         s = state.inner
-        d = jnp.where(s.scale > 0, s.scale, 1)
+        d = jax.vmap(lm.metric)(s.scale, state.cost, state.params)
         A = s.jtj / (d[:, :, None] * d[:, None, :])
         b = state.grad / d
         running = state.status == Status.RUNNING
