@@ -16,10 +16,15 @@ stepping fits that have finished.  So the program
 3. builds the Results (``vmap``).
 
 The host launches it once per chunk and reads nothing back: compaction, stragglers and
-termination are decided on the device.  Every fit takes exactly the steps it would
-take alone (a step leaves a finished fit unchanged; a width changes no fit's
-arithmetic), so the results equal a plain vmapped loop's to round-off.  Forced on CPU
-(``fitfleet.engine_settings(path="accelerator")``) it runs the same program there.
+termination are decided on the device.  The step is the solver's ``vectorised()`` one
+(the solvers' contract: no loop inside a step; LM's damping search on one
+eigendecomposition instead of a loop of Cholesky factorisations, the same iterates to
+round-off).  Every fit takes exactly the steps it would take alone with that step (a
+step leaves a finished fit unchanged; a width changes no fit's arithmetic), so the
+results equal a plain vmapped loop's to round-off.  Forced on CPU
+(``fitfleet.engine_settings(path="accelerator")``) it runs the same program there
+(slower than the CPU path: LAPACK's eigendecomposition is called once per fit, where
+the CPU path's unrolled Cholesky runs across a block in SIMD lanes).
 """
 
 import equinox as eqx
