@@ -23,8 +23,7 @@ def make_solver(
     """Build the solver from checked options (``_setup.prepare``); hyper-parameters
     become arrays, so a new value, or a vmapped one, never recompiles.
 
-    ``x_scale``: ``"jac"`` or positive numbers (``_validate.x_scale``); numbers only for
-    ``"trf"``.
+    ``x_scale``: ``"jac"`` or positive numbers (``_validate.x_scale``).
 
     ``differentiable``: the steps themselves carry gradients (``adjoint="unroll"``).
     ``batched``: the batch engine's mode (see ``LevenbergMarquardt.batched``).
@@ -36,16 +35,18 @@ def make_solver(
         gtol=_hyper(gtol, real),
         max_steps=_hyper(max_steps, jnp.int32),
     )
+    scale = None if isinstance(x_scale, str) else _hyper(x_scale, real)
     if method == "lm":
         return LevenbergMarquardt(
-            tol=tol, initial_damping=_hyper(initial_damping, real), differentiable=differentiable, batched=batched
-        )
+            tol=tol, initial_damping=_hyper(initial_damping, real), differentiable=differentiable, batched=batched,
+            x_scale=scale,
+        )  # fmt: skip
     if method == "gn":
-        return GaussNewton(tol=tol)
+        return GaussNewton(tol=tol, x_scale=scale)
     if method == "trf":
         return TrustRegionReflective(
             tol=tol,
-            x_scale=None if isinstance(x_scale, str) else _hyper(x_scale, real),
+            x_scale=scale,
             differentiable=differentiable,
             batched=batched,
         )
