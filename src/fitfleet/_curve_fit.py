@@ -57,8 +57,8 @@ import numpy as np
 from . import _scipy_conventions as sc
 from . import _validate
 from ._batch import fit_batch
+from ._covariance import covariance_quietly
 from ._least_squares import least_squares
-from ._uncertainty import covariance_quietly
 
 _SCIPY_METHODS = (None, "lm", "trf", "dogbox")
 _FITFLEET_METHODS = ("gn", "adam", "sgd")
