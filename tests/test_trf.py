@@ -448,14 +448,15 @@ def test_status_codes(x64):
         (dict(method="trf", x_scale=-1.0), ValueError, "`x_scale` must be finite and positive"),
         (dict(method="trf", x_scale=np.ones(4)), ValueError, "one entry per flat parameter"),
         (dict(method="trf", x_scale="auto"), ValueError, "`x_scale` must be 'jac'"),
-        (dict(method="lm", x_scale=np.ones(3)), ValueError, "method='trf' only"),
+        (dict(method="adam", x_scale=np.ones(3)), ValueError, "applies to methods"),
         (dict(method="trf", max_nfev=0), ValueError, "`max_nfev` must be between 1"),
         (dict(method="trf", max_nfev=5, max_steps=4), ValueError, "not both"),
     ],
 )
 def test_bad_options_raise_before_compiling(x64, options, error, text):
+    x0, data = jnp.ones(3), (T, np.zeros(T.size))  # made before counting
     with count_compilations() as names, pytest.raises(error, match=text):
-        ff.least_squares(decay, jnp.ones(3), (T, np.zeros(T.size)), **options)
+        ff.least_squares(decay, x0, data, **options)
     assert names == []
 
 
@@ -525,3 +526,41 @@ def test_more_than_eight_parameters_batch_equals_loop_and_scipy(x64):
         np.testing.assert_allclose(fb.params[i], one.params, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(one.params, ref.x, rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(one.cost, ref.cost, rtol=1e-6, atol=1e-14)
+
+
+# --------------------------------------------------------------------------- x_scale in lm and gn
+
+
+def exp_decay(p, t, y):
+    return p[0] * jnp.exp(-p[1] * t) + p[2] - y
+
+
+@pytest.mark.parametrize("method", ["lm", "gn"])
+def test_x_scale_numbers_are_units(x64, method):
+    """x_scale = c is a change of units: fitting p with x_scale=c walks the same path as
+    fitting q = p/c (the model evaluated at c·q) with x_scale=1, iterate by iterate."""
+    t = jnp.linspace(0, 4, 30)
+    y = 3.0 * jnp.exp(-1.3 * t) + 0.5 + 0.01 * jnp.sin(7 * t)
+    c = jnp.array([4.0, 0.5, 2.0])
+    p0 = jnp.array([40.0, 8.0, 20.0])  # |p0| >= c and |p0/c| >= 1: the first radius agrees too
+    a = ff.least_squares(exp_decay, p0, (t, y), method=method, x_scale=c, history=True)
+    b = ff.least_squares(lambda q, t, y: exp_decay(c * q, t, y), p0 / c, (t, y), method=method, x_scale=1.0, history=True)
+    assert a.success and b.success and int(a.n_steps) == int(b.n_steps)
+    n = int(a.history.length)
+    np.testing.assert_allclose(a.history.params[:n], c * b.history.params[:n], rtol=1e-9)
+    # ... and not the path of the Jacobian's own scaling (lm; gn's steps never depend on it)
+    j = ff.least_squares(exp_decay, p0, (t, y), method=method, history=True)
+    if method == "lm":
+        k = min(n, int(j.history.length))
+        assert int(j.n_steps) != int(a.n_steps) or not np.allclose(j.history.params[:k], a.history.params[:k], rtol=1e-6)
+    np.testing.assert_allclose(j.params, a.params, rtol=1e-6)
+
+
+def test_lm_x_scale_agrees_with_scipy_lm(x64):
+    t = np.linspace(0, 4, 30)
+    y = 3.0 * np.exp(-1.3 * t) + 0.5 + 0.01 * np.sin(7 * t)
+    c = np.array([4.0, 0.5, 2.0])
+    res = ff.least_squares(exp_decay, jnp.array([1.0, 1.0, 0.0]), (jnp.asarray(t), jnp.asarray(y)), method="lm", x_scale=c)
+    ref = so.least_squares(lambda p: np.asarray(exp_decay(p, t, y)), [1.0, 1.0, 0.0], method="lm", x_scale=c)
+    assert res.success and ref.success
+    np.testing.assert_allclose(res.params, ref.x, rtol=1e-6)

@@ -8,6 +8,7 @@ Example:
     2.0
 """
 
+from ._covariance import covariance
 from ._engine import fit_batch
 from ._engine.runtime import clear_caches, settings as engine_settings, wait as wait_for_compilation
 from ._curve_fit import curve_fit, curve_fit_batch
@@ -18,7 +19,7 @@ from ._profile import Profile, profile
 from ._result import Result
 from ._status import Status
 from ._stream import fit_stream
-from ._uncertainty import Uncertainty, covariance, uncertainty
+from ._uncertainty import Uncertainty, uncertainty
 from ._xla import enable_compilation_cache, set_compile_notice
 
 __all__ = ["Result", "Status", "fit_batch", "fit_stream", "least_squares", "Uncertainty", "covariance", "uncertainty", "Identifiability", "identifiability", "Profile", "profile", "curve_fit", "curve_fit_batch", "MultiStartResult", "Optimum", "multistart", "clear_caches", "engine_settings", "wait_for_compilation", "enable_compilation_cache", "set_compile_notice"]

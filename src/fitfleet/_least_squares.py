@@ -68,12 +68,12 @@ def least_squares(
         max_nfev: scipy's spelling of the budget, residual evaluations counting the one
             at ``x0``: ``max_nfev = N`` means ``max_steps = N − 1`` (each step evaluates
             one trial point), so ``Result.n_fev <= N``.  Give one of the two.
-        x_scale: scipy's characteristic scale of each parameter, for ``"trf"``: positive
-            numbers (a scalar or one per flat parameter; the trust region's extent along
-            parameter j is proportional to ``x_scale[j]``), or ``"jac"`` (the inverse of
-            the running maximum of the Jacobian's column norms).  Default (None) as
-            scipy 1.17: 1 for trf.  ``"lm"`` and ``"gn"`` accept None or ``"jac"``, which is
-            how they scale already.
+        x_scale: scipy's characteristic scale of each parameter: positive numbers (a
+            scalar or one per flat parameter; the trust region's extent along parameter
+            j is proportional to ``x_scale[j]``: lm's ``D = 1/x_scale``, fixed, as scipy's
+            ``lm``; gn's step does not depend on it, its ``xtol`` test is measured in these
+            units), or ``"jac"`` (from the Jacobian's column norms).  Default (None) as
+            scipy 1.17: 1 for trf, ``"jac"`` for lm and gn.
         sigma: measurement uncertainties: one standard deviation per residual, or an
             (m, m) covariance matrix.  The residual is whitened, ``r/σ`` or ``L⁻¹r`` with
             ``LLᵀ = sigma``, and ``Result.residual``/``cost``/``jac`` refer to it.

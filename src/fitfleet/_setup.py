@@ -14,6 +14,7 @@ every door checks the same things in the same order:
 
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from . import _driver, _implicit, _problem, _validate
@@ -89,12 +90,13 @@ def prepare(fun, x0, args, options):
     """Check everything and build the fit's pieces; see the module docstring.  (The
     batch engine passes one member's ``x0``/``args``.)"""
     o = check_options(options)
+    n_params = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(_validate.numbers_as_array(x0)))
+    x_scale = _validate.x_scale(o["x_scale"], o["method"], n_params, NEWTON_METHODS)
     spec = _problem.check(
         fun, x0, args, o["jac"], sigma=o["sigma"], bounds=o["bounds"], log_scale=o["log_scale"], loss=o["loss"],
         f_scale=o["f_scale"], enforced=o["method"] == "trf",
     )  # fmt: skip
     method = o["method"]
-    x_scale = _validate.x_scale(o["x_scale"], method, spec.n_params, NEWTON_METHODS)
     max_steps = o["max_steps"]
     if max_steps is None:
         max_steps = default_max_steps(method, spec.n_params)

@@ -273,7 +273,7 @@ def floating_dtype(name, dtype):
 
 def x_scale(value, method, n_params, newton_methods):
     """``x_scale`` as the method uses it: ``"jac"``, or positive scales (a scalar or one
-    per flat parameter; ``"trf"`` only).  None is the method's default (scipy 1.17's: 1
+    per flat parameter).  None is the method's default (scipy 1.17's: 1
     for trf; lm and gn always scale by the Jacobian's columns)."""
     if value is None:
         return 1.0 if method == "trf" else "jac"
@@ -283,11 +283,8 @@ def x_scale(value, method, n_params, newton_methods):
         if method not in newton_methods:
             raise ValueError(f"`x_scale` applies to methods {newton_methods}, not {method!r}.")
         return value
-    if method != "trf":
-        raise ValueError(
-            f"`x_scale` as numbers is supported by method='trf' only; {method!r} scales the "
-            "parameters by the Jacobian's columns (x_scale='jac' or None)."
-        )
+    if method not in newton_methods:
+        raise ValueError(f"`x_scale` applies to methods {newton_methods}, not {method!r}.")
     if is_traced(value):
         return value
     try:

@@ -56,8 +56,7 @@ def make_solver(
     """Build the solver from checked options (``_setup.prepare``); hyper-parameters
     become arrays, so a new value, or a vmapped one, never recompiles.
 
-    ``x_scale``: ``"jac"`` or positive numbers (``_validate.x_scale``); numbers only for
-    ``"trf"``.
+    ``x_scale``: ``"jac"`` or positive numbers (``_validate.x_scale``).
 
     ``differentiable``: the steps themselves carry gradients (``adjoint="unroll"``).
     """
@@ -68,16 +67,17 @@ def make_solver(
         gtol=_hyper(gtol, real),
         max_steps=_hyper(max_steps, jnp.int32),
     )
+    scale = None if isinstance(x_scale, str) else _hyper(x_scale, real)
     if method == "lm":
         return LevenbergMarquardt(
-            tol=tol, initial_damping=_hyper(initial_damping, real), differentiable=differentiable
-        )
+            tol=tol, initial_damping=_hyper(initial_damping, real), differentiable=differentiable, x_scale=scale,
+        )  # fmt: skip
     if method == "gn":
-        return GaussNewton(tol=tol)
+        return GaussNewton(tol=tol, x_scale=scale)
     if method == "trf":
         return TrustRegionReflective(
             tol=tol,
-            x_scale=None if isinstance(x_scale, str) else _hyper(x_scale, real),
+            x_scale=scale,
             differentiable=differentiable,
         )
     if isinstance(method, optax.GradientTransformation):
