@@ -76,12 +76,12 @@ def test_compile_notice_speaks_once_per_new_program(x64, capfd):
     try:
         fun = lambda p, S, v: p[0] * S / (p[1] + S) - v  # noqa: E731  (a new function: a new program)
         ff.least_squares(fun, jnp.array([10.0, 10.0]), (S, V))
-        assert capfd.readouterr().out.count("fitfleet: compiling") == 1
+        assert capfd.readouterr().err.count("fitfleet: compiling") == 1
         ff.least_squares(fun, jnp.array([10.0, 10.0]), (S, 1.1 * V))  # compiled already
-        assert "fitfleet: compiling" not in capfd.readouterr().out
+        assert "fitfleet: compiling" not in capfd.readouterr().err
         ff.set_compile_notice(None)
         ff.least_squares(lambda p, S, v: p[0] * S / (p[1] + S) - v, jnp.array([10.0, 10.0]), (S, V))
-        assert "fitfleet: compiling" not in capfd.readouterr().out
+        assert "fitfleet: compiling" not in capfd.readouterr().err
     finally:
         ff.set_compile_notice(previous)
     with pytest.raises(ValueError, match="`seconds`"):

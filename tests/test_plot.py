@@ -364,8 +364,10 @@ def test_recorded_history_is_lm_path(mm):
     params, cost = lm_path(s, v)
     with jax.enable_x64(True):
         recorded = ff.least_squares(mm_residual, jnp.array([10.0, 10.0]), (s, v), history=True).history
-    np.testing.assert_allclose(recorded.params[:8], params[:8], rtol=1e-12)
-    np.testing.assert_allclose(recorded.cost[:8], cost[:8], rtol=1e-12)
+    n = int(recorded.length)  # the start and one row per accepted step
+    assert 3 <= n <= 8 and np.isnan(recorded.params[n:]).all()
+    np.testing.assert_allclose(recorded.params[:n], params[:n], rtol=1e-12)
+    np.testing.assert_allclose(recorded.cost[:n], cost[:n], rtol=1e-12)
 
 
 def test_landscape(mm, tmp_path):
@@ -376,9 +378,10 @@ def test_landscape(mm, tmp_path):
     ax = fp.landscape(mm_residual, (s, v), [walked, res], labels=["lm", "final"], names=["Vmax", "Km"], n_grid=40, ax=new_ax())
     render(ax.figure, tmp_path)
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("Vmax", "Km")
-    (path,) = [line for line in ax.lines if line.get_label() == "lm (7 steps)"]
-    np.testing.assert_allclose(path.get_xdata(), params[:8, 0])
-    np.testing.assert_allclose(path.get_ydata(), params[:8, 1])
+    n = int(walked.history.length)
+    (path,) = [line for line in ax.lines if line.get_label() == f"lm ({n - 1} steps)"]
+    np.testing.assert_allclose(path.get_xdata(), params[:n, 0])
+    np.testing.assert_allclose(path.get_ydata(), params[:n, 1])
     assert "final (no history)" in labels_of(ax)
     # The contoured values: ½‖r‖² on the grid the axes span, in numpy.
     (a0, a1), (b0, b1) = ax.get_xlim(), ax.get_ylim()

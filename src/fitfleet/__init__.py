@@ -16,8 +16,9 @@ from ._multistart import MultiStartResult, Optimum, multistart
 from ._profile import Profile, profile
 from ._result import Result
 from ._status import Status
+from ._stream import fit_stream
 from ._uncertainty import Uncertainty, covariance, uncertainty
 from ._xla import enable_compilation_cache, set_compile_notice
 
-__all__ = ["Result", "Status", "fit_batch", "least_squares", "Uncertainty", "covariance", "uncertainty", "Identifiability", "identifiability", "Profile", "profile", "curve_fit", "curve_fit_batch", "MultiStartResult", "Optimum", "multistart", "enable_compilation_cache", "set_compile_notice"]
+__all__ = ["Result", "Status", "fit_batch", "fit_stream", "least_squares", "Uncertainty", "covariance", "uncertainty", "Identifiability", "identifiability", "Profile", "profile", "curve_fit", "curve_fit_batch", "MultiStartResult", "Optimum", "multistart", "enable_compilation_cache", "set_compile_notice"]
 __version__ = "0.1.0"

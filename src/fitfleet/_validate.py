@@ -29,7 +29,7 @@ def any_traced(tree):
 
 def real(name, value, *, positive=False, finite=True):
     """A real scalar ``>= 0`` (``> 0`` if ``positive``); returned unchanged."""
-    if is_traced(value) or isinstance(value, jax.Array) and not _is_concrete_array(value):
+    if is_traced(value):
         return value
     arr = np.asarray(value)
     if arr.ndim != 0 or arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
@@ -77,14 +77,6 @@ def tolerances(ftol, xtol, gtol):
     concrete = [v for v in (ftol, xtol, gtol) if not is_traced(v)]
     if len(concrete) == 3 and all(float(v) == 0 for v in concrete):
         raise ValueError("`ftol`, `xtol` and `gtol` are all 0, so no test could end a fit: set at least one > 0.")
-
-
-def _is_concrete_array(a):
-    try:
-        np.asarray(a)
-        return True
-    except Exception:  # a jax array inside a trace
-        return False
 
 
 # --------------------------------------------------------------------------- arrays

@@ -20,6 +20,7 @@ hits JAX's tracing cache).
 
 import contextlib
 import functools
+import sys
 import threading
 import time
 
@@ -158,7 +159,7 @@ _TRACED, _COMPILED = "/jax/core/compile/jaxpr_trace_duration", "/jax/core/compil
 
 
 def set_compile_notice(seconds=2.0):
-    """Print a one-line notice when fitfleet compiles a new program for longer than
+    """Print a one-line notice (to stderr) when fitfleet compiles a new program for longer than
     ``seconds`` (default 2; ``None`` turns notices off), so that a long first call of a
     new model or shape is not a silent wait.  Returns the previous setting.
 
@@ -190,7 +191,7 @@ def compile_notice(what):
             if not state["said"]:
                 state["said"] = True
                 print(f"fitfleet: compiling {what} for a new model or shape (once: later calls with these shapes reuse it; "
-                      "ff.enable_compilation_cache() keeps it across sessions)...", flush=True)  # fmt: skip
+                      "ff.enable_compilation_cache() keeps it across sessions)...", file=sys.stderr, flush=True)  # fmt: skip
 
     def listener(event, duration, **kwargs):
         with lock:

@@ -13,6 +13,12 @@ parameter vector, ``δ`` the proposed step, ``g = Jᵀr``):
   ``|δ_j| <= √ftol · (√ftol + |p_j|)``.  At a quadratic minimum a relative cost change
   of ε goes with a relative parameter change of √ε; a step much larger than that while
   the cost barely moves means a flat valley is being crossed, not that the fit is done.
+  A step whose predicted and actual changes of the cost are both within the cost's
+  round-off (``below_round_off``) counts as settled (unless ``ftol = 0``): the cost can
+  no longer tell its ends apart, so no further step can be judged.  At a minimum where
+  the Jacobian vanishes and the residual does not (``x² + 5`` at 0), the model has no
+  curvature, the cosine below stays 1, and steps at the cost's resolution (√eps, above
+  the settled bound near ``p = 0``) otherwise went on until ``max_steps``.
 - ``xtol``: ``‖δ‖ <= xtol · (xtol + ‖p‖)`` for the proposed step, accepted or not: a
   step that small cannot change the answer at the requested precision.  Only a full
   step counts: Gauss-Newton's direction (not the line search's fraction of it), or a
@@ -28,8 +34,10 @@ as that epsilon, as in scipy, so float32 fits with the default tolerances stop c
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 
+from .._losses import rho
 from .._status import Status
 
 
@@ -106,18 +114,22 @@ def start_status(cost, jac, cosine, tol):
     return status.astype(jnp.int32)
 
 
-def step_status(*, accepted, jac_finite, cosine, reduction, cost_old, ratio, step, params, tol, full_step=True):
+def step_status(
+    *, accepted, jac_finite, cosine, reduction, cost_old, ratio, step, params, tol, full_step=True, round_off=False
+):
     """Status after one proposed step, in priority order (first match wins).
 
     ``full_step``: False where ``step`` was cut short (by a trust region): a short step
     then says nothing about the distance to the minimum, and the ``xtol`` test is left
-    to the solver."""
+    to the solver.  ``round_off``: the step's predicted and actual reductions were both
+    below the cost's round-off (it then counts as settled for ``ftol``)."""
     tol = tol.at_precision(params.dtype)
     step_norm = jnp.linalg.norm(step)
     params_norm = jnp.linalg.norm(params)
     relative = lambda t: t * (t + params_norm)  # noqa: E731
     root_ftol = jnp.sqrt(tol.ftol)
     parameters_settled = jnp.all(jnp.abs(step) <= root_ftol * (root_ftol + jnp.abs(params)))
+    parameters_settled = parameters_settled | (round_off & (tol.ftol > 0))
     conditions = [
         (accepted & ~jac_finite, Status.NONFINITE_JACOBIAN),
         (accepted & (cosine <= tol.gtol), Status.GTOL),
@@ -135,17 +147,23 @@ class Linearization(eqx.Module):
 
     residual: Any
     jac: Any
-    grad: Any  # Jᵀr of the model
-    jtj: Any  # JᵀJ of the model
+    grad: Any  # the cost's gradient, J̃ᵀr̃
+    jtj: Any  # the model's matrix: J̃ᵀJ̃, or Jᵀ diag(ρ' + 2ρ''z) J (exact_loss_curvature)
     cosine: Any  # the gtol statistic
     jac_finite: Any  # J is finite and JᵀJ does not overflow
-    # ‖J_j‖², JᵀJ's diagonal without the bounds' curvature term: the column norms that
-    # Levenberg-Marquardt's scaling is made of (0 for a point not newly evaluated).
+    # ‖J̃_j‖² (J̃ = √ρ'·J; J for the linear loss), without the bounds' curvature term:
+    # the column norms that the gtol cosine and Levenberg-Marquardt's scaling are made
+    # of (0 for a point not newly evaluated).
     col_norm_sq: Any
 
 
-def linearize(problem, u, fallback=None):
+def linearize(problem, u, exact_loss_curvature=False, fallback=None):
     """The Gauss-Newton model of the cost at the internal point ``u``.
+
+    With a robust loss (``_losses``) the gradient is exact, ``J̃ᵀr̃ = Jᵀ(ρ'·r)``; the
+    model's matrix is ``J̃ᵀJ̃`` with ``J̃ = √ρ'·J``, or with ``exact_loss_curvature`` the
+    loss's exact Gauss-Newton curvature ``Jᵀ diag(ρ' + 2ρ''z) J`` (scipy's, kept at least
+    eps per row).  The column norms and the gtol cosine are those of ``J̃`` and ``r̃ = √ρ'·r``.
 
     Bounds and ``log_scale`` (``p = T(u)`` elementwise, see ``_bounds``): ``J`` is
     evaluated in ``p`` and mapped by the chain rule, ``J_u = J_p·diag(T'(u))``, so that
@@ -169,21 +187,34 @@ def linearize(problem, u, fallback=None):
         r, J = problem.residual_and_jac(u, fallback)
         rm, Jm = problem.model(r, J)
         grad = Jm.T @ rm
-        jtj = Jm.T @ Jm
-        cosine = gradient_cosine(grad, jnp.diagonal(jtj), jnp.sum(rm * rm))
+        if problem.loss == "linear" or not exact_loss_curvature:
+            jtj = Jm.T @ Jm
+            col_norm_sq = jnp.diagonal(jtj)
+        else:
+            jtj = J.T @ (loss_curvature(problem.loss, problem.f_scale, r)[:, None] * J)
+            col_norm_sq = jnp.sum(Jm * Jm, axis=0)
         # A non-finite entry of J makes its column's ‖J_j‖² non-finite: checking n values
         # instead of m·n spares a pass over J (a transposing copy under vmap) every step.
-        col_norm_sq = jnp.diagonal(jtj)
+        cosine = gradient_cosine(grad, col_norm_sq, jnp.sum(rm * rm))
         return Linearization(r, J, grad, jtj, cosine, jnp.all(jnp.isfinite(col_norm_sq)), col_norm_sq)
-    lin = linearize(problem.without_bounds(), problem.to_params(u), None if fallback is None else problem.to_params(fallback))
+    fallback = None if fallback is None else problem.to_params(fallback)
+    lin = linearize(problem.without_bounds(), problem.to_params(u), exact_loss_curvature, fallback)
     dp, d2p = problem.bounds.derivatives(u)
     grad = dp * lin.grad
     jtj = lin.jtj * (dp[:, None] * dp[None, :])
     model_residual = problem.model(lin.residual, lin.jac)[0]
-    col_norm_sq = jnp.diagonal(jtj)
+    col_norm_sq = lin.col_norm_sq * dp**2
     cosine = gradient_cosine(grad, col_norm_sq, jnp.sum(model_residual**2))
     curvature = jnp.maximum(lin.grad * d2p, 0)
     return Linearization(lin.residual, lin.jac * dp, grad, jtj + jnp.diag(curvature), cosine, lin.jac_finite, col_norm_sq)
+
+
+def loss_curvature(name, f_scale, r):
+    """``ρ'(z) + 2ρ''(z)·z`` with ``z = (r/f_scale)²``, at least eps: the weight of each
+    residual's row in the robust cost's Gauss-Newton matrix (see ``_losses``)."""
+    z = (r / f_scale) ** 2
+    second = jax.vmap(jax.grad(lambda s: rho(name, s)[1]))(z)
+    return jnp.maximum(rho(name, z)[1] + 2 * second * z, jnp.finfo(r.dtype).eps)
 
 
 def keep_linearization(state, jtj):

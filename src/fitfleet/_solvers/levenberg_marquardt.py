@@ -9,25 +9,36 @@ whose solution is the damped Gauss-Newton step (Moré 1978, the algorithm of MIN
 
     (JᵀJ + damping · D²) δ = -g,    damping >= 0,  damping · (‖Dδ‖ - radius) = 0.
 
-Scaling.  ``D = diag(max over past iterates of ‖J_j‖)``, MINPACK's choice: it makes the
-method invariant to the units of each parameter, and because ``D`` never shrinks a
-parameter whose influence fades (a saturating exponential, a vanishing amplitude)
-cannot take an unbounded step and "evaporate".  The linear algebra happens in the
-scaled variables ``y = Dδ``, where ``D⁻¹JᵀJD⁻¹`` has a diagonal of at most 1.  With
-bounds (internal variables ``u``, ``p = T(u)``), a start near a bound has a column
-shrunk by the transform's small slope there, which would allow a huge first step in
-``u`` (a rate starting on its bound 0 was sent to 2e6, a plateau); so ``D`` starts at
-the column norms the parameters would have away from their bounds, ``‖J_j‖·max|T'|/|T'(u₀)|``
-(``Problem.pinning``).  The model's matrix also carries the bounds' curvature term
-``diag(max(g_p ⊙ T''(u), 0))`` (``_common.linearize``), without which a parameter
-converging onto an active bound creeps there, a constant fraction per step; that term
-is not a column norm and stays out of ``D`` (pinned, it made ``D`` and the first radius
-up to 1e7 times too large where the data pull a parameter against its bound), so with
-it the scaled diagonal may exceed 1.  A column that starts negligible, at most
-``1e3·eps`` of ``‖D·max(|u₀|, 1)‖`` (a rate whose amplitude starts at 0, on its bound),
-would make its parameter's step unbounded (the rate went to 1e13; MINPACK's ``lm`` has
-the same weakness); its scale starts where the first radius lets the
-parameter move by about its own size, ``‖D·max(|u₀|, 1)‖ / (√n·max(|u₀_j|, 1))``.
+Scaling.  ``D_j = max(M_j, √(2F)/max(|u_j|, 1))`` with ``M_j`` the largest ``‖J_j‖``
+met at any iterate.  ``M`` is MINPACK's choice: it makes the method invariant to the
+units of each parameter, and because it never shrinks, a parameter whose influence fades
+(a saturating exponential, a vanishing amplitude) cannot take an unbounded step and
+"evaporate".  But a column measures a parameter's influence at the current point, and
+from a poor start that can be misleadingly small: Michaelis-Menten's ``K`` column is
+proportional to ``V``, so at a start with ``V`` thirty times too small ``K`` was cheap to
+move, and the first damped steps carried it across the model's poles ``K = −S_k`` into
+a local minimum (MINPACK's ``lmder`` with the same first radius, ``factor = 1``, does
+the same; its default ``factor = 100`` takes the undamped step there, and leaps into far
+regions on NIST problems).  The floor prices moving a parameter by its own size (by one
+unit below 1: internal variables of bounds are angles) at no less than the residual's
+norm, so a radius of ``‖r‖`` moves no parameter by more than its own size, as scipy's
+``trf`` with its default ``x_scale = 1`` and first radius ``‖x₀‖`` does; it falls with the
+cost, so at a small-residual optimum ``D = M``.  It also bounds the step of a parameter
+whose column starts negligible (a rate whose amplitude starts at 0), which would
+otherwise be unbounded (MINPACK's ``lm`` has that weakness).  The linear algebra
+happens in the scaled variables ``y = Dδ``, where ``D⁻¹JᵀJD⁻¹`` has a diagonal of at
+most 1.  With bounds (internal variables ``u``, ``p = T(u)``), a start near a bound has
+a column shrunk by the transform's small slope there, which would allow a huge first
+step in ``u`` (a rate starting on its bound 0 was sent to 2e6, a plateau); so ``M``
+starts at the column norms the parameters would have away from their bounds,
+``‖J_j‖·max|T'|/|T'(u₀)|`` (``Problem.pinning``).  The model's matrix also carries the
+bounds' curvature term ``diag(max(g_p ⊙ T''(u), 0))`` (``_common.linearize``), without
+which a parameter converging onto an active bound creeps there, a constant fraction per
+step; that term is not a column norm and stays out of ``D`` (pinned, it made ``D`` and
+the first radius up to 1e7 times too large where the data pull a parameter against its
+bound), so with it the scaled diagonal may exceed 1.  With a robust loss the columns are
+those of ``√ρ'·J`` and the model's matrix is the loss's exact Gauss-Newton curvature
+(``_losses``): where that curvature vanishes the step is the trust region's to bound.
 
 The damping.  If the Gauss-Newton step (damping 0) lies inside the ball it is taken.
 Otherwise the damping solving ``‖Dδ(damping)‖ = radius`` is found to 10% by Hebden's
@@ -46,10 +57,11 @@ boundary.  The step is accepted when ρ > 1e-4; a non-finite trial residual coun
 ρ = −∞.  A step too small for the computed cost to judge (predicted and actual
 reduction within the cost's round-off, ``_common.below_round_off``) counts as ρ = 1, so
 the iteration reaches the Gauss-Newton fixed point instead of stalling at the cost's
-resolution.  The first radius is ``‖D·max(|p₀|, 1)‖``: a step may at first change each parameter by
-about its own size (by about one unit where it is smaller than one: internal variables
-of bounds are angles), a conservative start that keeps hard problems from leaping into
-a far, flat region, yet never a vanishing radius for a start at or near zero.
+resolution.  The first radius is ``‖D·max(|u₀|, 1)‖``: a step may at first change the
+parameters by about their own size (by about one unit where smaller than one), a
+conservative start that keeps hard problems from leaping into a far, flat region (a
+first radius of ``‖r₀‖``, which caps each parameter's first step at its own size, lost
+NIST runs), yet never a vanishing radius for a start at or near zero.
 
 Reasoning about the step through a radius rather than updating the damping directly
 (Nielsen's rule, say) is what makes the step length, not only its direction, respond
@@ -99,14 +111,11 @@ ACCEPT_RATIO = 1e-4
 RADIUS_RTOL = 0.1  # Moré's tolerance on ‖Dδ‖ = radius
 MAX_DAMPING_ITERATIONS = 10
 PLATEAU_RTOL = 1e-3  # the damping search ends where ‖y‖ grows less than this as λ falls
-# A start on a bound is moved inside by 100·eps (``_bounds``): a parameter starting at 0
-# leaves the columns it multiplies (its rate's, say) at about that size.
-NEGLIGIBLE_COLUMN = 1e3
 
 
 class _Inner(eqx.Module):
     jtj: Any
-    scale: Any  # D: running max of the column norms of J
+    scale: Any  # M: running max of the column norms of J (D = metric(M, F, u))
     radius: Any
     damping: Any
 
@@ -125,14 +134,10 @@ class LevenbergMarquardt(eqx.Module):
     batched: bool = eqx.field(static=True, default=False)
 
     def init(self, problem, p):
-        lin = linearize(problem, p)
+        lin = linearize(problem, p, exact_loss_curvature=True)
         cost = problem.cost(lin.residual)
         scale = jnp.sqrt(lin.col_norm_sq) * problem.pinning(p)
-        size = jnp.maximum(jnp.abs(p), 1)
-        budget = jnp.linalg.norm(scale * size)
-        negligible = scale * size <= NEGLIGIBLE_COLUMN * jnp.finfo(p.dtype).eps * budget
-        scale = jnp.where(negligible, budget / (jnp.sqrt(p.size) * size), scale)
-        radius = jnp.linalg.norm(_positive(scale) * size)
+        radius = jnp.linalg.norm(metric(scale, cost, p) * jnp.maximum(jnp.abs(p), 1))
         inner = _Inner(
             jtj=lin.jtj,
             scale=scale,
@@ -145,7 +150,7 @@ class LevenbergMarquardt(eqx.Module):
 
     def step(self, problem, state):
         s = state.inner
-        d = _positive(s.scale)
+        d = metric(s.scale, state.cost, state.params)
         A, b = s.jtj / (d[:, None] * d[None, :]), state.grad / d
         # The damping is a choice, not a function to differentiate: it is searched without
         # gradients; only adjoint="unroll" needs the step itself differentiable.
@@ -165,7 +170,7 @@ class LevenbergMarquardt(eqx.Module):
 
         trial = problem.move(state.params, step)
         if self.batched:
-            trial_lin = dataclasses.replace(linearize(problem, trial, fallback=state.params), jac=None)
+            trial_lin = dataclasses.replace(linearize(problem, trial, exact_loss_curvature=True, fallback=state.params), jac=None)
             trial_residual = trial_lin.residual
         else:
             trial_residual = problem.residual(trial)
@@ -174,7 +179,8 @@ class LevenbergMarquardt(eqx.Module):
         predicted = -(state.grad @ step) - 0.5 * step @ (s.jtj @ step)
         valid = step_finite & jnp.isfinite(trial_cost) & (predicted > 0)
         ratio = jnp.where(valid, reduction / jnp.where(valid, predicted, 1), -jnp.inf)
-        ratio = jnp.where(valid & below_round_off(reduction, predicted, state.cost, s.jtj, state.params), 1, ratio)
+        round_off = valid & below_round_off(reduction, predicted, state.cost, s.jtj, state.params)
+        ratio = jnp.where(round_off, 1, ratio)
         accepted = ratio > ACCEPT_RATIO
 
         step_norm = jnp.linalg.norm(scaled_step)
@@ -187,7 +193,7 @@ class LevenbergMarquardt(eqx.Module):
             lin = jax.tree_util.tree_map(lambda new, old: jnp.where(accepted, new, old), trial_lin, kept)
         else:
             lin = jax.lax.cond(
-                accepted, lambda: linearize(problem, params), lambda: keep_linearization(state, s.jtj)
+                accepted, lambda: linearize(problem, params, exact_loss_curvature=True), lambda: keep_linearization(state, s.jtj)
             )
         scale = jnp.maximum(s.scale, jnp.sqrt(lin.col_norm_sq))
         inner = _Inner(jtj=lin.jtj, scale=scale, radius=radius, damping=damping)
@@ -203,8 +209,9 @@ class LevenbergMarquardt(eqx.Module):
             params=state.params,
             tol=self.tol,
             full_step=damping == 0,
+            round_off=round_off,
         )
-        scaled_params_norm = jnp.linalg.norm(_positive(scale) * params)
+        scaled_params_norm = jnp.linalg.norm(metric(scale, problem.cost(lin.residual), params) * params)
         xtol = self.tol.at_precision(radius.dtype).xtol
         eps = jnp.finfo(radius.dtype).eps
         collapsed = ~(radius > eps * (scaled_params_norm + jnp.linalg.norm(lin.residual)))  # NaN too
@@ -214,9 +221,12 @@ class LevenbergMarquardt(eqx.Module):
         return advance(problem, state, params=params, lin=lin, n_jev=n_jev, status=status, inner=inner)
 
 
-def _positive(scale):
-    """A column that has never moved the residual gets unit scale rather than 0/0."""
-    return jnp.where(scale > 0, scale, 1)
+def metric(scale, cost, u):
+    """The trust region's scaling ``D`` at ``u``: the running max of the column norms,
+    floored at ``√(2F)/max(|u_j|, 1)`` (see the module docstring); unit scale for a
+    parameter that has never moved a residual that is exactly zero."""
+    d = jnp.maximum(scale, jnp.sqrt(2 * cost) / jnp.maximum(jnp.abs(u), 1))
+    return jnp.where(d > 0, d, 1)
 
 
 def trust_region_damping(A, b, radius, damping_guess, search=True):

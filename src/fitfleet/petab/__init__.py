@@ -1,12 +1,12 @@
 """PEtab problems in fitfleet: ``load`` a PEtab v1 problem (SBML model, measurement,
 condition, observable and parameter tables) and simulate, evaluate and fit it.
 
-    >>> prob = fitfleet.petab.load("Boehm_JProteomeRes2014/Boehm_JProteomeRes2014.yaml")  # doctest: +SKIP
-    >>> prob.names, prob.lower, prob.upper, prob.nominal   # on the estimation scale
-    >>> prob.nll(prob.nominal)                             # pyPESTO's objective
-    >>> prob.simulate(prob.nominal)                        # measurement table + `simulation`
-    >>> res = prob.fit(prob.nominal)                       # fitfleet.least_squares
-    >>> ms = prob.multistart(100, key=jax.random.key(0))   # fitfleet.fit_batch
+    prob = fitfleet.petab.load("Boehm_JProteomeRes2014/Boehm_JProteomeRes2014.yaml")
+    prob.names, prob.lower, prob.upper, prob.nominal   # on the estimation scale
+    prob.nll(prob.nominal)                             # pyPESTO's objective
+    prob.simulate(prob.nominal)                        # measurement table + `simulation`
+    res = prob.fit(prob.nominal)                       # fitfleet.least_squares
+    ms = prob.multistart(100, key=jax.random.key(0))   # fitfleet.fit_batch
 
 The tables are read by ``petab``, the SBML model by ``python-libsbml`` and ``sbmlmath``
 into sympy (``_sbml``), the PEtab parameter mapping becomes index arrays (``_tables``),
