@@ -131,13 +131,19 @@ class Model(eqx.Module):
     def states(self, x):
         """(conditions, times, states) at every condition's measurement times, the
         condition parameters (conditions, parameters) and the pool."""
+        theta, y0, pool = self.initial_states(x)
+        ys = jax.vmap(self._solve)(theta, y0, self.times.astype(x.dtype))
+        return ys, theta, pool
+
+    def initial_states(self, x):
+        """Per condition: its parameters (conditions, parameters) and initial states
+        (conditions, states), and the pool."""
         pool = self.pool(x)
         theta = pool[self.theta_index]
         y0 = self.initial(theta.T).T
         override = self.initial_index >= 0
         y0 = jnp.where(override, pool[jnp.where(override, self.initial_index, 0)], y0)
-        ys = jax.vmap(self._solve)(theta, y0, self.times.astype(x.dtype))
-        return ys, theta, pool
+        return theta, y0, pool
 
     def predict(self, x):
         """Per observable: (h, σ) at its rows."""

@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +35,7 @@ def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, l
         state_scales: per state (or one number), the magnitude below which a state's
             absolute error is controlled: ``atol_i = rtol · state_scales[i]``.  Default:
             by the rule of ``fitfleet.petab._tolerances`` (each state's largest value
-            at the nominal parameters, from a pilot solve on the host).
+            at the nominal parameters, from a pilot solve with ``solver``).
         max_steps: the ODE solver's step budget per condition; a solve that needs more
             fails (NaN residuals, which a fit treats as a rejected point).
         lint: run ``petab.lint_problem`` first and refuse a problem with errors.
@@ -67,11 +68,13 @@ def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, l
         raise ValueError(f"petab.lint_problem found errors in {str(path)!r} (logged above); pass lint=False to load it anyway.")
     ode = _sbml.load_sbml(problem.model.sbml_document)
     layout = _tables.build(problem, ode)
-    if state_scales is None:
-        state_scales = _tolerances.state_scales(ode, layout)
-    state_scales = np.broadcast_to(np.asarray(state_scales, np.float64), (len(ode.states),))
     settings = _model.Settings(solver or diffrax.Kvaerno5(), float(rtol), int(max_steps))
-    return Problem(path, problem, ode, layout, _model.build_model(ode, layout, settings, state_scales))
+    model = _model.build_model(ode, layout, settings, np.ones(len(ode.states)))
+    if state_scales is None:
+        state_scales = _tolerances.state_scales(model, layout.nominal)
+    state_scales = np.broadcast_to(np.asarray(state_scales, np.float64), (len(ode.states),))
+    model = eqx.tree_at(lambda m: m.state_scales, model, np.array(state_scales))
+    return Problem(path, problem, ode, layout, model)
 
 
 class Problem:

@@ -2,8 +2,8 @@
 
 Relative tolerance ``rtol`` (default 1e-8, the reference tool chain's; raised to 100 ε
 in low precision).  Absolute tolerance per state ``atol_i = rtol · s_i``, with ``s_i``
-the state's scale: the largest ``|x_i(t)|`` over the measurement time span of every
-condition at the nominal parameters, from one pilot solve on the host (below), floored
+the state's scale: the largest ``|x_i(t)|`` over ``[0, last measurement time]`` of every
+condition at the nominal parameters, from a pilot solve at load time (below), floored
 at ``1e-3 · max_j s_j``: a state a thousand times smaller than the largest one is held
 to the absolute accuracy ``rtol · 1e-3 · max_j s_j``, not to its own relative accuracy,
 which would force tiny steps for states that hardly enter the observables (Boehm's
@@ -19,125 +19,79 @@ a small state.  The scales come from the nominal parameters; other parameters ke
 (the rule does not chase each start), which is what makes one compiled program serve
 every start.
 
-The pilot solve needs magnitudes only, so it runs at ``PILOT_RTOL`` = 1e-6 in numpy on a
-``sympy.lambdify`` translation of the same model: no compilation, milliseconds per
-problem.  Its method is Shampine & Reichelt's ``ode23s``, a Rosenbrock (W-)method of
-order 2 with an order-3 error estimate, L-stable (the models are stiff), with
-finite-difference Jacobians (one vectorised right-hand-side call per step):
+The pilot.  It needs magnitudes only, so it solves with the problem's own diffrax
+solver (default Kvaerno5, L-stable: the models are stiff) at loose tolerances, in two
+passes that share one compiled program (the tolerances are traced arguments):
 
-    d = 1/(2 + √2),  e32 = 6 + √2,  W = I − h d J,  T ≈ ∂f/∂t,
-    k1 = W⁻¹ (f(t, y) + h d T)
-    k2 = W⁻¹ (f(t + h/2, y + h k1/2) − k1) + k1
-    y⁺ = y + h k2
-    k3 = W⁻¹ (f(t + h, y⁺) − e32 (k2 − F1) − 2 (k1 − F0) + h d T)
-    error ≈ h (k1 − 2 k2 + k3) / 6
+    s⁰ = max_c |x(0)|                          (floored as above; ones if all zero)
+    pass 1: rtol 1e-4, atol = 1e-4 · s⁰   →   s¹ = floor(max(s⁰, max_t |x(t)|))
+    pass 2: rtol 1e-6, atol = 1e-6 · s¹   →   s  = floor(max(s⁰, max_t |x(t)|))
 
-with ``F0``, ``F1`` the first two right-hand sides.  A condition whose pilot fails
-(non-finite values, the step budget) contributes its initial values only; no scale at
-all gives ones.
-
-Reference: L. F. Shampine & M. W. Reichelt, "The MATLAB ODE Suite", SIAM J. Sci.
-Comput. 18 (1997), section 3.
+with ``max_t`` over the accepted steps (``SaveAt(steps=True)``).  Loose then tight:
+before any solve a state that starts at zero has no scale, so pass 1 holds every state
+to the absolute accuracy of the largest initial state, which is cheap and robust and
+finds each state's magnitude; pass 2 then controls each state relative to that
+magnitude, so the maxima of small states (down to the floor) are resolved rather than
+left as pass 1's noise.  Pass 2 is one step of the fixed-point iteration
+``s ← max_t |x(t; atol = rtol · s)|``, started where it already nearly holds.  A
+condition whose pass fails (the step budget ``PILOT_STEPS``, a non-finite value)
+contributes pass 1's values, or its initial values if both fail.
 """
 
-import math
-import warnings
-
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
-import sympy as sp
-
-from ._sbml import TIME, symbol
 
 FLOOR = 1e-3
-PILOT_RTOL = 1e-6
-PILOT_STEPS = 20_000
+PILOT_RTOLS = (1e-4, 1e-6)
+PILOT_STEPS = 4096
 
 
-def state_scales(ode, layout):
-    """``s_i`` of the module docstring, one per state (ones where no pilot succeeds)."""
-    states = [symbol(s) for s in ode.states]
-    params = [symbol(p) for p in layout.parameters]
-    rhs = sp.lambdify([TIME, states, params], list(ode.rhs), modules="numpy")
-    initial = sp.lambdify([params], list(ode.initial), modules="numpy")
-    x_lin = np.array([_unscale(v, s) for v, s in zip(layout.nominal, layout.scales)])
-    pool = np.concatenate([x_lin, layout.constants])
-    scale = np.zeros(len(states))
-    for c in range(len(layout.condition_ids)):
-        theta = pool[layout.theta_index[c]]
-        y0 = np.broadcast_to(np.asarray(initial(theta), np.float64), (len(states),)).copy()
-        override = layout.initial_index[c] >= 0
-        y0[override] = pool[layout.initial_index[c][override]]
-        t1 = float(layout.times[c].max())
-        scale = np.maximum(scale, np.abs(y0))
-        if t1 <= 0 or not np.all(np.isfinite(y0)):
-            continue
+def state_scales(model, nominal):
+    """``s_i`` of the module docstring, one per state, for ``model`` (an ``_model.Model``)
+    at the estimated parameters ``nominal`` (estimation scale)."""
+    x = jnp.asarray(nominal, jnp.result_type(float))
+    _, y0, _ = model.initial_states(x)
+    tops = np.abs(np.asarray(y0, np.float64))  # (conditions, states): the last good pass's maxima
+    tops[~np.isfinite(tops)] = 0.0
+    scale = _floored(np.max(tops, axis=0, initial=0.0))
+    for rtol in PILOT_RTOLS:
+        top, ok = _pilot(model, x, jnp.asarray(rtol, x.dtype), jnp.asarray(scale, x.dtype))
+        tops[np.asarray(ok)] = np.maximum(tops, np.asarray(top, np.float64))[np.asarray(ok)]
+        scale = _floored(np.max(tops, axis=0, initial=0.0))
+    return scale
 
-        def f(t, y, theta=theta):  # y: (states, columns)
-            return np.stack(np.broadcast_arrays(*rhs(t, y, theta), y[0])[:-1]).astype(np.float64)
 
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            top = largest_values(f, y0, t1)
-        if top is not None:
-            scale = np.maximum(scale, top)
-    top = np.max(scale, initial=0.0)
+def _floored(values):
+    top = np.max(values, initial=0.0)
     if not np.isfinite(top) or top == 0:
-        return np.ones(len(states))
-    return np.maximum(scale, FLOOR * top)
+        return np.ones_like(values)
+    return np.maximum(values, FLOOR * top)
 
 
-def largest_values(f, y0, t1, rtol=PILOT_RTOL, max_steps=PILOT_STEPS):
-    """``max |y_i(t)|`` over the accepted steps of an ``ode23s`` solve of
-    ``dy/dt = f(t, y)`` on ``[0, t1]`` (module docstring); ``None`` if it fails.
-    ``f(t, Y)`` evaluates the columns of ``Y`` (states, k) at once."""
-    d, e32 = 1 / (2 + math.sqrt(2)), 6 + math.sqrt(2)
-    n = y0.size
-    sqrt_eps = math.sqrt(np.finfo(np.float64).eps)
-    t, y, top = 0.0, y0.astype(np.float64), np.abs(y0).astype(np.float64)
-    h, h_min = 1e-6 * t1, 1e-14 * t1
-    for _ in range(max_steps):
-        if t >= t1:
-            return top
-        h = min(h, t1 - t)
-        atol = 1e-6 * max(float(top.max()), 1e-9)  # relative to the largest state so far
-        # F0, the Jacobian's columns and ∂f/∂t in one call.
-        delta = sqrt_eps * np.maximum(np.abs(y), atol / rtol)
-        dt = sqrt_eps * max(t, h)
-        columns = np.concatenate([y[:, None], y[:, None] + np.diag(delta)], axis=1)
-        values = f(t, columns)
-        F0 = values[:, 0]
-        J = (values[:, 1:] - F0[:, None]) / delta
-        T = (f(t + dt, y[:, None])[:, 0] - F0) / dt
-        if not (np.all(np.isfinite(F0)) and np.all(np.isfinite(J)) and np.all(np.isfinite(T))):
-            return None
-        W = np.eye(n) - h * d * J
-        try:
-            Winv = np.linalg.inv(W)
-        except np.linalg.LinAlgError:
-            h /= 10
-            if h < h_min:
-                return None
-            continue
-        k1 = Winv @ (F0 + h * d * T)
-        F1 = f(t + 0.5 * h, (y + 0.5 * h * k1)[:, None])[:, 0]
-        k2 = Winv @ (F1 - k1) + k1
-        y_new = y + h * k2
-        F2 = f(t + h, y_new[:, None])[:, 0]
-        k3 = Winv @ (F2 - e32 * (k2 - F1) - 2 * (k1 - F0) + h * d * T)
-        err = h / 6 * (k1 - 2 * k2 + k3)
-        ratio = float(np.max(np.abs(err) / (atol + rtol * np.maximum(np.abs(y), np.abs(y_new)))))
-        if not (np.isfinite(ratio) and np.all(np.isfinite(y_new))):
-            ratio = math.inf
-        if ratio <= 1:
-            t, y = t + h, y_new
-            top = np.maximum(top, np.abs(y))
-            h *= min(5.0, 0.8 * ratio ** (-1 / 3)) if ratio > 0 else 5.0
-        else:
-            h *= max(0.1, 0.8 * ratio ** (-1 / 3)) if np.isfinite(ratio) else 0.1
-            if h < h_min:
-                return None
-    return top if t >= t1 else None
+@eqx.filter_jit
+def _pilot(model, x, rtol, scales):
+    """Per condition: ``max_t |x_i(t)|`` over the accepted steps of a solve on
+    ``[0, t_last]`` at ``rtol`` and ``atol = rtol · scales``, and whether it succeeded
+    (t_last = 0 counts as success: the initial values are the answer)."""
+    theta, y0, _ = model.initial_states(x)
+    t_last = jnp.max(model.times.astype(x.dtype), axis=1)
+    eps = float(jnp.finfo(x.dtype).eps)
+    rtol = jnp.maximum(rtol, 100 * eps)
 
+    def solve(theta, y0, t1):
+        span = jnp.where(t1 > 0, t1, 1)  # a condition measured at t = 0 only: skip it below
+        controller = diffrax.PIDController(rtol=rtol, atol=rtol * scales, dtmin=max(1e-14, 10 * eps) * jnp.maximum(span, 1), force_dtmin=False)
+        solution = diffrax.diffeqsolve(
+            diffrax.ODETerm(model._vector_field), model.settings.solver, t0=jnp.zeros((), x.dtype), t1=span, dt0=None,
+            y0=y0, args=theta, saveat=diffrax.SaveAt(t0=True, steps=True), stepsize_controller=controller,
+            max_steps=PILOT_STEPS, throw=False,
+        )  # fmt: skip
+        # Unused step slots hold inf: they are not values.
+        ys = jnp.where(jnp.isfinite(solution.ys), jnp.abs(solution.ys), 0)
+        ok = (solution.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(y0))
+        return jnp.where(t1 > 0, jnp.max(ys, axis=0), jnp.abs(y0)), ok | (t1 <= 0)
 
-def _unscale(value, scale):
-    return {"lin": value, "log": np.exp(value), "log10": 10.0**value}[scale]
+    return jax.vmap(solve)(theta, y0, t_last)
