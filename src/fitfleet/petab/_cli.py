@@ -71,6 +71,13 @@ def main(argv=None):
     if not args.no_cache:
         ff.enable_compilation_cache()
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))  # noqa: E731
+    # The bars and plots are optional extras (progress, plot): without them, say so and go on.
+    bars = not args.quiet and _have("tqdm")
+    if not args.quiet and not bars:
+        say("no progress bars: pip install tqdm (fitfleet[progress]) to see them")
+    if not args.no_plots and not _have("matplotlib"):
+        say("no plots: pip install matplotlib (fitfleet[plot]) to draw them")
+        args.no_plots = True
     times = {}
     with jax.enable_x64(not args.float32):
         clock = time.perf_counter()
@@ -89,14 +96,14 @@ def main(argv=None):
             options["max_steps"] = args.max_steps
         clock = time.perf_counter()
         ms = prob.multistart(args.starts, key=jax.random.key(args.seed), checkpoint=checkpoint,
-                             checkpoint_every=args.checkpoint_every, progress=not args.quiet, **options)  # fmt: skip
+                             checkpoint_every=args.checkpoint_every, progress=bars, **options)  # fmt: skip
         times["multi-start"] = time.perf_counter() - clock
         info = dict(prob.describe(), seed=args.seed, options=options, solver=args.solver, rtol=args.rtol)
         ms.save(out / "results.npz", info=info)
         profiles = None
         if not args.no_profiles:
             clock = time.perf_counter()
-            profiles = prob.profile(ms, names=args.profile, progress=not args.quiet)
+            profiles = prob.profile(ms, names=args.profile, progress=bars)
             times["profiles"] = time.perf_counter() - clock
         text = prob.summary(ms, profiles)
         if not args.no_plots:
@@ -109,3 +116,9 @@ def main(argv=None):
         print(text)
     say(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))} to {out}/")
     return 0
+
+
+def _have(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
