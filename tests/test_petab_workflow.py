@@ -31,6 +31,7 @@ from test_saving import assert_same  # noqa: E402
 
 import fitfleet as ff  # noqa: E402
 import fitfleet.petab as fp  # noqa: E402
+from fitfleet import _saving  # noqa: E402
 from fitfleet._profile_walk import Verdict  # noqa: E402
 from fitfleet.petab import _checkpoint  # noqa: E402
 from fitfleet.petab._cli import main, parser  # noqa: E402
@@ -210,8 +211,7 @@ def test_checkpoint_survives_sigkill(run, problem, x64, tmp_path):
         child.send_signal(signal.SIGKILL)
         child.wait()
     assert child.returncode == -signal.SIGKILL
-    held = np.load(path)
-    assert held["results.cost.1"].shape == (EVERY,) or any(v.shape == (EVERY,) for k, v in held.items() if "cost" in k)
+    assert _saving.read(path, _checkpoint.FORMAT)[1]["n_done"] == EVERY  # the first chunk, intact
     ms = problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, checkpoint_every=EVERY, method="lm")
     assert_same(jax.tree_util.tree_map(np.asarray, ms), ff.MultiStartResult.load(run[1] / "results.npz"))
 
