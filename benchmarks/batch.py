@@ -12,7 +12,11 @@ is the first call minus the median run.
 
 Sections (see issue #3): (1) Gpufit's 2D Gaussian benchmark in float32, (2) a 1D
 Gaussian peak in float64, (3) stragglers, (4) multi-start on NIST's higher-difficulty
-problems, (5) scaling with the number of fits and compile time per model.
+problems, (5) scaling with the number of fits and compile time per model.  Section
+``trf`` (issue #22, not in the default run) times ``method="trf"`` against ``"lm"`` on
+the workloads of sections 1-4:
+
+    python benchmarks/batch.py --only trf --out benchmarks/results/batch_trf.md
 """
 
 import argparse
@@ -573,10 +577,57 @@ def compile_times(report):
     )  # fmt: skip
 
 
+def section_trf(report, repeats, quick):
+    report.add("## trf against lm in `fit_batch`, on the workloads of sections 1-4", "")
+    report.add(
+        "Each row runs one workload with `method=\"lm\"` and with `method=\"trf\"` (same data, same options), "
+        f"the calls alternating, medians of {repeats} runs after a first (compiling) call of each. "
+        "Workloads: (1) 2D Gaussian, float32, `ftol=1e-4, xtol=gtol=0, max_steps=20`; (2) 1D Gaussian peak, float64, "
+        "tolerances 1e-10; (3) MGH10 stragglers, 1% of the starts at NIST's Start 1, default tolerances, "
+        "`max_steps=1000`; (4) `multistart(..., log_scale=True)` from 1,024 starts on NIST problems (trf bounds "
+        "`log p` by itself: no finite bounds here). *Converged*: fraction with `success`; for multistart, *found*: "
+        "fraction of starts reaching the certified optimum (LRE >= 4).",
+        "",
+    )
+    rows = []
+    n2d = 10_000 if quick else 100_000
+    with jax.enable_x64(False):
+        d = gauss2d_data(n2d, 0, np.float32)
+        xy, z, x0 = jnp.asarray(d["xy"]), jnp.asarray(d["z"]), jnp.asarray(d["x0"])
+        fns = {m: (lambda m=m: ff.fit_batch(gauss2d, x0, (xy, z), shared_args=(0,), method=m, ftol=1e-4, xtol=0, gtol=0, max_steps=20)) for m in ("lm", "trf")}
+        rows.append(_trf_row(f"2D Gaussian, {n2d:,} fits, float32", interleaved(fns, repeats), lambda r: float(jnp.mean(r.success))))
+    p = peak1d_data(1024, 1)
+    x, y, x0 = jnp.asarray(p["x"]), jnp.asarray(p["y"]), jnp.asarray(p["x0"])
+    tol = dict(ftol=1e-10, xtol=1e-10, gtol=1e-10, max_steps=200)
+    fns = {m: (lambda m=m: ff.fit_batch(peak1d, x0, (x, y), shared_args=(0,), method=m, **tol)) for m in ("lm", "trf")}
+    rows.append(_trf_row("1D Gaussian peak, 1,024 fits, float64", interleaved(fns, repeats), lambda r: float(jnp.mean(r.success))))
+    prob, ys, x0, far = straggler_data(1024, 2, 10)
+    fun, x, ys = prob.residual(), jnp.asarray(prob.x), jnp.asarray(ys)
+    fns = {m: (lambda m=m: ff.fit_batch(fun, x0, (x, ys), shared_args=(0,), method=m, max_steps=1000)) for m in ("lm", "trf")}
+    rows.append(_trf_row("MGH10 stragglers, 1,024 fits, float64", interleaved(fns, repeats), lambda r: float(jnp.mean(r.success))))
+    for name in ("MGH09", "BoxBOD", "Rat43") if not quick else ("BoxBOD",):
+        prob = nist.load(name)
+        fun, x, yy = prob.residual(), jnp.asarray(prob.x), jnp.asarray(prob.y)
+        lo, hi = box(prob.start1)
+        found = lambda ms, c=prob.certified: float(np.mean([nist.lre(q, c) >= 4 for q in np.asarray(ms.results.params)]))  # noqa: E731
+        fns = {
+            m: (lambda m=m: ff.multistart(fun, lo, hi, 1024, (x, yy), log_scale=True, method=m, key=jax.random.key(1)))
+            for m in ("lm", "trf")
+        }  # fmt: skip
+        rows.append(_trf_row(f"multistart {name}, 1,024 starts, float64", interleaved(fns, repeats), found, steps=lambda r: r.results.n_steps))
+    report.table(["workload", "lm (ms)", "trf (ms)", "trf / lm (target ≤ 2×)", "steps per fit: lm", "trf", "converged or found: lm", "trf"], rows)
+
+
+def _trf_row(label, timings, quality, steps=lambda r: r.n_steps):
+    (_, t_lm, r_lm), (_, t_trf, r_trf) = timings["lm"], timings["trf"]
+    return [label, f"{t_lm * 1e3:.1f}", f"{t_trf * 1e3:.1f}", f"**{t_trf / t_lm:.2f}×**", f"{float(np.mean(steps(r_lm))):.1f}",
+            f"{float(np.mean(steps(r_trf))):.1f}", f"{quality(r_lm):.3f}", f"{quality(r_trf):.3f}"]  # fmt: skip
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
-    parser.add_argument("--only", default="", help="comma-separated sections: gauss2d,peak1d,stragglers,multistart,scaling,compile")
+    parser.add_argument("--only", default="", help="comma-separated sections: gauss2d,peak1d,stragglers,multistart,scaling,compile,trf")
     parser.add_argument("--out", default=str(OUT))
     opts = parser.parse_args()
     only = set(filter(None, opts.only.split(",")))
@@ -584,6 +635,7 @@ def main():
     quick = opts.quick
     report = Report()
     command = "python benchmarks/batch.py" + (" --quick" if quick else "") + (f" --only {opts.only}" if only else "")
+    command += f" --out {opts.out}" if opts.out != str(OUT) else ""
     report.add(
         "# fitfleet batch benchmark",
         "",
@@ -608,7 +660,9 @@ def main():
             section_scaling(report, [100, 1000, 10_000] if quick else [100, 1000, 10_000, 100_000, 1_000_000], 3)
     if want("compile"):
         compile_times(report)
-    if not only:
+    if "trf" in only:  # not part of the default run
+        section_trf(report, 2 if quick else 5, quick)
+    if not only or opts.out != str(OUT):
         Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
         Path(opts.out).write_text("\n".join(report.lines) + "\n")
 

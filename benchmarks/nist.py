@@ -1,7 +1,7 @@
 """Accuracy on the 27 NIST StRD nonlinear regression problems, both starts, float64.
 
 LRE (-log10 of the worst relative parameter error against NIST's certified values,
-capped at 11) for fitfleet's LM (default and tight tolerances), GN and Adam, beside
+capped at 11) for fitfleet's LM (default and tight tolerances), GN, TRF and Adam, beside
 scipy's least_squares (lm, trf) and optimistix's LevenbergMarquardt, all in one run on
 the same residual functions (jitted JAX, converted to numpy for scipy).
 
@@ -79,6 +79,7 @@ SOLVERS = {
     "fitfleet LM": fitfleet_solver(),
     "fitfleet LM tight": fitfleet_solver(**TIGHT),
     "fitfleet GN": fitfleet_solver(method="gn"),
+    "fitfleet TRF": fitfleet_solver(method="trf"),
     "fitfleet Adam": fitfleet_solver(method="adam"),
     "scipy lm": scipy_solver("lm", 1e-8),
     "scipy trf": scipy_solver("trf", 1e-8),

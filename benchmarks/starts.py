@@ -16,7 +16,7 @@ Gaussian peak          A·exp(−(x − μ)² / (2 s²))               A, μ, s
 logistic               L / (1 + exp(−r·(x − x₀)))              L, r, x₀
 =====================  ======================================  ============================
 
-Methods: fitfleet ``least_squares`` ``method="lm"`` and ``"gn"``, scipy
+Methods: fitfleet ``least_squares`` ``method="lm"``, ``"gn"`` and ``"trf"``, scipy
 ``least_squares`` ``method="lm"`` (MINPACK) and ``"trf"``, all at their default
 tolerances (ftol = xtol = gtol = 1e-8) and step budgets; scipy gets the same JAX
 residual and exact Jacobian (``jax.jacfwd``), each jitted once per model.
@@ -61,7 +61,7 @@ import fitfleet as ff  # noqa: E402
 N_STARTS = 128
 DECADES = 3  # starts at truth · 10^U(−DECADES, DECADES)
 RTOL = 1e-6
-METHODS = ("fitfleet lm", "fitfleet gn", "scipy lm", "scipy trf")
+METHODS = ("fitfleet lm", "fitfleet gn", "fitfleet trf", "scipy lm", "scipy trf")
 
 
 def michaelis_menten(p, x):
@@ -108,7 +108,7 @@ def fit_all(model, x, y, x0s):
     J = lambda p: np.asarray(jacobian(p, x, y))  # noqa: E731
     out = {m: ([], []) for m in METHODS}
     for x0 in x0s:
-        for method in ("lm", "gn"):
+        for method in ("lm", "gn", "trf"):
             res = ff.least_squares(residual, jnp.asarray(x0), (jnp.asarray(x), jnp.asarray(y)), method=method)
             out[f"fitfleet {method}"][0].append(float(res.cost))
             out[f"fitfleet {method}"][1].append(bool(res.success))
@@ -144,7 +144,7 @@ def robust_rows():
     g = np.random.default_rng(100)
     x0s = [np.ones(3), np.array([1.0, 1.0, 0.0])]
     x0s += list(ROBUST_TRUTH * 10 ** g.uniform(-1, 1, (6, 3)) * np.where(g.random((6, 3)) < 0.5, -1, 1))
-    methods = ("fitfleet lm", "fitfleet gn", "scipy trf")
+    methods = ("fitfleet lm", "fitfleet gn", "fitfleet trf", "scipy trf")
     rows = []
     for loss in ROBUST_LOSSES:
         reached = {m: 0 for m in methods}
@@ -154,7 +154,7 @@ def robust_rows():
             t, y = robust_data(seed)
             costs = {m: [] for m in methods}
             for x0 in x0s:
-                for method in ("lm", "gn"):
+                for method in ("lm", "gn", "trf"):
                     res = ff.least_squares(residual, jnp.asarray(x0), (t, y), method=method, loss=loss, f_scale=0.1)
                     costs[f"fitfleet {method}"].append(float(res.cost))
                 try:

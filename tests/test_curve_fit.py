@@ -169,7 +169,7 @@ def test_indeterminate_covariance_is_inf_with_a_warning(x64):
         (dict(ydata=np.full(30, np.nan)), ValueError, "infs or NaNs"),
         (dict(nan_policy="propagate"), ValueError, "nan_policy"),
         (dict(method="powell"), ValueError, "`method` must be one of"),
-        (dict(x_scale=2.0), ValueError, "x_scale"),
+        (dict(x_scale="auto"), ValueError, "x_scale"),
         (dict(tr_solver="lsmr"), TypeError, "unsupported keyword argument 'tr_solver'"),
         (dict(args=(1,)), ValueError, "'args' is not a supported"),
         (dict(sigma=np.ones(7)), ValueError, "`sigma` has incorrect shape"),

@@ -92,3 +92,14 @@ def test_progress_bar_counts_the_steps(x64, capfd):
     res = ff.least_squares(michaelis_menten, jnp.array([10.0, 10.0]), (S, V), progress=True)
     err = capfd.readouterr().err
     assert "fitfleet" in err and f"{int(res.n_steps)}/" in err
+
+
+def test_profile_progress_bar_counts_the_refits(x64, capfd):
+    """The bar advances by the refits each round of the default grid really ran: at the
+    end it shows the profile's points plus the refit of the optimum."""
+    fit = ff.least_squares(michaelis_menten, jnp.array([10.0, 10.0]), (S, V))
+    prof = ff.profile(michaelis_menten, fit, (S, V), index=1, progress=True)
+    err = capfd.readouterr().err
+    assert "refit" in err and f"{prof.values.shape[0] + 1}/" in err
+    quiet = ff.profile(michaelis_menten, fit, (S, V), index=1)
+    assert capfd.readouterr().err == "" and np.array_equal(quiet.values, prof.values)

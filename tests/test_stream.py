@@ -124,7 +124,7 @@ def test_memory_bounded_by_chunk_not_data(tmp_path, monkeypatch):
     x0, y = decay_data(N)
     x0, y = Recorder(x0.astype("float32")), Recorder(y.astype("float32"))
     budget = 64 * 1360  # 64 fits' worth (below)
-    monkeypatch.setattr(_stream, "MEMORY_BUDGET", budget)
+    monkeypatch.setattr(_stream.store, "MEMORY_BUDGET", budget)
     out = ff.fit_stream(decay, x0, (T.astype("float32"), y), tmp_path / "out.zarr", shared_args=(0,), progress=False)
     chunk = out.attrs["fitfleet_stream"]["chunk_size"]
     per_fit = 4 * (3 + 24) * 4 + 2 * (3 + 1 + 24 + 72 + 3 + 4) * 4 + 3 * (3 + 1 + 2) * 4  # the docstring's count

@@ -9,6 +9,7 @@ Example:
 """
 
 from ._batch import fit_batch
+from ._covariance import covariance
 from ._curve_fit import curve_fit, curve_fit_batch
 from ._identifiability import Identifiability, identifiability
 from ._least_squares import least_squares
@@ -17,7 +18,7 @@ from ._profile import Profile, profile
 from ._result import Result
 from ._status import Status
 from ._stream import fit_stream
-from ._uncertainty import Uncertainty, covariance, uncertainty
+from ._uncertainty import Uncertainty, uncertainty
 from ._xla import enable_compilation_cache, set_compile_notice
 
 __all__ = ["Result", "Status", "fit_batch", "fit_stream", "least_squares", "Uncertainty", "covariance", "uncertainty", "Identifiability", "identifiability", "Profile", "profile", "curve_fit", "curve_fit_batch", "MultiStartResult", "Optimum", "multistart", "enable_compilation_cache", "set_compile_notice"]

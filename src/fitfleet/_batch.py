@@ -86,6 +86,8 @@ def fit_batch(
     xtol=1e-8,
     gtol=1e-8,
     max_steps=None,
+    max_nfev=None,
+    x_scale=None,
     sigma=None,
     bounds=None,
     log_scale=False,
@@ -126,8 +128,8 @@ def fit_batch(
         history: ``k`` records the start and the first ``k − 1`` steps of every fit
             (``Result.history``, with the batch axis); off by default.
         verbose: 1 prints the batch's Result (statuses counted) at the end.
-        method, jac, ftol, xtol, gtol, max_steps, bounds, log_scale, loss, f_scale,
-            learning_rate, initial_damping, adjoint, grad_on_failure: as for
+        method, jac, ftol, xtol, gtol, max_steps, max_nfev, x_scale, bounds, log_scale,
+            loss, f_scale, learning_rate, initial_damping, adjoint, grad_on_failure: as for
             :func:`least_squares`, the same for every fit (bounds are shared).  Under
             ``jax.grad``/``jit``/``vmap`` the batch runs as ``vmap(least_squares)``, whose
             derivatives these options define.

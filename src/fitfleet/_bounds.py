@@ -22,6 +22,10 @@ does with 1e-10), since ``dp/du = 0`` would otherwise pin it.  There ``dp/du`` i
 so the first step in ``u`` can be huge; a two-sided angle is then brought back into
 [−π, π] (``Bounds.wrapped``: the same ``p``), so that the relative step tests keep
 their meaning.
+
+``box=True`` (the trust-region reflective method, which enforces bounds itself): no
+change of variables for the bounds, ``u = p`` (``u = log p`` with ``log_scale``), and
+``lower``/``upper`` are a box on ``u`` that the solver keeps its iterates inside.
 """
 
 from typing import Any
@@ -38,8 +42,11 @@ class Bounds(eqx.Module):
     lower: Any
     upper: Any
     log: Any  # bool mask
+    box: bool = eqx.field(static=True, default=False)  # a box on u, enforced by the solver
 
     def to_params(self, u):
+        if self.box:
+            return jnp.where(self.log, jnp.exp(u), u)
         lo, hi = self.lower, self.upper
         fin_lo, fin_hi = jnp.isfinite(lo), jnp.isfinite(hi)
         lo0, hi0 = jnp.where(fin_lo, lo, 0), jnp.where(fin_hi, hi, 0)
@@ -68,6 +75,8 @@ class Bounds(eqx.Module):
         """How many times a bound near ``u`` shrinks each parameter's Jacobian column:
         ``max |v'| / |v'(u)| >= 1`` for the bound's transform ``v`` (``1/|cos u|``
         two-sided, ``√(u² + 1)/|u|`` one-sided, 1 unbounded; ∞ is reported as 1)."""
+        if self.box:
+            return jnp.ones_like(u)
         fin_lo, fin_hi = jnp.isfinite(self.lower), jnp.isfinite(self.upper)
         two_sided = 1 / jnp.abs(jnp.cos(u))
         one_sided = jnp.sqrt(u * u + 1) / jnp.abs(u)
@@ -83,6 +92,8 @@ class Bounds(eqx.Module):
 
     def to_internal(self, p):
         v = jnp.where(self.log, jnp.log(jnp.where(self.log, p, 1)), p)
+        if self.box:
+            return v
         lo, hi = self.lower, self.upper
         fin_lo, fin_hi = jnp.isfinite(lo), jnp.isfinite(hi)
         lo0, hi0 = jnp.where(fin_lo, lo, 0), jnp.where(fin_hi, hi, 1)
@@ -99,11 +110,12 @@ class Bounds(eqx.Module):
         )
 
 
-def make_bounds(box, log, dtype):
+def make_bounds(box, log, dtype, enforced=False):
     """The transform for checked bounds (``_validate.bounds``: ``None`` or flat
     ``(lower, upper)`` on the parameters' own scale) and log-scale mask ``log``.  The
     bounds of a log-scaled parameter become bounds on ``log p`` (a lower bound of 0
-    becomes none)."""
+    becomes none).  ``enforced``: the solver keeps its iterates inside the box itself
+    (``Bounds.box``, see the module docstring)."""
     n = np.size(log)
     lo, hi = (np.full(n, -np.inf), np.full(n, np.inf)) if box is None else (np.asarray(box[0]), np.asarray(box[1]))
     log = np.asarray(log, bool)
@@ -112,13 +124,31 @@ def make_bounds(box, log, dtype):
     lo_v = np.where(log & ~(lo > 0), -np.inf, lo_v)
     hi_v = np.where(log, np.log(np.where(log & np.isfinite(hi), hi, 1)), hi)
     hi_v = np.where(log & ~np.isfinite(hi), np.inf, hi_v)
-    return Bounds(np.asarray(lo_v, dtype), np.asarray(hi_v, dtype), log)
+    return Bounds(np.asarray(lo_v, dtype), np.asarray(hi_v, dtype), log, box=enforced)
+
+
+BOX_RSTEP = 1e-10  # scipy's make_strictly_feasible for trf
 
 
 def strictly_inside(b, x0_flat):
-    """Move a start that sits on a bound inside by a relative 100·eps (scipy's rstep)."""
+    """Move a start that sits on a bound inside by a relative 100·eps (scipy's rstep).
+
+    For a ``box``, as scipy's ``trf``: a start within a relative 1e-10 of a bound (at
+    least 100·eps) is moved to that distance, since the solver's scaling near a bound is
+    the square root of the distance to it; a box narrower than that starts at its middle.
+    """
     v = jnp.where(b.log, jnp.log(jnp.where(b.log, x0_flat, 1)), x0_flat)
-    step = 100 * jnp.finfo(x0_flat.dtype).eps * jnp.maximum(1, jnp.abs(v))
+    eps = jnp.finfo(x0_flat.dtype).eps
+    if b.box:
+        rstep = max(BOX_RSTEP, 100 * float(eps))
+        lo_step = rstep * jnp.maximum(1, jnp.abs(jnp.where(jnp.isfinite(b.lower), b.lower, 0)))
+        hi_step = rstep * jnp.maximum(1, jnp.abs(jnp.where(jnp.isfinite(b.upper), b.upper, 0)))
+        near_lo = v - b.lower <= jnp.minimum(b.upper - v, lo_step)
+        near_hi = b.upper - v <= jnp.minimum(v - b.lower, hi_step)
+        v = jnp.where(near_lo, b.lower + lo_step, jnp.where(near_hi, b.upper - hi_step, v))
+        v = jnp.where((v < b.lower) | (v > b.upper), (b.lower + b.upper) / 2, v)
+        return jnp.where(b.log, jnp.exp(v), v).astype(x0_flat.dtype)
+    step = 100 * eps * jnp.maximum(1, jnp.abs(v))
     v = jnp.where(v <= b.lower, b.lower + step, v)
     v = jnp.where(v >= b.upper, b.upper - step, v)
     return jnp.where(b.log, jnp.exp(v), v).astype(x0_flat.dtype)

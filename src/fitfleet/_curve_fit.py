@@ -12,15 +12,19 @@ when the Jacobian is singular only to round-off.
 
 What differs, and why:
 
-- Every ``method`` (``None``, ``"lm"``, ``"trf"``, ``"dogbox"``) runs fitfleet's
-  Levenberg-Marquardt; bounds work with all of them (a smooth change of variables, see
-  ``docs/fitting_guide.md``), so ``method="lm"`` with bounds is allowed.  fitfleet's own
-  methods (``"gn"``, ``"adam"``, ``"sgd"``) may be named too.
+- ``method`` runs the method it names: ``"trf"`` fitfleet's trust-region reflective
+  (scipy's algorithm), ``"lm"`` its Levenberg-Marquardt; ``None`` picks as scipy does,
+  ``"lm"`` without bounds and ``"trf"`` with them.  ``"dogbox"`` runs ``"trf"``: fitfleet
+  has no dogleg method, and trf is scipy's recommended one for bounded problems.
+  ``method="lm"`` with bounds is allowed (a smooth change of variables, see
+  ``docs/fitting_guide.md``), where scipy raises.  fitfleet's own methods (``"gn"``,
+  ``"adam"``, ``"sgd"``) may be named too.
 - Derivatives are exact (automatic differentiation): ``jac=None`` or a finite-difference
   scheme (``"2-point"``, ``"3-point"``, ``"cs"``) all mean autodiff, and ``diff_step``
   and ``epsfcn`` are ignored.  ``f`` must be written in ``jax.numpy``.
-- ``maxfev``/``max_nfev`` bound the solver's iterations (one residual evaluation each,
-  plus a Jacobian at accepted points).
+- ``maxfev``/``max_nfev`` bound the residual evaluations, the one at ``p0`` included
+  (``least_squares``' ``max_nfev``: ``max_steps = max_nfev − 1``, each step one trial
+  point; Jacobians at accepted points are not counted).
 - The outputs are JAX arrays in the precision of ``p0`` (or of ``ydata`` without
   ``p0``): float32 unless float64 is enabled.
 - ``ier`` uses ``scipy.optimize.least_squares``' status codes for every method: 1
@@ -42,7 +46,6 @@ residual of any shape and fewer residuals than parameters; bounds as a change of
 variables for ``lm``), ``docs/fitting_guide.md`` ("Coming from scipy") says so.
 """
 
-import inspect
 import warnings
 from collections.abc import Callable
 
@@ -51,19 +54,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _validate, _xla
+from . import _scipy_conventions as sc
+from . import _validate
 from ._batch import fit_batch
+from ._covariance import covariance_quietly
 from ._least_squares import least_squares
-from ._status import Status
-from ._uncertainty import covariance_quietly
 
 _SCIPY_METHODS = (None, "lm", "trf", "dogbox")
 _FITFLEET_METHODS = ("gn", "adam", "sgd")
 _FD_JACOBIANS = (None, "2-point", "3-point", "cs")
-_IGNORED = ("diff_step", "epsfcn", "verbose")  # finite-difference and printing options
-_PASSED = ("ftol", "xtol", "gtol", "loss", "f_scale", "log_scale", "max_steps", "initial_damping", "learning_rate")
-
-
 def curve_fit(
     f,
     xdata,
@@ -94,15 +93,17 @@ def curve_fit(
         check_finite: raise ``ValueError`` on non-finite ``xdata``/``ydata`` (default
             ``True`` unless ``nan_policy`` is given; skipped for traced data).
         bounds: ``(lower, upper)`` scalars or arrays, or an object with ``lb``, ``ub``.
-        method: ``None``, ``"lm"``, ``"trf"``, ``"dogbox"`` (all Levenberg-Marquardt
-            here), or fitfleet's ``"gn"``, ``"adam"``, ``"sgd"``.
+        method: ``None`` (``"lm"`` without bounds, ``"trf"`` with them, as scipy),
+            ``"lm"``, ``"trf"``, ``"dogbox"`` (runs ``"trf"``), or fitfleet's ``"gn"``,
+            ``"adam"``, ``"sgd"``.
         jac: ``jac(x, *params)`` returning the (m, n) Jacobian of ``f``, or ``None`` /
             a finite-difference scheme name for automatic differentiation.
         full_output: also return ``infodict``, ``mesg`` and ``ier``.
         nan_policy: ``None``, ``"raise"`` (a ``ValueError`` if the data hold NaN) or
             ``"omit"`` (drop the NaN points), as in scipy.
         **kwargs: ``ftol``, ``xtol``, ``gtol``, ``maxfev``/``max_nfev``, ``loss``,
-            ``f_scale``, ``x_scale`` (``"jac"`` only); ``diff_step``, ``epsfcn`` and
+            ``f_scale``, ``x_scale`` (as ``least_squares``: numbers for ``"trf"``,
+            ``"jac"`` for all Newton-type methods); ``diff_step``, ``epsfcn`` and
             ``verbose`` are ignored; fitfleet's ``log_scale``, ``max_steps``,
             ``initial_damping``, ``learning_rate``.
 
@@ -140,7 +141,7 @@ def curve_fit(
         warnings.warn(f"Covariance of the parameters could not be estimated{detail}", UserWarning, stacklevel=2)
     if not full_output:
         return res.params, pcov
-    return res.params, pcov, _infodict(res), res.message if concrete else None, _ier(res.status)
+    return res.params, pcov, sc.infodict(res), res.message if concrete else None, sc.ier(res.status)
 
 
 def curve_fit_batch(
@@ -195,21 +196,21 @@ def curve_fit_batch(
     """
     if not isinstance(batch_xdata, (bool, np.bool_)):
         raise TypeError(f"`batch_xdata` must be True or False; got {batch_xdata!r}.")
-    y = _as_data(ydata, "ydata")
+    y = sc.as_data(ydata, "ydata")
     if y.ndim < 2:
         raise ValueError(
             f"`ydata` must have a leading batch axis, (B, m); got shape {y.shape}. For one data set use curve_fit."
         )
     size = y.shape[0]
     if batch_xdata:
-        xdata = _as_data(xdata, "xdata")
+        xdata = sc.as_data(xdata, "xdata")
         if xdata.ndim < 1 or xdata.shape[0] != size:
             raise ValueError(
                 f"with batch_xdata=True, `xdata` needs a leading batch axis of size {size} like ydata; "
                 f"got shape {xdata.shape}."
             )
     first = lambda t: jax.tree_util.tree_map(lambda a: a[0], t)  # noqa: E731
-    p0_rows = None if p0 is None else _as_data(p0, "p0")
+    p0_rows = None if p0 is None else sc.as_data(p0, "p0")
     per_row_p0 = p0_rows is not None and p0_rows.ndim == 2
     # As fit_batch: a sigma with two or more axes whose first is B holds one per row.
     per_row_sigma = sigma is not None and np.ndim(sigma) >= 2 and np.shape(sigma)[0] == size
@@ -222,13 +223,13 @@ def curve_fit_batch(
     x0 = p0_rows.astype(dtype) if per_row_p0 else jnp.broadcast_to(p0_one, (size, p0_one.shape[0]))
     x = xdata.astype(dtype) if batch_xdata else fit["args"][0]
     if per_row_sigma:
-        opts["sigma"] = _as_data(sigma, "sigma").astype(dtype)
+        opts["sigma"] = sc.as_data(sigma, "sigma").astype(dtype)
     res = fit_batch(fit["fun"], x0, (x, y.astype(dtype)), shared_args=() if batch_xdata else (0,), **opts)
     pcov, _ = _pcov(res, absolute_sigma, opts)
     if not full_output:
         return res.params, pcov
     concrete = not isinstance(res.status, jax.core.Tracer)
-    return res.params, pcov, _infodict(res), res.message if concrete else None, _ier(res.status)
+    return res.params, pcov, sc.infodict(res), res.message if concrete else None, sc.ier(res.status)
 
 
 # --------------------------------------------------------------------------- internals
@@ -251,73 +252,6 @@ class _ModelJac(eqx.Module):
         return jnp.asarray(self.jac(x, *p)).reshape(y.size, p.shape[0])
 
 
-def _n_params(f):
-    try:
-        sig = inspect.signature(f)
-    except (TypeError, ValueError) as e:
-        raise ValueError("Unable to determine number of fit parameters: pass `p0`.") from e
-    kinds = [p.kind for p in sig.parameters.values()]
-    positional = [k for k in kinds if k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    if inspect.Parameter.VAR_POSITIONAL in kinds or len(positional) < 2:
-        raise ValueError("Unable to determine number of fit parameters from f's signature: pass `p0`.")
-    return len(positional) - 1
-
-
-def _bounds_pair(bounds, n):
-    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
-        lb, ub = bounds.lb, bounds.ub
-    elif isinstance(bounds, (tuple, list)) and len(bounds) == 2:
-        lb, ub = bounds
-    else:
-        raise ValueError("`bounds` must be a pair (lower, upper) or an object with `lb` and `ub`.")
-    try:
-        lb = np.broadcast_to(np.asarray(lb, float), (n,))
-        ub = np.broadcast_to(np.asarray(ub, float), (n,))
-    except ValueError as e:
-        raise ValueError(f"`bounds`: each of lower and upper must be a scalar or have {n} entries.") from e
-    return lb, ub
-
-
-def _initial_point(lb, ub):
-    """scipy's ``_initialize_feasible``: ones, moved inside one- or two-sided bounds."""
-    lo, hi = np.isfinite(lb), np.isfinite(ub)
-    lb0, ub0 = np.where(lo, lb, 0.0), np.where(hi, ub, 0.0)
-    p0 = np.where(lo & hi, 0.5 * (lb0 + ub0), 1.0)
-    p0 = np.where(lo & ~hi, lb0 + 1, p0)
-    return np.where(~lo & hi, ub0 - 1, p0)
-
-
-def _as_x(xdata, dtype):
-    """As scipy: lists, tuples and numpy arrays become float arrays; anything else is f's business."""
-    return jnp.asarray(xdata, dtype) if isinstance(xdata, (list, tuple, np.ndarray)) else xdata
-
-
-def _as_data(a, name):
-    if isinstance(a, jax.core.Tracer) or isinstance(a, jax.Array):
-        arr = a
-    else:
-        try:
-            arr = jnp.asarray(a)
-        except TypeError as e:
-            raise TypeError(f"`{name}` must be an array; got {type(a).__name__}.") from e
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        arr = arr.astype(jnp.result_type(float))
-    return arr
-
-
-def _check_finite(tree, name, why, nan_only=False):
-    for leaf in jax.tree_util.tree_leaves(tree):
-        if _validate.is_traced(leaf):
-            continue
-        arr = np.asarray(leaf)
-        if not np.issubdtype(arr.dtype, np.number):
-            continue
-        if nan_only and np.any(np.isnan(arr)):
-            raise ValueError(f"`{name}` contains NaN values {why}.")
-        if not nan_only and not np.all(np.isfinite(arr)):
-            raise ValueError(f"`{name}` must not contain infs or NaNs {why}.")
-
-
 def _prepare(
     f, xdata, ydata, p0, sigma, absolute_sigma, check_finite, bounds, method, jac, nan_policy, kwargs, check_data=None
 ):
@@ -335,33 +269,33 @@ def _prepare(
         raise ValueError(f"`jac` must be a callable jac(x, *params), None, or one of {_FD_JACOBIANS[1:]}; got {jac!r}.")
     if "args" in kwargs:
         raise ValueError("'args' is not a supported keyword argument: f is called as f(x, *params).")
-    opts = _options(kwargs)
+    opts = sc.scipy_options(kwargs)
 
-    y = _as_data(ydata, "ydata")
+    y = sc.as_data(ydata, "ydata")
     if y.size == 0:
         raise ValueError("`ydata` must not be empty.")
     x_all, y_all = (xdata, y) if check_data is None else check_data
     if check_finite:
-        _check_finite(y_all, "ydata", "(check_finite=True)")
-        _check_finite(x_all, "xdata", "(check_finite=True)")
+        sc.check_finite(y_all, "ydata", "(check_finite=True)")
+        sc.check_finite(x_all, "xdata", "(check_finite=True)")
     elif nan_policy == "raise":
-        _check_finite(y_all, "ydata", "(nan_policy='raise')", nan_only=True)
-        _check_finite(x_all, "xdata", "(nan_policy='raise')", nan_only=True)
+        sc.check_finite(y_all, "ydata", "(nan_policy='raise')", nan_only=True)
+        sc.check_finite(x_all, "xdata", "(nan_policy='raise')", nan_only=True)
     elif nan_policy == "omit":
         if check_data is not None:
             raise ValueError("nan_policy='omit' would give the rows different lengths: drop the NaN points per row and fit them with curve_fit.")
-        xdata, y, sigma = _omit_nan(xdata, y, sigma)
+        xdata, y, sigma = sc.omit_nan(xdata, y, sigma)
 
-    n = _n_params(f) if p0 is None else int(np.size(p0))
-    lb, ub = _bounds_pair(bounds, n)
+    n = sc.n_params(f) if p0 is None else int(np.size(p0))
+    lb, ub = sc.bounds_pair(bounds, n)
     if p0 is None:
-        p0 = jnp.asarray(_initial_point(lb, ub), y.dtype)
+        p0 = jnp.asarray(sc.initial_point(lb, ub), y.dtype)
     else:
         p0 = _validate.parameters(p0, "p0")
         p0 = jnp.ravel(jnp.asarray(p0))
         if not _validate.is_traced(p0):
             _validate.start(np.asarray(p0), (lb, ub), np.zeros(n, bool), "p0")
-    x = _as_x(xdata, p0.dtype)
+    x = sc.as_x(xdata, p0.dtype)
     y = y.astype(p0.dtype)
     m = y.size
     bounded = bool(np.any(np.isfinite(lb) | np.isfinite(ub)))
@@ -369,7 +303,7 @@ def _prepare(
         raise TypeError(f"The number of func parameters={n} must not exceed the number of data points={m}.")
 
     if sigma is not None:
-        sigma = _as_data(sigma, "sigma").astype(p0.dtype)
+        sigma = sc.as_data(sigma, "sigma").astype(p0.dtype)
         if sigma.size == 1:
             sigma = jnp.broadcast_to(jnp.reshape(sigma, ()), (m,))
         elif sigma.shape not in ((m,), (m, m)):
@@ -378,54 +312,12 @@ def _prepare(
                 f"or an ({m}, {m}) covariance."
             )
     opts.update(
-        method="lm" if method in _SCIPY_METHODS else method,
+        method=("trf" if bounded else "lm") if method is None else "trf" if method == "dogbox" else method,
         jac=_ModelJac(jac) if callable(jac) else "auto",
         sigma=sigma,
         bounds=(lb, ub) if bounded else None,
     )
     return {"fun": _Model(f), "args": (x, y)}, p0, opts
-
-
-def _options(kwargs):
-    """scipy's keyword arguments -> least_squares options."""
-    opts = {}
-    for key, value in kwargs.items():
-        if key in _PASSED:
-            opts[key] = value
-        elif key in ("maxfev", "max_nfev"):
-            if value is not None:
-                opts["max_steps"] = value
-        elif key == "x_scale":
-            if value not in (None, "jac"):
-                raise ValueError(
-                    "`x_scale`: fitfleet scales parameters by the Jacobian's columns; only 'jac' is supported."
-                )
-        elif key not in _IGNORED:
-            raise TypeError(
-                f"curve_fit got an unsupported keyword argument {key!r}. Supported: "
-                f"{', '.join(_PASSED + ('maxfev', 'max_nfev', 'x_scale') + _IGNORED)}."
-            )
-    return opts
-
-
-def _omit_nan(xdata, y, sigma):
-    """scipy's ``nan_policy="omit"``: drop the points where ``ydata`` or ``xdata`` (its
-    last axis indexing the points) is NaN, and their ``sigma`` entries."""
-    if _validate.any_traced((xdata, y, sigma)):
-        raise ValueError("nan_policy='omit' changes the data's shape, so it cannot run under jit/vmap: drop the NaN points first.")
-    yn = np.asarray(y)
-    if yn.ndim != 1:
-        raise ValueError(f"nan_policy='omit' needs 1-D ydata; got shape {yn.shape}.")
-    has_nan = np.isnan(yn)
-    xn = np.asarray(xdata) if isinstance(xdata, (list, tuple, np.ndarray, jax.Array)) else None
-    if xn is not None and np.issubdtype(xn.dtype, np.number):
-        x_nan = np.isnan(xn)
-        has_nan |= x_nan.any(axis=tuple(range(x_nan.ndim - 1))) if x_nan.ndim else False
-        xdata = xn[..., ~has_nan]
-    if sigma is not None:
-        s = np.asarray(sigma)
-        sigma = s[~has_nan] if s.ndim == 1 and s.size > 1 else s[np.ix_(~has_nan, ~has_nan)] if s.ndim == 2 else s
-    return xdata, jnp.asarray(yn[~has_nan]), sigma
 
 
 def _pcov(res, absolute_sigma, opts):
@@ -437,30 +329,3 @@ def _pcov(res, absolute_sigma, opts):
     return jnp.where(usable, pcov, jnp.inf), undetermined
 
 
-def _infodict(res):
-    fjac, ipvt, qtf = _minpack_qr(res.jac, res.residual)
-    return {
-        "nfev": res.n_fev, "njev": res.n_jev, "nit": res.n_steps, "fvec": res.residual, "fjac": fjac, "ipvt": ipvt,
-        "qtf": qtf, "result": res,
-    }  # fmt: skip
-
-
-@_xla.filter_jit
-def _minpack_qr(jac, residual):
-    """MINPACK's ``fjac``, ``ipvt``, ``qtf`` (see the module docstring), batched too."""
-
-    def one(J, r):
-        m, n = J.shape
-        q, R, perm = jax.scipy.linalg.qr(J, mode="economic", pivoting=True)
-        fjac = jnp.zeros((n, m), J.dtype).at[:, : R.shape[0]].set(R.T)
-        return fjac, perm.astype(jnp.int32), q.T @ r
-
-    for _ in range(jac.ndim - 2):
-        one = jax.vmap(one)
-    return one(jac, residual)
-
-
-def _ier(status):
-    """fitfleet status -> scipy least_squares' status: 1, 2, 3 success, 0 budget, -1 failure."""
-    ier = jnp.where(status == Status.MAX_STEPS, 0, -1)
-    return jnp.where((status >= Status.GTOL) & (status <= Status.XTOL), status, ier).astype(jnp.int32)

@@ -73,6 +73,12 @@ def _advance_bar(n_steps, cost):
         bar.set_postfix(cost=f"{float(np.min(cost)):.4g}", refresh=False)
 
 
+def advance_bar_by(n):
+    """Host callback: ``n`` more units done on the innermost bar (a profile's refits)."""
+    if _BARS:
+        _BARS[-1].update(int(np.sum(n)))
+
+
 def start(solver, problem, p0, monitor=QUIET):
     """The state before the first step (the history's first row recorded)."""
     state = finish(solver, solver.init(problem, p0))

@@ -60,7 +60,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from . import _validate, _xla
-from ._uncertainty import _covariance, _fit_loss, _over_batch
+from ._covariance import covariance_one, fit_loss, over_batch
 
 
 class Identifiability(eqx.Module):
@@ -174,7 +174,7 @@ def identifiability(res, *, log_params=False, rtol=None, weight_tol=0.01, max_rs
             raise ValueError(f"`max_rse` must be a positive number, or {n} of them (one per flat parameter); got {max_rse!r}.")
     if rtol is None:
         rtol = float(jnp.finfo(res.jac.dtype).eps) * max(m, n)
-    loss, f_scale = _fit_loss(res, None, None)
+    loss, f_scale = fit_loss(res, None, None)
     max_rse = max_rse if _validate.is_traced(max_rse) else np.asarray(max_rse, np.float64)
     return _identifiability(res, bool(log_params), float(rtol), float(weight_tol), max_rse, bool(absolute_sigma), loss, f_scale)
 
@@ -185,7 +185,7 @@ def _identifiability(res, log_params, rtol, weight_tol, max_rse, absolute_sigma,
     def one(params, residual, jac, cost, f_scale):
         p = ravel_pytree(params)[0]
         finite = jnp.all(jnp.isfinite(jac)) & jnp.all(jnp.isfinite(p)) & jnp.all(jnp.isfinite(residual))
-        pcov = _covariance(residual, jac, cost, absolute_sigma, loss, f_scale, None)[0]
+        pcov = covariance_one(residual, jac, cost, absolute_sigma, loss, f_scale, None)[0]
         rse = jnp.sqrt(jnp.diagonal(pcov)) / jnp.abs(p)
         if log_params:
             jac = jac * p
@@ -210,7 +210,7 @@ def _identifiability(res, log_params, rtol, weight_tol, max_rse, absolute_sigma,
         )
 
     f_scale = jnp.broadcast_to(f_scale, res.cost.shape)
-    return _over_batch(one, res.jac.ndim - 2)(res.params, res.residual, res.jac, res.cost, f_scale)
+    return over_batch(one, res.jac.ndim - 2)(res.params, res.residual, res.jac, res.cost, f_scale)
 
 
 def _spectrum(jac):

@@ -137,7 +137,25 @@ def _solution_jvp(primals, tangents):
         return u, None
     _, mixed = _jvp_where_given(lambda prob: _cost_grad(prob, u), problem, t_problem)
     hessian = jax.hessian(_cost, argnums=1)(problem, u)
-    return u, -_solve_symmetric(hessian, mixed)
+    box = problem.box()
+    if box is None:
+        return u, -_solve_symmetric(hessian, mixed)
+    # A box the solver enforces (trf): the KKT conditions.  A parameter held by its
+    # bound stays there under a small change of θ; the others satisfy ∇F = 0 among
+    # themselves.
+    active = on_active_bound(u, jax.lax.stop_gradient(_cost_grad(problem, u)), hessian, *box)
+    eye = jnp.eye(u.shape[0], dtype=hessian.dtype)
+    hessian = jnp.where(active[:, None] | active[None, :], eye, hessian)
+    return u, jnp.where(active, 0, -_solve_symmetric(hessian, jnp.where(active, 0, mixed)))
+
+
+def on_active_bound(u, grad, hessian, lower, upper):
+    """Which parameters a bound holds at the solution ``u``: those whose own Newton step
+    ``−g_j/H_jj``, the others held fixed, would cross the bound the gradient pushes them
+    against.  At a KKT point a free parameter has ``g_j = 0``, so that step is zero;
+    a held one is on its bound (to the solver's precision) with ``g_j`` pushing outward."""
+    curvature = jnp.abs(jnp.diagonal(hessian))
+    return ((grad > 0) & (grad >= curvature * (u - lower))) | ((grad < 0) & (-grad >= curvature * (upper - u)))
 
 
 def _solve_symmetric(H, b):

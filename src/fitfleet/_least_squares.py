@@ -17,6 +17,8 @@ def least_squares(
     xtol=1e-8,
     gtol=1e-8,
     max_steps=None,
+    max_nfev=None,
+    x_scale=None,
     sigma=None,
     bounds=None,
     log_scale=False,
@@ -42,9 +44,10 @@ def least_squares(
         args: a tuple of extra arguments to ``fun`` (arrays or pytrees of arrays; a
             list of numbers is an array), traced, so new data of the same shape does
             not recompile.
-        method: ``"lm"`` (Levenberg-Marquardt, the default), ``"gn"`` (Gauss-Newton
-            with backtracking), ``"adam"`` or ``"sgd"`` (optax baselines), or any
-            ``optax.GradientTransformation``.
+        method: ``"lm"`` (Levenberg-Marquardt, the default), ``"trf"`` (trust-region
+            reflective, scipy's default method: bounds enforced by the method itself),
+            ``"gn"`` (Gauss-Newton with backtracking), ``"adam"`` or ``"sgd"`` (optax
+            baselines), or any ``optax.GradientTransformation``.
         jac: ``"auto"`` (forward mode when there are no more parameters than residuals,
             else reverse mode; the other one where ``fun`` cannot be differentiated in
             that mode: a ``custom_vjp`` such as diffrax's default adjoint has no forward
@@ -57,14 +60,27 @@ def least_squares(
             satisfies ``‖δ‖ <= xtol·(xtol + ‖p‖)``.
         gtol: stop when ``max_j |(Jᵀr)_j| / (‖J_j‖·‖r‖) <= gtol`` (the cosine between the
             residual and each Jacobian column; for optax methods ``‖Jᵀr‖∞ <= gtol``).
-            A tolerance of 0 disables its test.
-        max_steps: iteration budget; default ``100·(n+1)`` for lm/gn, 10,000 for optax.
+            A tolerance of 0 disables its test.  ``"trf"`` uses scipy's trf tests
+            (``fitfleet._solvers.trust_region_reflective``): gtol on ``‖v·∇F‖∞``, v the
+            distances to the bounds the gradient points at (1 unbounded), and
+            ftol/xtol on every proposed step.
+        max_steps: iteration budget; default ``100·(n+1)`` for lm/gn/trf, 10,000 for optax.
+        max_nfev: scipy's spelling of the budget, residual evaluations counting the one
+            at ``x0``: ``max_nfev = N`` means ``max_steps = N − 1`` (each step evaluates
+            one trial point), so ``Result.n_fev <= N``.  Give one of the two.
+        x_scale: scipy's characteristic scale of each parameter: positive numbers (a
+            scalar or one per flat parameter; the trust region's extent along parameter
+            j is proportional to ``x_scale[j]``: lm's ``D = 1/x_scale``, fixed, as scipy's
+            ``lm``; gn's step does not depend on it, its ``xtol`` test is measured in these
+            units), or ``"jac"`` (from the Jacobian's column norms).  Default (None) as
+            scipy 1.17: 1 for trf, ``"jac"`` for lm and gn.
         sigma: measurement uncertainties: one standard deviation per residual, or an
             (m, m) covariance matrix.  The residual is whitened, ``r/σ`` or ``L⁻¹r`` with
             ``LLᵀ = sigma``, and ``Result.residual``/``cost``/``jac`` refer to it.
         bounds: ``(lower, upper)``, each a scalar, an array like the flat parameters or a
             pytree like ``x0``; ``±inf`` for no bound.  Enforced by a smooth change of
-            variables, so every iterate is feasible (see ``fitfleet._bounds``).
+            variables, so every iterate is feasible (see ``fitfleet._bounds``); with
+            ``"trf"`` by the method itself (every iterate strictly inside).
         log_scale: bool, or per-parameter (array or pytree like ``x0``): fit ``log p``,
             which keeps ``p`` positive; for rate constants spanning decades.
         loss: robust loss, one of ``"linear"``, ``"soft_l1"``, ``"huber"``, ``"cauchy"``,

@@ -28,7 +28,11 @@ its steps fitted those points by flattening the exponential, and cauchy fits sli
 a valley to ``a = ±1e4`` (max_steps) where scipy's ``trf`` converges in 10-20
 evaluations; over that example's data sets and starts, LM with the exact curvature
 reaches the best cost more often and in fewer steps (``benchmarks/starts.py``).  Both
-models have the same gradient, so the stationary points agree.
+models have the same gradient, so the stationary points agree.  The trust-region
+reflective method, which factors the scaled Jacobian itself, takes the same matrix in
+scipy's form (``robust_model(second_order=True)``):
+
+    w = max(ρ' + 2ρ''z, eps),    r̃ = ρ'·r / √w,    J̃ = √w · J,    so  J̃ᵀJ̃ = Jᵀ diag(w) J.
 
 Reference: B. Triggs, P. McLauchlan, R. Hartley, A. Fitzgibbon, "Bundle adjustment — a
 modern synthesis" (2000), §4.3; Ceres Solver, ``internal/ceres/corrector.cc``.
@@ -83,9 +87,15 @@ def robust_cost(name, f_scale, r):
     return 0.5 * f_scale**2 * jnp.sum(rho(name, z)[0])
 
 
-def robust_model(name, f_scale, r, J):
-    """``(r̃, J̃) = √ρ' · (r, J)``: see the module docstring."""
+def robust_model(name, f_scale, r, J, second_order=False):
+    """``(r̃, J̃) = √ρ' · (r, J)``, or scipy's second-order scaling: see the module docstring."""
     if name == "linear":
         return r, J
-    w = jnp.sqrt(rho(name, (r / f_scale) ** 2)[1])
-    return w * r, w[:, None] * J
+    z = (r / f_scale) ** 2
+    if not second_order:
+        w = jnp.sqrt(rho(name, z)[1])
+        return w * r, w[:, None] * J
+    # ρ is elementwise, so a forward pass along ones gives ρ'' entry by entry.
+    d1, d2 = jax.jvp(lambda v: rho(name, v)[1], (z,), (jnp.ones_like(z),))
+    w = jnp.sqrt(jnp.maximum(d1 + 2 * z * d2, jnp.finfo(r.dtype).eps))
+    return d1 * r / w, w[:, None] * J

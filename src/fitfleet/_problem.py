@@ -19,6 +19,7 @@ from jax.flatten_util import ravel_pytree
 from . import _validate, _xla
 from ._bounds import make_bounds, strictly_inside
 from ._losses import check_loss, robust_cost, robust_model
+from ._names import parameter_names
 
 JAC_MODES = ("auto", "fwd", "rev")
 
@@ -57,6 +58,11 @@ class Problem(eqx.Module):
     def pinning(self, u):
         """Per parameter, how much its bounds shrink its Jacobian column at ``u`` (>= 1)."""
         return jnp.ones_like(u) if self.bounds is None else self.bounds.pinning(u)
+
+    def box(self):
+        """``(lower, upper)`` on ``u`` where the solver enforces the bounds itself
+        (``Bounds.box``), else None."""
+        return (self.bounds.lower, self.bounds.upper) if self.bounds is not None and self.bounds.box else None
 
     def without_bounds(self):
         """The same problem in the user's flat parameters (for uncertainty outputs)."""
@@ -106,9 +112,10 @@ class Problem(eqx.Module):
         c = robust_cost(self.loss, self.f_scale, r)
         return jnp.where(jnp.isfinite(c), c, jnp.inf)
 
-    def model(self, r, J):
-        """Residual and Jacobian of the Gauss-Newton model ``½‖r̃ + J̃δ‖²`` of the cost."""
-        return robust_model(self.loss, self.f_scale, r, J)
+    def model(self, r, J, second_order=False):
+        """Residual and Jacobian of the Gauss-Newton model ``½‖r̃ + J̃δ‖²`` of the cost
+        (``second_order``: the loss's scaling, see ``_losses``)."""
+        return robust_model(self.loss, self.f_scale, r, J, second_order)
 
     def residual_cost_grad(self, u):
         """``(r, cost, ∇cost)`` by one reverse-mode pass: no Jacobian is formed."""
@@ -178,9 +185,13 @@ class Spec(eqx.Module):
     may_raise: bool = eqx.field(static=True, default=False)  # see Problem.may_raise
 
 
-def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss="linear", f_scale=1.0, x0_name="x0") -> Spec:
+def check(
+    fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss="linear", f_scale=1.0, x0_name="x0",
+    enforced=False,
+) -> Spec:
     """Validate the user's problem (``_validate``), trace ``fun`` once for its output
-    shape (``jax.eval_shape``: no compilation), and return the :class:`Spec`."""
+    shape (``jax.eval_shape``: no compilation), and return the :class:`Spec`.
+    ``enforced``: the solver keeps the iterates inside the bounds itself (``Bounds.box``)."""
     if not callable(fun):
         raise TypeError(f"`fun` must be callable as fun(params, *args); got {type(fun).__name__}.")
     args = _validate.arguments(args)
@@ -215,7 +226,7 @@ def check(fun, x0, args, jac, *, sigma=None, bounds=None, log_scale=False, loss=
         args=args,
         sigma=None if sigma_given is None else whitening(sigma_given),
         sigma_given=sigma_given,
-        bounds=None if box is None and not np.any(log) else make_bounds(box, log, dtype),
+        bounds=None if box is None and not np.any(log) else make_bounds(box, log, dtype, enforced),
         f_scale=np.asarray(f_scale, dtype) if not _validate.is_traced(f_scale) else f_scale.astype(dtype),
         loss=loss,
         jac=jac,
@@ -301,53 +312,6 @@ def _check_user_jac(fun, jac, x0, args, out, n):
                 "`jac` returns the transpose of the Jacobian (checked against automatic differentiation of fun at "
                 "x0 along a random direction): return J[i, j] = d r_i / d p_j, shape (m, n)."
             )
-
-
-def parameter_names(x0):
-    """``(names, order)``: a name per flat parameter (``ravel_pytree`` order) and the
-    flat indices in the user's own order (a dict's keys as the user wrote them, where
-    JAX sorts them): ``"vmax"``, ``"A[1]"``, ``"rates.k[0]"``, ``"p[2]"`` for a plain array."""
-    paths_leaves = jax.tree_util.tree_flatten_with_path(x0)[0]
-    names, spans, start = [], [], 0
-    for path, leaf in paths_leaves:
-        base = "".join(_key_name(k) for k in path).lstrip(".") or "p"
-        shape = np.shape(leaf)
-        size = int(np.prod(shape))
-        if shape == ():
-            names.append(base)
-        else:
-            names += [f"{base}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape)]
-        spans.append(range(start, start + size))
-        start += size
-    rank = [_user_rank(x0, path) for path, _ in paths_leaves]
-    order = [i for k in sorted(range(len(spans)), key=lambda k: rank[k]) for i in spans[k]]
-    return tuple(names), tuple(order)
-
-
-def _key_name(key):
-    if isinstance(key, jax.tree_util.DictKey):
-        return f".{key.key}"
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return f".{key.name}"
-    if isinstance(key, jax.tree_util.SequenceKey):
-        return f"[{key.idx}]"
-    return f"[{getattr(key, 'key', key)}]"
-
-
-def _user_rank(tree, path):
-    """The position of a leaf when dicts are walked in their own (insertion) order."""
-    rank = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey) and isinstance(tree, dict):
-            rank.append(list(tree).index(key.key))
-            tree = tree[key.key]
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            rank.append(key.idx)
-            tree = tree[key.idx]
-        else:
-            rank.append(0)
-            tree = getattr(tree, key.name, None) if isinstance(key, jax.tree_util.GetAttrKey) else None
-    return tuple(rank)
 
 
 def choose_jacobian(fun, spec):

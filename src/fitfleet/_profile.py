@@ -41,9 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import _validate, _xla
+from . import _driver, _validate, _xla
 from ._least_squares import least_squares
-from ._profile_walk import FLAT, End, Verdict, on_bound, verdict, walk
+from ._profile_walk import FLAT, ROUNDS, End, Verdict, on_bound, verdict, walk
 from ._result import Result
 from ._setup import check_options
 from ._stats import chi2_1_ppf
@@ -108,7 +108,9 @@ class Profile(eqx.Module):
         return np.vectorize(lambda c: Verdict(int(c)).message, otypes=[object])(codes).tolist()
 
 
-def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigma=False, level=0.95, **options):
+def profile(
+    fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigma=False, level=0.95, progress=False, **options
+):
     """Profile likelihood of parameter ``index``, its likelihood-ratio interval and a
     verdict on its identifiability.
 
@@ -127,6 +129,8 @@ def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigm
         absolute_sigma: ``True`` if ``sigma`` are the true errors (Δχ² statistic);
             ``False`` to profile the error scale too (see the module docstring).
         level: confidence level of the interval.
+        progress: a progress bar of the refits (needs ``tqdm``), advanced after each
+            round of the default grid; an upper bound as its total, the walk may stop early.
         **options: options of the refits, as for :func:`least_squares` (``method``,
             ``ftol``, ``max_steps``, ...).  ``sigma``, ``bounds``, ``log_scale``,
             ``loss`` and ``f_scale`` default to what the Result recorded of its fit.
@@ -151,6 +155,7 @@ def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigm
     """
     args = _validate.arguments(args)
     _validate.boolean("absolute_sigma", absolute_sigma)
+    progress = _validate.boolean("progress", progress) and not _validate.any_traced((res, args, grid))
     if callable(options.get("jac")):
         raise TypeError("profile refits with automatic differentiation: pass jac='auto', 'fwd' or 'rev'.")
     level = _check_level(level)
@@ -199,13 +204,17 @@ def profile(fun, res, args=(), index=0, grid=None, *, n_points=21, absolute_sigm
     )
     box = (float(lower[index]), float(upper[index]), bool(log[index]))
     pinned = _Pinned(fun, index, *_unflatten_spec(res.params))
-    with _xla.compile_notice("the profile's refits"):
-        prof = _profile(pinned, res, args, grid, refit_options, index, names[index], n_points, absolute_sigma, level, threshold, box)
+    total = ROUNDS * 2 * ((n_points - 1) // 2) + 1 if grid is None else grid.shape[0] + 1
+    with _xla.compile_notice("the profile's refits"), _driver.progress_bar(_driver.Monitor(progress=progress), total, "refit"):
+        prof = _profile(
+            pinned, res, args, grid, refit_options, index, names[index], n_points, absolute_sigma, level, threshold, box,
+            progress,
+        )  # fmt: skip
     return _drop_unused(prof)
 
 
 @_xla.filter_jit
-def _profile(pinned, res, args, grid, refit_options, index, name, n_points, absolute_sigma, level, threshold, box):
+def _profile(pinned, res, args, grid, refit_options, index, name, n_points, absolute_sigma, level, threshold, box, progress):
     """Everything after validation, as one program (eager, it would be dozens)."""
     p_hat, _ = ravel_pytree(res.params)
     n = p_hat.shape[0]
@@ -225,10 +234,12 @@ def _profile(pinned, res, args, grid, refit_options, index, name, n_points, abso
 
     if grid is None:
         values, cost, q, success, cost_min, ends = walk(
-            refits, statistic, res, estimate, q0, index, n_points, absolute_sigma, threshold, box, at_bound
+            refits, statistic, res, estimate, q0, index, n_points, absolute_sigma, threshold, box, at_bound, progress
         )
     else:
         cost, q, success = refits(jnp.concatenate([grid, estimate[None]]), jnp.broadcast_to(q0, (grid.shape[0] + 1, q0.shape[0])))
+        if progress:
+            jax.debug.callback(_driver.advance_bar_by, grid.shape[0] + 1)
         values, cost_min, cost, q, success = grid, cost[-1], cost[:-1], q[:-1], success[:-1]
         delta = statistic(cost, cost_min)
         sides = jnp.stack([values < estimate, values > estimate])

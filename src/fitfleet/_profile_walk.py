@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._driver import advance_bar_by
 from ._uncertainty import uncertainty
 
 ROUNDS = 4  # rounds of refits of the default grid, at most
@@ -95,7 +96,7 @@ class End(enum.IntEnum):
     AT_BOUND = 4  # the estimate sits on this bound: no side to walk
 
 
-def walk(refits, statistic, res, estimate, q0, index, n_points, absolute_sigma, threshold, box, at_bound):
+def walk(refits, statistic, res, estimate, q0, index, n_points, absolute_sigma, threshold, box, at_bound, progress=False):
     """The adaptive default grid (module docstring): a ``while_loop`` over rounds, each
     a vmapped batch of refits at ``k`` points per side plus, in the first round, the
     estimate itself.  Returns the values (NaN in unused slots), costs, parameters,
@@ -142,6 +143,8 @@ def walk(refits, statistic, res, estimate, q0, index, n_points, absolute_sigma, 
         # by raising.
         starts = jnp.where(used[:, None], jnp.concatenate([jnp.repeat(warm, k, axis=0), q0[None]]), q0)
         cost, q, success = refits(jnp.where(used, values, estimate), starts)
+        if progress:  # static: off, no host callback at all
+            jax.debug.callback(advance_bar_by, jnp.sum(used))
         cost = jnp.where(used, cost, jnp.nan)
         cost_min = jnp.where(r == 0, cost[-1], cost_min)
         side_cost, side_q = cost[:-1].reshape(2, k), q[:-1].reshape(2, k, -1)

@@ -14,10 +14,11 @@ every door checks the same things in the same order:
 
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from . import _driver, _implicit, _problem, _validate
-from ._solvers import METHODS, make_solver
+from ._solvers import METHODS, NEWTON_METHODS, make_solver
 
 # The public signatures of least_squares and fit_batch spell these out (a test checks
 # that they agree).
@@ -28,6 +29,8 @@ DEFAULTS = dict(
     xtol=1e-8,
     gtol=1e-8,
     max_steps=None,
+    max_nfev=None,
+    x_scale=None,
     sigma=None,
     bounds=None,
     log_scale=False,
@@ -47,7 +50,7 @@ DEFAULT_LEARNING_RATE = 1e-3
 def default_max_steps(method, n_params):
     """The step budget when ``max_steps`` is None: ``100·(n + 1)`` for Newton-type
     methods (MINPACK's default for ``lmder``), 10,000 for first-order ones."""
-    return 100 * (n_params + 1) if method in ("lm", "gn") else 10_000
+    return 100 * (n_params + 1) if method in NEWTON_METHODS else 10_000
 
 
 class Setup(NamedTuple):
@@ -70,6 +73,7 @@ def check_options(options):
     _validate.tolerances(o["ftol"], o["xtol"], o["gtol"])
     if o["max_steps"] is not None:
         o["max_steps"] = _validate.integer("max_steps", o["max_steps"])
+    o["max_steps"] = _validate.steps_from_nfev(o["max_steps"], o.pop("max_nfev"))
     _validate.real("initial_damping", o["initial_damping"])
     if o["learning_rate"] is not None:
         _validate.real("learning_rate", o["learning_rate"], positive=True)
@@ -88,9 +92,11 @@ def prepare(fun, x0, args, options, *, batched=False):
     ``batched``: for the batch engine (``x0``/``args`` are then one member's).
     """
     o = check_options(options)
+    n_params = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(_validate.numbers_as_array(x0)))
+    x_scale = _validate.x_scale(o["x_scale"], o["method"], n_params, NEWTON_METHODS)
     spec = _problem.check(
         fun, x0, args, o["jac"], sigma=o["sigma"], bounds=o["bounds"], log_scale=o["log_scale"], loss=o["loss"],
-        f_scale=o["f_scale"],
+        f_scale=o["f_scale"], enforced=o["method"] == "trf",
     )  # fmt: skip
     method = o["method"]
     max_steps = o["max_steps"]
@@ -103,7 +109,8 @@ def prepare(fun, x0, args, options, *, batched=False):
         learning_rate = DEFAULT_LEARNING_RATE
     solver = make_solver(
         method, ftol=o["ftol"], xtol=o["xtol"], gtol=o["gtol"], max_steps=max_steps, learning_rate=learning_rate,
-        initial_damping=o["initial_damping"], differentiable=adjoint.kind == "unroll", batched=batched,
+        initial_damping=o["initial_damping"], x_scale=x_scale, differentiable=adjoint.kind == "unroll",
+        batched=batched,
     )  # fmt: skip
     history = o["history"]
     if history is True:

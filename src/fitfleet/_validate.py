@@ -269,3 +269,43 @@ def floating_dtype(name, dtype):
     if not np.issubdtype(d, np.floating):
         raise TypeError(f"`{name}` must be a floating dtype such as float32 or float64; got {d}.")
     return d
+
+
+def x_scale(value, method, n_params, newton_methods):
+    """``x_scale`` as the method uses it: ``"jac"``, or positive scales (a scalar or one
+    per flat parameter).  None is the method's default (scipy 1.17's: 1
+    for trf; lm and gn always scale by the Jacobian's columns)."""
+    if value is None:
+        return 1.0 if method == "trf" else "jac"
+    if isinstance(value, str):
+        if value != "jac":
+            raise ValueError(f"`x_scale` must be 'jac' or positive numbers; got {value!r}.")
+        if method not in newton_methods:
+            raise ValueError(f"`x_scale` applies to methods {newton_methods}, not {method!r}.")
+        return value
+    if method not in newton_methods:
+        raise ValueError(f"`x_scale` applies to methods {newton_methods}, not {method!r}.")
+    if is_traced(value):
+        return value
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`x_scale` must be 'jac' or an array of positive numbers; got {value!r}.") from e
+    if arr.ndim > 1 or arr.size not in (1, n_params):
+        raise ValueError(
+            f"`x_scale` must be a scalar or have one entry per flat parameter ({n_params}); got shape {arr.shape}."
+        )
+    if not np.all(np.isfinite(arr) & (arr > 0)):
+        raise ValueError("`x_scale` must be finite and positive.")
+    return value
+
+
+def steps_from_nfev(max_steps, max_nfev):
+    """``max_steps`` from scipy's ``max_nfev`` (evaluations including the one at x0)."""
+    if max_nfev is None:
+        return max_steps
+    if max_steps is not None:
+        raise ValueError("give `max_steps` or `max_nfev`, not both (max_nfev = max_steps + 1).")
+    if is_traced(max_nfev):
+        return jax.numpy.maximum(max_nfev - 1, 0)
+    return integer("max_nfev", max_nfev, minimum=1) - 1

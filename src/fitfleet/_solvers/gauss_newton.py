@@ -42,7 +42,9 @@ every direction kept) stops the fit with ``STEP_FAILED``, and so does a line sea
 shrinks the step to round-off without decreasing the cost; Levenberg-Marquardt's
 damping is the cure for such problems.
 Stopping tests: see ``_common``; they judge full steps: ``xtol`` applies to the
-direction δ (not the line search's α·δ) and ``ftol`` only to steps with α = 1.
+direction δ (not the line search's α·δ) and ``ftol`` only to steps with α = 1.  The
+step itself does not depend on the parameters' units; ``x_scale`` as numbers sets the
+units of the ``xtol`` test, ``‖δ/x_scale‖ <= xtol·(xtol + ‖p/x_scale‖)``.
 
 Reference: J. Nocedal & S. Wright, "Numerical Optimization", 2nd ed., §3.1 and §10.3.
 """
@@ -101,6 +103,7 @@ class GaussNewton(eqx.Module):
     """Gauss-Newton with backtracking (see the module docstring for the algorithm)."""
 
     tol: Tolerances
+    x_scale: Any = None  # None: plain norms in the xtol test; else the units x_scale
 
     def init(self, problem, p):
         lin = linearize(problem, p)
@@ -142,8 +145,8 @@ class GaussNewton(eqx.Module):
             reduction=reduction,
             cost_old=state.cost,
             ratio=ratio,
-            step=s.direction,
-            params=state.params,
+            step=s.direction if self.x_scale is None else s.direction / self.x_scale,
+            params=state.params if self.x_scale is None else state.params / self.x_scale,
             tol=self.tol,
         )
         # Convergence is judged on full Gauss-Newton steps: a step shortened by the line

@@ -39,6 +39,8 @@ the first radius up to 1e7 times too large where the data pull a parameter again
 bound), so with it the scaled diagonal may exceed 1.  With a robust loss the columns are
 those of ``√ρ'·J`` and the model's matrix is the loss's exact Gauss-Newton curvature
 (``_losses``): where that curvature vanishes the step is the trust region's to bound.
+``x_scale`` given as numbers replaces all of this by the fixed ``D = 1/x_scale``
+(MINPACK's ``mode = 2`` with ``diag = 1/x_scale``, as scipy's ``lm`` runs it).
 
 The damping.  If the Gauss-Newton step (damping 0) lies inside the ball it is taken.
 Otherwise the damping solving ``‖Dδ(damping)‖ = radius`` is found to 10% by Hebden's
@@ -132,12 +134,19 @@ class LevenbergMarquardt(eqx.Module):
     # evaluation per step); and J itself is not carried (only JᵀJ and Jᵀr are needed),
     # which spares writing it to memory on every step: the Result recomputes it once.
     batched: bool = eqx.field(static=True, default=False)
+    x_scale: Any = None  # None: D from the Jacobian's columns; else the fixed D = 1/x_scale
+
+    def _metric(self, scale, cost, u):
+        return scale if self.x_scale is not None else metric(scale, cost, u)
 
     def init(self, problem, p):
         lin = linearize(problem, p, exact_loss_curvature=True)
         cost = problem.cost(lin.residual)
-        scale = jnp.sqrt(lin.col_norm_sq) * problem.pinning(p)
-        radius = jnp.linalg.norm(metric(scale, cost, p) * jnp.maximum(jnp.abs(p), 1))
+        if self.x_scale is None:
+            scale = jnp.sqrt(lin.col_norm_sq) * problem.pinning(p)
+        else:
+            scale = jnp.broadcast_to(1 / jnp.asarray(self.x_scale, p.dtype), p.shape)
+        radius = jnp.linalg.norm(self._metric(scale, cost, p) * jnp.maximum(jnp.abs(p), 1))
         inner = _Inner(
             jtj=lin.jtj,
             scale=scale,
@@ -150,7 +159,7 @@ class LevenbergMarquardt(eqx.Module):
 
     def step(self, problem, state):
         s = state.inner
-        d = metric(s.scale, state.cost, state.params)
+        d = self._metric(s.scale, state.cost, state.params)
         A, b = s.jtj / (d[:, None] * d[None, :]), state.grad / d
         # The damping is a choice, not a function to differentiate: it is searched without
         # gradients; only adjoint="unroll" needs the step itself differentiable.
@@ -195,7 +204,7 @@ class LevenbergMarquardt(eqx.Module):
             lin = jax.lax.cond(
                 accepted, lambda: linearize(problem, params, exact_loss_curvature=True), lambda: keep_linearization(state, s.jtj)
             )
-        scale = jnp.maximum(s.scale, jnp.sqrt(lin.col_norm_sq))
+        scale = s.scale if self.x_scale is not None else jnp.maximum(s.scale, jnp.sqrt(lin.col_norm_sq))
         inner = _Inner(jtj=lin.jtj, scale=scale, radius=radius, damping=damping)
 
         status = step_status(
@@ -211,7 +220,7 @@ class LevenbergMarquardt(eqx.Module):
             full_step=damping == 0,
             round_off=round_off,
         )
-        scaled_params_norm = jnp.linalg.norm(metric(scale, problem.cost(lin.residual), params) * params)
+        scaled_params_norm = jnp.linalg.norm(self._metric(scale, problem.cost(lin.residual), params) * params)
         xtol = self.tol.at_precision(radius.dtype).xtol
         eps = jnp.finfo(radius.dtype).eps
         collapsed = ~(radius > eps * (scaled_params_norm + jnp.linalg.norm(lin.residual)))  # NaN too
