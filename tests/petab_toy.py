@@ -57,9 +57,9 @@ def reference_nll(params):
     total = 0.0
     for (obs, _, _, y), hi, si in zip(ROWS, h, sigma):
         if obs == "obs_B":
-            total += 0.5 * math.log(2 * math.pi * si**2) + 0.5 * ((math.log(y) - math.log(hi)) / si) ** 2 + math.log(y)
+            total += 0.5 * math.log(2 * math.pi) + math.log(si) + 0.5 * ((math.log(y) - math.log(hi)) / si) ** 2 + math.log(y)
         else:
-            total += 0.5 * math.log(2 * math.pi * si**2) + 0.5 * ((y - hi) / si) ** 2
+            total += 0.5 * math.log(2 * math.pi) + math.log(si) + 0.5 * ((y - hi) / si) ** 2  # log σ, not log σ²: σ² underflows
     return total
 
 

@@ -112,11 +112,12 @@ class MultiStartResult(NamedTuple):
         m = self.n_starts if n_starts is None else n_starts
         return 1.0 - (1.0 - self.p_star) ** m
 
-    def summary(self, max_optima=10):
+    def summary(self, max_optima=10, *, offset=0.0, label="cost"):
         """A text report: exits counted by status, the best cost and how many starts
         found it (within ``threshold``), the starts p* says are needed, the distinct
         optima (those at the best cost marked ``*``) and the best parameters under the
-        user's names.
+        user's names.  Costs are shown as ``cost + offset`` named ``label`` (a negative
+        log-likelihood written as a sum of squares: its constant and ``"NLL"``).
 
         Example:
             >>> import jax.numpy as jnp
@@ -138,7 +139,31 @@ class MultiStartResult(NamedTuple):
         """
         from ._report import multistart_summary
 
-        return multistart_summary(self, max_optima)
+        return multistart_summary(self, max_optima, float(offset), str(label))
+
+    def save(self, path, info=None):
+        """Write the result to one file (a numpy ``.npz`` archive with a JSON header;
+        :mod:`fitfleet._saving`), atomically; ``info``: a JSON-able dict stored with it
+        (``load_info`` reads it back).  Parameters must be arrays, or dicts, lists and
+        tuples of arrays."""
+        from ._saving import save
+
+        save(self, path, info)
+
+    @classmethod
+    def load(cls, path):
+        """The result saved at ``path`` by :meth:`save`: no model needed, nothing
+        compiled; its arrays are numpy arrays with the dtypes saved."""
+        from ._saving import load
+
+        return load(path)
+
+    @staticmethod
+    def load_info(path):
+        """The ``info`` dict saved with the result at ``path`` (``{}`` if none)."""
+        from ._saving import load_info
+
+        return load_info(path)
 
     def starts_needed(self, confidence=0.99):
         """Starts needed to find the best cost with probability ``confidence``

@@ -147,8 +147,9 @@ def at_bound(res, j):
     return False
 
 
-def multistart_summary(ms, max_optima=10):
-    """The report of a multi-start (see :meth:`MultiStartResult.summary`)."""
+def multistart_summary(ms, max_optima=10, offset=0.0, label="cost"):
+    """The report of a multi-start (see :meth:`MultiStartResult.summary`); costs are
+    shown as ``cost + offset`` under the name ``label``."""
     status = np.asarray(ms.results.status).ravel()
     cost = np.asarray(ms.results.cost, np.float64).ravel()
     n = ms.n_starts
@@ -159,13 +160,13 @@ def multistart_summary(ms, max_optima=10):
     lines = [f"[[Multi-start]] {n} starts, {converged} converged"]
     lines.append(f"    exits              = {exits}")
     if not finite.any():
-        lines.append("    best cost          = none finite")
+        lines.append(f"    {'best ' + label:<18} = none finite")
         return "\n".join(lines)
     best = float(ms.best.cost)
     at_best = [o for o in ms.optima if o.cost - best <= ms.threshold]
-    lines.append(f"    best cost          = {best:.6g}")
+    lines.append(f"    {'best ' + label:<18} = {best + offset:.6g}")
     lines.append(
-        f"    best value found   = {ms.n_success} times (cost within {ms.threshold:.3g} of the best: {_threshold_rule(ms)}), "
+        f"    best value found   = {ms.n_success} times ({label} within {ms.threshold:.3g} of the best: {_threshold_rule(ms)}), "
         f"success fraction p* = {ms.p_star:.3g}"
     )
     if len(at_best) > 1:
@@ -178,10 +179,10 @@ def multistart_summary(ms, max_optima=10):
     if ms.n_success <= 1:
         lines.append("    only one start reached the best cost: more starts (or another box) may find a better one")
     lines.append(f"[[Optima]] converged fits grouped by cost and parameters (rtol {ms.rtol:g})")
-    lines.append(f"    {'optimum':>7}  {'cost':>12}  {'starts':>6}  {'fraction':>8}")
+    lines.append(f"    {'optimum':>7}  {label:>12}  {'starts':>6}  {'fraction':>8}")
     for i, o in enumerate(ms.optima[:max_optima]):
         star = "  *" if o.cost - best <= ms.threshold else ""
-        lines.append(f"    {i + 1:>7}  {o.cost:>12.6g}  {o.n_starts:>6}  {o.fraction:>8.4f}{star}")
+        lines.append(f"    {i + 1:>7}  {o.cost + offset:>12.6g}  {o.n_starts:>6}  {o.fraction:>8.4f}{star}")
     if len(ms.optima) > max_optima:
         rest = ms.optima[max_optima:]
         lines.append(f"    {'...':>7}  {'':>12}  {sum(o.n_starts for o in rest):>6}  {'':>8}  ({len(rest)} more)")

@@ -23,8 +23,8 @@ with τ_min the smallest normal number of the dtype (2.2e-308 in float64: K = 35
 can square, so s is real and ≥ √2, and ∂s/∂ln σ = 1/s ≤ 1/√2: finite for σ → 0 (down to
 1e-154 in float64, where σ² underflows; below that the clamp holds s at √2 with a zero
 derivative, and r = (τ(y) − τ(h))/σ has long overflowed) and for σ → ∞ (s grows like
-√(2 ln σ)).  A smaller K chosen from the parameter bounds (``examples/boehm.py``) would
-not do: a σ that follows a simulated state has no bound.  The Gauss-Newton model of ½ s² = ln σ + K
+√(2 ln σ)).  A smaller K chosen from the parameter bounds (as a hand-written
+likelihood might) would not do: a σ that follows a simulated state has no bound.  The Gauss-Newton model of ½ s² = ln σ + K
 is ln σ + K + Δ + Δ²/(2 s²) for a step Δ in ln σ: nearly the exact (linear) term, as
 s² ≥ 2 and typically s² ≈ 2K, so the large K makes the quadratic model more faithful,
 not less.  Then
@@ -131,13 +131,19 @@ class Model(eqx.Module):
     def states(self, x):
         """(conditions, times, states) at every condition's measurement times, the
         condition parameters (conditions, parameters) and the pool."""
+        theta, y0, pool = self.initial_states(x)
+        ys = jax.vmap(self._solve)(theta, y0, self.times.astype(x.dtype))
+        return ys, theta, pool
+
+    def initial_states(self, x):
+        """Per condition: its parameters (conditions, parameters) and initial states
+        (conditions, states), and the pool."""
         pool = self.pool(x)
         theta = pool[self.theta_index]
         y0 = self.initial(theta.T).T
         override = self.initial_index >= 0
         y0 = jnp.where(override, pool[jnp.where(override, self.initial_index, 0)], y0)
-        ys = jax.vmap(self._solve)(theta, y0, self.times.astype(x.dtype))
-        return ys, theta, pool
+        return theta, y0, pool
 
     def predict(self, x):
         """Per observable: (h, σ) at its rows."""

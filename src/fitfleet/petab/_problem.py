@@ -1,10 +1,15 @@
-"""``load``: a PEtab problem in, a :class:`Problem` out (simulate, nll, fit, multistart)."""
+"""``load``: a PEtab problem in, a :class:`Problem` out (simulate, nll, fit, multistart,
+profile, summary, plots)."""
 
+import dataclasses
+import hashlib
+import json
 import math
 import statistics
 from pathlib import Path
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +17,7 @@ import petab.v1 as petab
 from petab.v1 import C
 
 from .. import _multistart, _xla, fit_batch, least_squares
-from . import _model, _sbml, _tables, _tolerances
+from . import _checkpoint, _model, _output, _profiles, _sbml, _tables, _tolerances
 
 
 def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, lint=True):
@@ -30,7 +35,7 @@ def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, l
         state_scales: per state (or one number), the magnitude below which a state's
             absolute error is controlled: ``atol_i = rtol · state_scales[i]``.  Default:
             by the rule of ``fitfleet.petab._tolerances`` (each state's largest value
-            at the nominal parameters, from a pilot solve on the host).
+            at the nominal parameters, from a pilot solve with ``solver``).
         max_steps: the ODE solver's step budget per condition; a solve that needs more
             fails (NaN residuals, which a fit treats as a rejected point).
         lint: run ``petab.lint_problem`` first and refuse a problem with errors.
@@ -63,11 +68,13 @@ def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, l
         raise ValueError(f"petab.lint_problem found errors in {str(path)!r} (logged above); pass lint=False to load it anyway.")
     ode = _sbml.load_sbml(problem.model.sbml_document)
     layout = _tables.build(problem, ode)
-    if state_scales is None:
-        state_scales = _tolerances.state_scales(ode, layout)
-    state_scales = np.broadcast_to(np.asarray(state_scales, np.float64), (len(ode.states),))
     settings = _model.Settings(solver or diffrax.Kvaerno5(), float(rtol), int(max_steps))
-    return Problem(path, problem, ode, layout, _model.build_model(ode, layout, settings, state_scales))
+    model = _model.build_model(ode, layout, settings, np.ones(len(ode.states)))
+    if state_scales is None:
+        state_scales = _tolerances.state_scales(model, layout.nominal)
+    state_scales = np.broadcast_to(np.asarray(state_scales, np.float64), (len(ode.states),))
+    model = eqx.tree_at(lambda m: m.state_scales, model, np.array(state_scales))
+    return Problem(path, problem, ode, layout, model)
 
 
 class Problem:
@@ -90,7 +97,7 @@ class Problem:
         self.lower, self.upper, self.nominal = layout.lower, layout.upper, layout.nominal
         self.measurements = layout.measurements
         self.state_scales = np.asarray(model.state_scales)
-        self.fun, self.args = model.residual, (layout.measurements,)
+        self.fun, self.args = _Residual(model, json.dumps(self._fingerprint(), sort_keys=True)), (layout.measurements,)
         self._nll = _xla.filter_jit(_nll_with_gradient(model))
         self._simulation = _xla.filter_jit(model.simulation)
         self._residual = _xla.filter_jit(model.residual)
@@ -139,19 +146,72 @@ class Problem:
         x0 = self._x(self.nominal if x0 is None else x0, "x0")
         if x0.ndim != 1:
             raise ValueError(f"`x0` must be one point of shape ({len(self.names)},); use multistart for many.")
-        return least_squares(self.fun, x0, self._data(x0), **self._options(options))
+        return self._named(least_squares(self.fun, x0, self._data(x0), **self._options(options)))
 
-    def multistart(self, n_starts, key=None, **options):
+    def multistart(self, n_starts, key=None, *, checkpoint=None, checkpoint_every=None, progress=False, rtol=1e-3, threshold=None, dtype=None, **options):
         """``n_starts`` fits from starts drawn by :meth:`sample_starts`, by
         ``fitfleet.fit_batch``, summarised as a ``fitfleet.MultiStartResult`` (its
-        costs are ``nll − offset``)."""
+        costs are ``nll − offset``; its Results carry the parameter names and bounds).
+
+        A start succeeds when it ends within ``threshold`` of the best NLL, by default
+        χ²₁(0.95)/2 = 1.92 (the cost is a negative log-likelihood: ``absolute_sigma``).
+        ``checkpoint``: a file that the finished starts are committed to, chunk by chunk
+        (``checkpoint_every`` starts, default a tenth, at least 32); an interrupted run
+        called again with it skips them (``fitfleet.petab._checkpoint``).  ``progress``
+        shows a bar (needs tqdm).  ``rtol``: the grouping of optima; ``options`` go to
+        ``fit_batch`` (``method``, ``max_steps``, ``ftol``, ...).
+        """
         if isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
             raise ValueError(f"`n_starts` must be a positive integer; got {n_starts!r}.")
-        rtol = options.pop("rtol", 1e-3)
-        dtype = options.pop("dtype", None) or jnp.result_type(float)
+        dtype = dtype or jnp.result_type(float)
         x0 = self.sample_starts(n_starts, key).astype(dtype)
-        results = fit_batch(self.fun, x0, self._data(x0), shared_args=True, **self._options(options))
-        return _multistart.summarise(results, x0, rtol)
+        options = self._options(options)
+        _multistart.success_threshold(0.0, 0.0, rtol, threshold, True)  # checks before any compilation
+
+        def fit(starts):
+            return self._named(fit_batch(self.fun, starts, self._data(starts), shared_args=True, progress=progress and checkpoint is None, **options))
+
+        if checkpoint is None:
+            results = fit(x0)
+        else:
+            fingerprint = dict(self._fingerprint(), options=_canonical(options), dtype=np.dtype(dtype).name)
+            results = _checkpoint.run(fit, x0, Path(checkpoint), fingerprint, checkpoint_every, progress)
+        return _multistart.summarise(results, x0, rtol, threshold, absolute_sigma=True)
+
+    def profile(self, fit, names=None, *, progress=False, **options):
+        """Profile likelihoods of the estimated parameters (all, or ``names``) at
+        ``fit`` (a ``MultiStartResult``: its best fit; a ``Result``; or parameters to
+        fit from first), on the estimation scale, with their 95% intervals and a
+        verdict each (``Profile.verdict_text``): identifiable, practically
+        non-identifiable (reaches a bound, or one-sided when the optimum sits on one),
+        or structurally non-identifiable (flat).  The threshold is χ²₁(0.95) in
+        ``Δ = 2 ΔNLL``.  One compiled program serves every parameter
+        (``fitfleet.petab._profiles``).  ``options`` go to ``fitfleet.profile``
+        (``n_points``, ``level``, ``max_steps``, ...; ``grid``: a dict {name: values}).
+
+        Returns:
+            A dict {name: ``fitfleet.Profile``} in the order profiled.
+        """
+        return _profiles.profiles(self, fit, names, progress=progress, **options)
+
+    def describe(self):
+        """What a results file needs to be read without the model (JSON-able): the
+        problem's id and yaml, the parameters (names, scales, bounds and nominal values
+        on the estimation scale), the NLL's offset and the number of measurements."""
+        return {
+            "problem": self.path.stem, "yaml": str(self.path), "names": list(self.names), "scales": list(self.scales),
+            "lower": self.lower.tolist(), "upper": self.upper.tolist(), "nominal": self.nominal.tolist(),
+            "offset": self.offset, "n_measurements": int(self.measurements.size),
+        }  # fmt: skip
+
+    def summary(self, ms, profiles=None):
+        """A text report of a multi-start (NLL values) and of profiles, if given
+        (``fitfleet.petab.summary``)."""
+        return _output.summary(ms, self.describe(), profiles)
+
+    def plots(self, ms=None, profiles=None, folder=None):
+        """The waterfall, parameter and profile plots (``fitfleet.petab.plots``)."""
+        return _output.plots(ms, self.describe(), profiles, folder)
 
     def sample_starts(self, n_starts, key=None):
         """(n_starts, n) starting points on the estimation scale, drawn from each
@@ -170,11 +230,50 @@ class Problem:
     def _data(self, x0):
         return (jnp.asarray(self.measurements, x0.dtype),)
 
+    def _named(self, res):
+        return dataclasses.replace(res, names=tuple(self.names))
+
+    def _fingerprint(self):
+        """The problem's identity for checkpoints: its tables and model by content, and
+        the ODE settings."""
+        p = self.petab_problem
+        digest = hashlib.sha256()
+        for table in (p.measurement_df, p.condition_df, p.observable_df, p.parameter_df):
+            digest.update(table.to_csv().encode())
+        digest.update(p.model.to_sbml_str().encode())
+        s = self.model.settings
+        return {"problem": digest.hexdigest(), "ode": f"{s.solver!r} rtol={s.rtol!r} max_steps={s.max_steps}", "state_scales": self.state_scales.tolist()}
+
     def _options(self, options):
         options = dict(options)
         options.setdefault("bounds", (self.lower, self.upper))
         options.setdefault("jac", "fwd")  # the ODE solves differentiate in forward mode only
         return options
+
+
+class _Residual:
+    """``fun(x, y)``, the model's residual, equal (and hashing equal) for problems of the
+    same content (``Problem._fingerprint``): fitfleet keys its compiled programs on
+    ``fun``, so loading a problem again reuses them.  (A plain object, not the Model's
+    bound method, whose arrays equinox would warn about as a static field.)"""
+
+    def __init__(self, model, key):
+        self.model, self.key = model, key
+
+    def __call__(self, x, y):
+        return self.model.residual(x, y)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.key == self.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+
+def _canonical(options):
+    """Fit options as JSON-able text, to compare runs."""
+    plain = lambda v: v.tolist() if isinstance(v, np.ndarray) else [plain(u) for u in v] if isinstance(v, (list, tuple)) else v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)  # noqa: E731
+    return {k: plain(v) for k, v in sorted(options.items())}
 
 
 def _nll_with_gradient(model):

@@ -2,11 +2,10 @@
 
 Relative tolerance ``rtol`` (default 1e-8, the reference tool chain's; raised to 100 ε
 in low precision).  Absolute tolerance per state ``atol_i = rtol · s_i``, with ``s_i``
-the state's scale: the largest ``|x_i(t)|`` over the measurement time span of every
-condition at the nominal parameters, from one pilot solve on the host (scipy's LSODA
-on a numpy translation of the same sympy model, no compilation), floored at
-``1e-3 · max_j s_j``: a state a thousand times smaller than the largest one is held to
-the absolute accuracy ``rtol · 1e-3 · max_j s_j``, not to its own relative accuracy,
+the state's scale: the largest ``|x_i(t)|`` over ``[0, last measurement time]`` of every
+condition at the nominal parameters, from a pilot solve at load time (below), floored
+at ``1e-3 · max_j s_j``: a state a thousand times smaller than the largest one is held
+to the absolute accuracy ``rtol · 1e-3 · max_j s_j``, not to its own relative accuracy,
 which would force tiny steps for states that hardly enter the observables (Boehm's
 cytoplasmic dimers, 1e-4 of the largest state: 1711 solver steps at the nominal
 parameters with a floor of 1e-6, 231 with 1e-3, the NLL the same to 1e-8).
@@ -19,49 +18,80 @@ about ``rtol`` relative accuracy down to its own scale and absolute accuracy
 a small state.  The scales come from the nominal parameters; other parameters keep them
 (the rule does not chase each start), which is what makes one compiled program serve
 every start.
+
+The pilot.  It needs magnitudes only, so it solves with the problem's own diffrax
+solver (default Kvaerno5, L-stable: the models are stiff) at loose tolerances, in two
+passes that share one compiled program (the tolerances are traced arguments):
+
+    s⁰ = max_c |x(0)|                          (floored as above; ones if all zero)
+    pass 1: rtol 1e-4, atol = 1e-4 · s⁰   →   s¹ = floor(max(s⁰, max_t |x(t)|))
+    pass 2: rtol 1e-6, atol = 1e-6 · s¹   →   s  = floor(max(s⁰, max_t |x(t)|))
+
+with ``max_t`` over the accepted steps (``SaveAt(steps=True)``).  Loose then tight:
+before any solve a state that starts at zero has no scale, so pass 1 holds every state
+to the absolute accuracy of the largest initial state, which is cheap and robust and
+finds each state's magnitude; pass 2 then controls each state relative to that
+magnitude, so the maxima of small states (down to the floor) are resolved rather than
+left as pass 1's noise.  Pass 2 is one step of the fixed-point iteration
+``s ← max_t |x(t; atol = rtol · s)|``, started where it already nearly holds.  A
+condition whose pass fails (the step budget ``PILOT_STEPS``, a non-finite value)
+contributes pass 1's values, or its initial values if both fail.
 """
 
-import warnings
-
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
-import sympy as sp
-
-from ._sbml import TIME, symbol
 
 FLOOR = 1e-3
+PILOT_RTOLS = (1e-4, 1e-6)
+PILOT_STEPS = 4096
 
 
-def state_scales(ode, layout):
-    """``s_i`` of the module docstring, one per state (ones where the pilot fails)."""
-    from scipy.integrate import solve_ivp
+def state_scales(model, nominal):
+    """``s_i`` of the module docstring, one per state, for ``model`` (an ``_model.Model``)
+    at the estimated parameters ``nominal`` (estimation scale)."""
+    x = jnp.asarray(nominal, jnp.result_type(float))
+    _, y0, _ = model.initial_states(x)
+    tops = np.abs(np.asarray(y0, np.float64))  # (conditions, states): the last good pass's maxima
+    tops[~np.isfinite(tops)] = 0.0
+    scale = _floored(np.max(tops, axis=0, initial=0.0))
+    for rtol in PILOT_RTOLS:
+        top, ok = _pilot(model, x, jnp.asarray(rtol, x.dtype), jnp.asarray(scale, x.dtype))
+        tops[np.asarray(ok)] = np.maximum(tops, np.asarray(top, np.float64))[np.asarray(ok)]
+        scale = _floored(np.max(tops, axis=0, initial=0.0))
+    return scale
 
-    states = [symbol(s) for s in ode.states]
-    params = [symbol(p) for p in layout.parameters]
-    rhs = sp.lambdify([TIME, states, params], list(ode.rhs), modules="numpy")
-    initial = sp.lambdify([params], list(ode.initial), modules="numpy")
-    x_lin = np.array([_unscale(v, s) for v, s in zip(layout.nominal, layout.scales)])
-    pool = np.concatenate([x_lin, layout.constants])
-    scale = np.zeros(len(states))
-    for c in range(len(layout.condition_ids)):
-        theta = pool[layout.theta_index[c]]
-        y0 = np.broadcast_to(np.asarray(initial(theta), np.float64), (len(states),)).copy()
-        override = layout.initial_index[c] >= 0
-        y0[override] = pool[layout.initial_index[c][override]]
-        t1 = float(layout.times[c].max())
-        scale = np.maximum(scale, np.abs(y0))
-        if t1 <= 0 or not np.all(np.isfinite(y0)):
-            continue
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            fun = lambda t, y, theta=theta: np.asarray(np.broadcast_arrays(*rhs(t, y, theta)), np.float64)  # noqa: E731
-            sol = solve_ivp(fun, (0.0, t1), y0, method="LSODA", rtol=1e-6, atol=1e-12 * max(1.0, np.max(np.abs(y0))))
-        if sol.success and np.all(np.isfinite(sol.y)):
-            scale = np.maximum(scale, np.max(np.abs(sol.y), axis=1))
-    top = np.max(scale, initial=0.0)
+
+def _floored(values):
+    top = np.max(values, initial=0.0)
     if not np.isfinite(top) or top == 0:
-        return np.ones(len(states))
-    return np.maximum(scale, FLOOR * top)
+        return np.ones_like(values)
+    return np.maximum(values, FLOOR * top)
 
 
-def _unscale(value, scale):
-    return {"lin": value, "log": np.exp(value), "log10": 10.0**value}[scale]
+@eqx.filter_jit
+def _pilot(model, x, rtol, scales):
+    """Per condition: ``max_t |x_i(t)|`` over the accepted steps of a solve on
+    ``[0, t_last]`` at ``rtol`` and ``atol = rtol · scales``, and whether it succeeded
+    (t_last = 0 counts as success: the initial values are the answer)."""
+    theta, y0, _ = model.initial_states(x)
+    t_last = jnp.max(model.times.astype(x.dtype), axis=1)
+    eps = float(jnp.finfo(x.dtype).eps)
+    rtol = jnp.maximum(rtol, 100 * eps)
+
+    def solve(theta, y0, t1):
+        span = jnp.where(t1 > 0, t1, 1)  # a condition measured at t = 0 only: skip it below
+        controller = diffrax.PIDController(rtol=rtol, atol=rtol * scales, dtmin=max(1e-14, 10 * eps) * jnp.maximum(span, 1), force_dtmin=False)
+        solution = diffrax.diffeqsolve(
+            diffrax.ODETerm(model._vector_field), model.settings.solver, t0=jnp.zeros((), x.dtype), t1=span, dt0=None,
+            y0=y0, args=theta, saveat=diffrax.SaveAt(t0=True, steps=True), stepsize_controller=controller,
+            max_steps=PILOT_STEPS, throw=False,
+        )  # fmt: skip
+        # Unused step slots hold inf: they are not values.
+        ys = jnp.where(jnp.isfinite(solution.ys), jnp.abs(solution.ys), 0)
+        ok = (solution.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(y0))
+        return jnp.where(t1 > 0, jnp.max(ys, axis=0), jnp.abs(y0)), ok | (t1 <= 0)
+
+    return jax.vmap(solve)(theta, y0, t_last)
