@@ -24,7 +24,6 @@ fits, the pixels (B, 25) and starts (B, 5) in a zarr v3 store with zarr's defaul
 import argparse
 import os
 import platform
-import resource
 import shutil
 import signal
 import statistics

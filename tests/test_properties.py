@@ -20,7 +20,6 @@ accepted undamped step δ with gain ratio > ¼ and ``F_old − F_new <= ftol·F_
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

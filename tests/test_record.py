@@ -4,7 +4,6 @@ entry points share one set of defaults (issue 19 "Layout")."""
 
 import inspect
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

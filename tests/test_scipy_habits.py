@@ -1,6 +1,5 @@
 """scipy habits (issue 18 §4): each is scipy's behaviour or a clear error."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

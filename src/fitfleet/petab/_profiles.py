@@ -29,7 +29,6 @@ PEtab bounds are finite, which this needs.
 import dataclasses
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
