@@ -1,7 +1,7 @@
 """Streaming from disk: fit_stream against fit_batch on the same chunks held in memory.
 
     python benchmarks/stream.py --fits 1e6                # about 3 minutes on 2 cores
-    python benchmarks/stream.py --fits 1e8 --repeats 1    # the issue's target: 10 GB of input
+    python benchmarks/stream.py --fits 1e8 --repeats 1    # 10 GB of input: about 45 minutes on 2 cores
 
 Writes ``benchmarks/results/stream.md`` (``--out`` to change).  Gpufit's 2D Gaussian
 (5 parameters, 5x5 pixels, float32; the model and data of ``batch.py``) for ``--fits``
@@ -104,18 +104,21 @@ def disk_alone(data, results, scratch, chunk):
     """(wall, cpu) of reading every input chunk, and of writing every result chunk."""
     src, res = zarr.open_group(data, mode="r"), zarr.open_group(results, mode="r")
     n = src["z"].shape[0]
-    read = clocks(lambda: [(src["x0"][lo : lo + chunk], src["z"][lo : lo + chunk]) for lo in range(0, n, chunk)])
-    held = [{f: res[f][lo : lo + chunk] for f in FIELDS} for lo in range(0, n, chunk)]
+
+    def read_all():  # one chunk alive at a time, as in fit_stream (a list of them all held 12 GB at 1e8)
+        for lo in range(0, n, chunk):
+            src["x0"][lo : lo + chunk], src["z"][lo : lo + chunk]
+
+    read = clocks(read_all)
     shutil.rmtree(scratch, ignore_errors=True)
     out = zarr.open_group(scratch, mode="w", zarr_format=3)
     arrays = {f: out.create_array(f, shape=res[f].shape, chunks=(chunk, *res[f].shape[1:]), dtype=res[f].dtype) for f in FIELDS}
-
-    def write():
-        for k, lo in enumerate(range(0, n, chunk)):
-            for f in FIELDS:
-                arrays[f][lo : lo + chunk] = held[k][f]
-
-    return read, clocks(write)
+    wall = cpu = 0.0
+    for lo in range(0, n, chunk):
+        held = {f: res[f][lo : lo + chunk] for f in FIELDS}  # read untimed
+        w, c = clocks(lambda: [arrays[f].__setitem__(slice(lo, lo + chunk), held[f]) for f in FIELDS])
+        wall, cpu = wall + w, cpu + c
+    return read, (wall, cpu)
 
 
 def child(data, out, kill_after=None):
@@ -123,9 +126,16 @@ def child(data, out, kill_after=None):
     code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import stream; stream.stream({str(data)!r}, {str(out)!r})"
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    killed = False
-    while True:  # wait4: the child's own peak RSS
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    killed, peak = False, 0
+    while True:
+        # The child's own peak RSS: VmHWM of its image (getrusage's ru_maxrss would also count
+        # the parent's pages at fork, so a big parent inflated it).
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                peak = max([peak] + [int(line.split()[1]) for line in f if line.startswith("VmHWM:")])
+        except (OSError, ValueError):
+            pass
+        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         if kill_after is not None and not killed and time.perf_counter() - t0 > kill_after:
@@ -135,7 +145,7 @@ def child(data, out, kill_after=None):
     proc.returncode = status
     if not killed and status != 0:
         raise RuntimeError(f"child failed with status {status}")
-    return time.perf_counter() - t0, usage.ru_maxrss / 1024, killed
+    return time.perf_counter() - t0, peak / 1024, killed
 
 
 def same_store(a, b):
