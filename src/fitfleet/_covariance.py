@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate, _xla
-from ._losses import check_loss
-from ._solvers._common import loss_curvature
+from ._losses import check_loss, loss_curvature
 from ._status import is_success
 
 

@@ -95,7 +95,14 @@ def robust_model(name, f_scale, r, J, second_order=False):
     if not second_order:
         w = jnp.sqrt(rho(name, z)[1])
         return w * r, w[:, None] * J
+    w = jnp.sqrt(loss_curvature(name, f_scale, r))
+    return rho(name, z)[1] * r / w, w[:, None] * J
+
+
+def loss_curvature(name, f_scale, r):
+    """``ρ'(z) + 2ρ''(z)·z`` with ``z = (r/f_scale)²``, at least eps: each residual's
+    weight in the robust cost's Gauss-Newton matrix (module docstring)."""
+    z = (r / f_scale) ** 2
     # ρ is elementwise, so a forward pass along ones gives ρ'' entry by entry.
     d1, d2 = jax.jvp(lambda v: rho(name, v)[1], (z,), (jnp.ones_like(z),))
-    w = jnp.sqrt(jnp.maximum(d1 + 2 * z * d2, jnp.finfo(r.dtype).eps))
-    return d1 * r / w, w[:, None] * J
+    return jnp.maximum(d1 + 2 * z * d2, jnp.finfo(r.dtype).eps)

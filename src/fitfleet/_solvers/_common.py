@@ -35,10 +35,9 @@ import dataclasses
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 
-from .._losses import rho
+from .._losses import loss_curvature
 from .._status import Status
 
 
@@ -220,14 +219,6 @@ def linearize_like(problem, u, state, **options):
 def without_jacobian(state):
     """``state`` without its ``J``: a batch's state (the solvers' ``thin``)."""
     return dataclasses.replace(state, jac=None)
-
-
-def loss_curvature(name, f_scale, r):
-    """``ρ'(z) + 2ρ''(z)·z`` with ``z = (r/f_scale)²``, at least eps: the weight of each
-    residual's row in the robust cost's Gauss-Newton matrix (see ``_losses``)."""
-    z = (r / f_scale) ** 2
-    second = jax.vmap(jax.grad(lambda s: rho(name, s)[1]))(z)
-    return jnp.maximum(rho(name, z)[1] + 2 * second * z, jnp.finfo(r.dtype).eps)
 
 
 def keep_linearization(state, jtj):
