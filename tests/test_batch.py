@@ -379,6 +379,7 @@ def test_gradient_through_fit_batch_matches_single_fits(x64):
         (dict(x0=np.float64(1.0), args=(T, np.ones((3, T.size))), shared_args=(0,)), "leading batch axis"),
         (dict(x0={"a": np.ones(3), "b": np.ones(4)}, args=(T, np.ones((3, T.size))), shared_args=(0,)), r"sizes \[3, 4\]"),
         (dict(x0=np.ones((3, 3)), args=(T, np.ones((3, T.size))), shared_args=(0,), chunk_size=0), "chunk_size"),
+        (dict(x0=np.ones((3, 3)), args=(T, np.ones((3, T.size))), shared_args=(True, False)), "indices of the shared arguments"),
         (dict(x0=np.ones((3, 3)), args=(T, np.ones((3, T.size))), shared_args=(0,), sigma=-np.ones((3, T.size))), "sigma"),
         (
             dict(x0=np.array([[1.0, 1, 0], [1, 9, 0]]), args=(T, np.ones((2, T.size))), shared_args=(0,), bounds=(0.0, 5.0)),
@@ -424,3 +425,40 @@ def test_multi_device_equals_one_device():
     assert report["n_shards"] == 4
     assert max(report["steps"]) > 2 * sorted(report["steps"])[35]  # stragglers were present
     assert report["sharded"] <= 1e-12 and report["chunked"] <= 1e-12 and report["accelerator"] <= 1e-12
+
+
+LAPACK_IN_PARTS = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np, jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
+    import fitfleet as ff
+    from fitfleet._engine import runtime
+
+    def poly(p, t, y):  # ten parameters: trf's step takes an SVD (a batched LAPACK call)
+        return jnp.polyval(p, t) - y
+
+    t = np.linspace(-1, 1, 200)
+    rng = np.random.default_rng(0)
+    y = np.stack([np.polyval(p, t) for p in rng.normal(size=(256, 10))]) + 0.01 * rng.normal(size=(256, 200))
+    res = ff.fit_batch(poly, np.zeros((256, 10)), (t, y), shared_args=(0,), method="trf")
+    exact = np.stack([np.polyfit(t, row, 9) for row in y])
+    print(json.dumps(dict(cores=runtime.cores(), success=bool(np.all(res.success)), error=float(np.max(np.abs(np.asarray(res.params) - exact))))))
+    """
+)
+
+
+def test_steps_that_call_lapack_do_not_deadlock_the_cpu_parts():
+    # jaxlib splits a large batched LAPACK call over XLA's thread pool and waits for it on
+    # a pool thread: two parts doing so at once, one per core, hung forever (_xla.calls_lapack).
+    out = subprocess.run([sys.executable, "-c", LAPACK_IN_PARTS], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["success"] and report["error"] < 1e-8, report
+
+
+def test_lapack_calls_are_found_in_lowered_programs(x64):
+    f = _xla.filter_jit(lambda a: jnp.linalg.cholesky(a @ a.T + jnp.eye(a.shape[0])))
+    g = _xla.filter_jit(lambda a: jnp.sin(a) @ a)
+    a = jnp.ones((12, 12))
+    assert _xla.calls_lapack(f.lower(a)) and not _xla.calls_lapack(g.lower(a))

@@ -320,8 +320,11 @@ def shared_args_mask(shared_args, n_args):
         return (False,) * n_args
     if shared_args is False or shared_args is None:
         return (True,) * n_args
+    entries = [shared_args] if np.ndim(shared_args) == 0 else list(shared_args)
+    if any(isinstance(i, (bool, np.bool_)) for i in entries):
+        raise TypeError(f"`shared_args` takes the indices of the shared arguments, e.g. shared_args=(0,) for args[0]; got booleans {shared_args!r} (True alone shares every argument).")
     try:
-        shared = {int(i) for i in ([shared_args] if np.ndim(shared_args) == 0 else shared_args)}
+        shared = {int(i) for i in entries}
     except TypeError as e:
         raise TypeError(f"`shared_args` must be True or a tuple of indices into args; got {shared_args!r}.") from e
     if any(not -n_args <= i < n_args for i in shared):

@@ -139,6 +139,22 @@ class _Lowered:
         return call
 
 
+def calls_lapack(lowered):
+    """Whether a lowered program (``filter_jit(...).lower(...)``) calls LAPACK on CPU.
+
+    jaxlib's batched LAPACK kernels split a large batch over XLA's intra-op thread pool
+    and wait for the pieces on a thread of that pool (``ParallelBatchMap`` in jaxlib's
+    ``lapack_kernels.cc``), so two executions that reach such a call at the same time,
+    each on one of the pool's threads, can wait for each other forever; a program that
+    calls LAPACK must not run concurrently with another.  Read from the program's text
+    (its custom calls are named ``lapack_*``); if the text cannot be had, assume it does.
+    """
+    try:
+        return "lapack_" in lowered.lowered.as_text()
+    except Exception:  # an unknown lowering: the safe answer
+        return True
+
+
 def trace_context():
     """The configuration JAX's tracing depends on (JAX keys its own caches on it; some of
     it thread-local), so that a program traced on a worker thread can be checked to be

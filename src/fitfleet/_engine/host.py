@@ -22,6 +22,11 @@ batch axis).  Then one of two paths runs a chunk:
   finishes the fits.
   Parts call compiled executables, never ``jit``: tracing depends on thread-local
   configuration such as ``enable_x64``, which stays on the calling thread.
+  Parts run one after the other when a step calls LAPACK (a linear solve of more than
+  ``_linalg.UNROLL_MAX`` unknowns, an implicit ODE solver's LU): jaxlib splits a large
+  batched LAPACK call over XLA's intra-op thread pool and waits for it on a thread of
+  that same pool, so two executions that do so at once, one per core, each hold a pool
+  thread and wait for the other's (a deadlock, ``_xla.calls_lapack``).
 """
 
 import concurrent.futures
@@ -145,8 +150,8 @@ class Engine:
             chunk_data = self._chunk(data, c, chunk, size)
             n_valid = np.clip(size - c * chunk - np.arange(0, chunk, part), 0, part)
             parts = _split(chunk_data, n_parts) if n_parts > 1 else [jax.device_put(chunk_data, self.device)]
-            if n_parts == 1:
-                results.append(self._run_part(programs, parts[0], int(n_valid[0]), bar))
+            if n_parts == 1 or programs["serial"]:
+                results += [self._run_part(programs, p, int(n), bar) for p, n in zip(parts, n_valid)]
             else:
                 futures = [runtime.pool("run").submit(self._run_part, programs, *p, bar) for p in zip(parts, n_valid)]
                 concurrent.futures.wait(futures)  # all of them, even where one raised: nothing left running
@@ -201,13 +206,14 @@ class Engine:
             return programs, False
         if not self.precompiled:
             programs = {name: _Program(_done(program), (block,)) for name, program in jitted.items()}
-            return {**programs, "tail": _Program(_done(ROUND), tail) if tail else None}, False
+            return {**programs, "tail": _Program(_done(ROUND), tail) if tail else None, "serial": True}, False
         options = _xla.cpu_options() if self.cpu else None
         programs = {}
         for name, program in jitted.items():
             lowered = program.lower(*self._abstract_args(name, abstract, (block,)))
             out = eqx.filter_eval_shape(program, *self._abstract_args(name, abstract, (block,))) if name == "results" else None
             programs[name] = _Program(runtime.compile_soon(lowered, options), (block,), out)
+            programs["serial"] = programs.get("serial", False) or _xla.calls_lapack(lowered)
         programs["tail"] = None
         if tail:
             args = self._abstract_args("round", abstract, tail)
