@@ -3,7 +3,13 @@ reference tool chain (pyPESTO + AMICI + Fides) from the same starts (issue 20 §
 
     python benchmarks/petab.py --reference-python /path/to/refvenv/bin/python
     python benchmarks/petab.py --reference-json benchmarks/results/petab_reference.json
-    python benchmarks/petab.py --problems Perelson_Science1996 --starts 4 --seeds 0
+    python benchmarks/petab.py --problems Perelson_Science1996 --starts 4 --seeds 0 \
+        --reference-python /path/to/refvenv/bin/python --reference-out /tmp/ref.json
+
+Writes ``--out`` (default ``benchmarks/results/petab.md``) and, after a new reference run,
+``--reference-out`` (default ``benchmarks/results/petab_reference.json``).
+``--skip-reference``, ``--skip-scipy`` and ``--skip-fitfleet`` leave rows out (scipy's
+row runs the starts one by one on one core: at 300 starts it takes long).
 
 Starts: ``prob.sample_starts(n, jax.random.key(seed))`` for each seed, pooled (default
 3 × 100): uniform on the estimation scale within the PEtab bounds (pyPESTO's default)
@@ -59,8 +65,8 @@ import scipy.optimize
 
 jax.config.update("jax_enable_x64", True)  # a script, not the library
 
-import fitfleet as ff  # noqa: E402
-import fitfleet.petab as fp  # noqa: E402
+import fitfleet as ff
+import fitfleet.petab as fp
 
 # fit_batch options on top of bounds=(prob.lower, prob.upper) and jac="fwd"; {} means
 # fitfleet's defaults.  Change them here (they are printed in the results).
@@ -156,8 +162,8 @@ def run_scipy(prob, starts):
     t = time.perf_counter()
     jax.block_until_ready((fun(x), jac(x)))
     compile_s = max(first - (time.perf_counter() - t), 0.0)
-    f = lambda x: np.asarray(fun(x), np.float64)  # noqa: E731
-    j = lambda x: np.asarray(jac(x), np.float64)  # noqa: E731
+    f = lambda x: np.asarray(fun(x), np.float64)
+    j = lambda x: np.asarray(jac(x), np.float64)
     nll, exits = [], []
     t = time.perf_counter()
     for x0 in starts:
@@ -265,7 +271,7 @@ def main():
     if want_reference and not (args.reference_python or args.reference_json):
         raise SystemExit("the reference needs --reference-python PATH (its venv's python) or --reference-json FILE; or pass --skip-reference")
 
-    load_start, started = os.getloadavg(), datetime.datetime.now(datetime.timezone.utc)
+    load_start, started = os.getloadavg(), datetime.datetime.now(datetime.UTC)
     clock = CompileClock()
     results, references, notes = {}, {}, []
     for name in names:
@@ -278,6 +284,9 @@ def main():
         if want_reference:
             ref = run_reference(args, name, prob, starts)
             references[name] = ref
+            if not args.reference_json:  # after every problem: an interrupted run keeps the finished ones
+                combined = {"created": started.isoformat(timespec="seconds"), "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "load_average": load_start, "machine": machine(), "problems": references}
+                Path(args.reference_out).write_text(json.dumps(combined, separators=(",", ":")))
             rows.update(reference_rows(ref))
             notes.append(f"{name}: AMICI NLL at nominal {ref['nll_nominal']:.7f} (README {AMICI_NOMINAL[name]:.7f}); AMICI import + compile {ref['compile_s']:.1f} s; fitfleet load {load_s:.1f} s")
             print(f"  AMICI NLL at nominal {ref['nll_nominal']:.7f}, README {AMICI_NOMINAL[name]:.7f}", flush=True)
@@ -289,15 +298,11 @@ def main():
         for method, s in results[name].items():
             print(f"  {method}: best {s['best']:.6f}, {s['k']}/{s['n']} successes, run {s['run_s']:.1f} s, compile {s['compile_s']:.1f} s", flush=True)
 
-    if want_reference and not args.reference_json:
-        combined = {"created": started.isoformat(timespec="seconds"), "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "load_average": load_start, "machine": machine(), "problems": references}
-        Path(args.reference_out).write_text(json.dumps(combined, indent=1))
-        print("wrote", args.reference_out)
     write_report(args, results, references, notes, load_start, started, seeds)
 
 
 def write_report(args, results, references, notes, load_start, started, seeds):
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True, text=True).stdout.strip()
     versions = f"fitfleet {git or '?'}, jax {jax.__version__}, numpy {np.__version__}, scipy {scipy.__version__}, Python {platform.python_version()}"
     if references:
         v = next(iter(references.values()))["versions"]

@@ -5,9 +5,16 @@ fitfleet's), writing JSON.
 Set-up (once; AMICI compiles its C++ library during the install, about 2–5 minutes on
 2 cores; ``swig`` comes from PyPI into the venv, which is why the venv is activated)::
 
+    sudo apt-get install libhdf5-dev        # or your system's HDF5 development package
     python3 -m venv /path/to/refvenv
     . /path/to/refvenv/bin/activate
     pip install amici==1.0.1 pypesto==0.7.0 fides==0.8.0 petab==0.8.2
+
+AMICI must find HDF5 when it is built: pyPESTO's MultiProcessEngine pickles the
+objective, which stores AMICI's solver settings as HDF5; an AMICI built without it fails
+every start with "Pickling the AmiciObjective requires an AMICI installation with HDF5
+support" (then ``pip install --force-reinstall --no-deps --no-cache-dir amici==1.0.1``
+after installing HDF5).
 
 Then ``benchmarks/petab.py --reference-python /path/to/refvenv/bin/python`` calls this
 script once per problem.  By hand::
@@ -57,12 +64,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one process per core: no nested BLAS threads
 
 _t0 = time.perf_counter()
-import numpy as np  # noqa: E402
-import petab.v1 as petab  # noqa: E402
-import pypesto  # noqa: E402
-import pypesto.optimize  # noqa: E402
-import pypesto.petab  # noqa: E402
-from pypesto.petab.objective_creator import AmiciObjectiveCreator  # noqa: E402
+import numpy as np
+import petab.v1 as petab
+import pypesto
+import pypesto.optimize
+import pypesto.petab
+from pypesto.petab.objective_creator import AmiciObjectiveCreator
 
 IMPORT_S = time.perf_counter() - _t0
 
@@ -154,7 +161,7 @@ def main():
         problem.set_x_guesses(full(problem, xs))
         nominal = np.asarray(petab_problem.x_nominal_free_scaled, float)
         fides_objective = problem.objective
-        nll = lambda x: fides_objective(np.asarray(x, float))  # noqa: E731
+        nll = lambda x: fides_objective(np.asarray(x, float))
 
         out = {
             "problem": problem_id, "names": free, "starts_digest": starts_digest(starts), "n_starts": len(xs),
