@@ -311,7 +311,9 @@ def write_report(args, results, references, notes, load_start, started, seeds):
     reuse = ""
     if args.reference_json:
         saved = json.loads(Path(args.reference_json).read_text())
-        reuse = f"Reference rows reused from `{args.reference_json}` (run {saved['created']}, load average then {saved['load_average'][0]:.2f}, `{saved['command']}`).  \n"
+        ends = [f"{v['load_average_end'][0]:.2f}" for v in saved["problems"].values() if "load_average_end" in v]
+        ends = f", after each problem {', '.join(ends)}" if ends else ""
+        reuse = f"Reference rows reused from `{args.reference_json}` (run {saved['created']}, load average then {saved['load_average'][0]:.2f}{ends}; `{saved['command']}`).  \n"
     text = f"""# PEtab multi-starts: fitfleet, scipy and pyPESTO + AMICI + Fides
 
 Command: `{command}`  

@@ -121,7 +121,7 @@ def run_optimizer(problem, optimizer, n_procs, nll):
             "n_fval": r.n_fval, "n_grad": r.n_grad, "n_res": r.n_res, "n_sres": r.n_sres,
             "exitflag": None if r.exitflag is None else int(r.exitflag), "message": str(r.message),
             "time_s": float(r.time) if r.time is not None else None,
-            "x": None if x is None else [float(v) for v in x],
+            "x": None if x is None else [round(float(v), 6) for v in x],  # estimation scale
         }  # fmt: skip
     return {"wall_s": wall, "starts": records}
 
@@ -189,6 +189,7 @@ def main():
             out["optimizers"][which] = entry
             values = [s["nll"] for s in entry["starts"] if s["nll"] is not None]
             print(f"  {which}: {len(xs)} starts in {entry['wall_s']:.1f} s, best {min(values, default=float('nan')):.7f}", flush=True)
+    out["load_average_end"] = os.getloadavg()  # the start's is the caller's to record
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
 
