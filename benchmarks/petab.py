@@ -297,8 +297,7 @@ def main():
         results[name] = {method: summarise(name, row) for method, row in rows.items()}
         for method, s in results[name].items():
             print(f"  {method}: best {s['best']:.6f}, {s['k']}/{s['n']} successes, run {s['run_s']:.1f} s, compile {s['compile_s']:.1f} s", flush=True)
-
-    write_report(args, results, references, notes, load_start, started, seeds)
+        write_report(args, results, references, notes, load_start, started, seeds)  # after each problem: a long run keeps what it has
 
 
 def write_report(args, results, references, notes, load_start, started, seeds):

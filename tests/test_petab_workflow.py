@@ -170,19 +170,19 @@ def test_toy_checkpoint_resumes_an_interrupted_multistart(run, problem, x64, tmp
 
     monkeypatch.setattr(_checkpoint, "_commit", interrupt_after_first)
     with pytest.raises(KeyboardInterrupt):
-        problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, checkpoint_every=EVERY, method="lm")
+        problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, checkpoint_every=EVERY, method="trf")
     monkeypatch.setattr(_checkpoint, "_commit", commit)
     fit_batch = fp._problem.fit_batch
     monkeypatch.setattr(fp._problem, "fit_batch", lambda fun, x0, *a, **k: sizes.append(len(x0)) or fit_batch(fun, x0, *a, **k))
-    ms = problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, checkpoint_every=EVERY, method="lm")
+    ms = problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, checkpoint_every=EVERY, method="trf")
     assert sizes == [STARTS - EVERY]
     assert_same(jax.tree_util.tree_map(np.asarray, ms), ff.MultiStartResult.load(run[1] / "results.npz"))
-    assert problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, checkpoint_every=EVERY, method="lm").n_starts == STARTS
+    assert problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, checkpoint_every=EVERY, method="trf").n_starts == STARTS
     assert sizes == [STARTS - EVERY]  # complete: nothing fitted again
     with pytest.raises(ValueError, match="starts"):
-        problem.multistart(STARTS, key=jax.random.key(SEED + 1), checkpoint=path, method="lm")
+        problem.multistart(STARTS, key=jax.random.key(SEED + 1), checkpoint=path, method="trf")
     with pytest.raises(ValueError, match="options"):
-        problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, method="lm", max_steps=7)
+        problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, method="trf", max_steps=7)
 
 
 @pytest.mark.slow
@@ -202,7 +202,7 @@ def test_checkpoint_survives_sigkill(run, problem, x64, tmp_path):
             time.sleep(3600)
         _checkpoint._commit = commit_then_hang
         prob = fp.load({str(run[0])!r}, solver=diffrax.Tsit5())
-        prob.multistart({STARTS}, key=jax.random.key({SEED}), checkpoint={str(path)!r}, checkpoint_every={EVERY}, method="lm")
+        prob.multistart({STARTS}, key=jax.random.key({SEED}), checkpoint={str(path)!r}, checkpoint_every={EVERY}, method="trf")
     """)
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
     try:
@@ -212,7 +212,7 @@ def test_checkpoint_survives_sigkill(run, problem, x64, tmp_path):
         child.wait()
     assert child.returncode == -signal.SIGKILL
     assert _saving.read(path, _checkpoint.FORMAT)[1]["n_done"] == EVERY  # the first chunk, intact
-    ms = problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, checkpoint_every=EVERY, method="lm")
+    ms = problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, checkpoint_every=EVERY, method="trf")
     assert_same(jax.tree_util.tree_map(np.asarray, ms), ff.MultiStartResult.load(run[1] / "results.npz"))
 
 

@@ -36,7 +36,7 @@ def parser():
     p.add_argument("--starts", type=int, default=100, help="number of starts (default 100)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: fitfleet-<problem id>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starts (default 0)")
-    p.add_argument("--method", default="lm", help="fitfleet method (default lm)")
+    p.add_argument("--method", default="trf", help="fitfleet method (default trf)")
     p.add_argument("--max-steps", type=int, default=None, help="step budget per fit (default: fitfleet's)")
     p.add_argument("--no-profiles", action="store_true", help="skip the profile likelihoods")
     p.add_argument("--profile", action="append", metavar="NAME", help="profile only this parameter (repeatable; default all)")

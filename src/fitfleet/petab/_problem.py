@@ -20,6 +20,19 @@ from .. import _multistart, _xla, fit_batch, least_squares
 from . import _checkpoint, _model, _output, _profiles, _sbml, _tables, _tolerances
 
 
+# The default method for PEtab problems: trust-region reflective.  Their parameters are
+# bounded (log10 scale, often [1e-5, 1e5]) and optima sit on bounds (Boehm: two of nine);
+# trf holds the box itself, where Levenberg-Marquardt's change of variables (sin) flattens
+# the cost at a bound and creeps onto it.  And trf's scaling is fixed (x_scale = 1: one
+# unit on the estimation scale, a decade on log10), where MINPACK's running maximum of
+# the column norms keeps the noise parameters' huge columns from a far start (a small σ)
+# for the whole fit and freezes them.  Measured on 16 Boehm starts
+# (benchmarks/results/petab_methods.md): trf ended all 16 at local optima in 244 s; lm
+# with x_scale = 1 15 of 16 in 482 s; lm with MINPACK's scaling 6 of 16 (the others
+# stopped early by xtol or ran to max_steps: the freeze).
+METHOD = "trf"
+
+
 def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, lint=True):
     """Load a PEtab v1 problem (its yaml file, or the folder that holds exactly one).
 
@@ -140,7 +153,8 @@ class Problem:
 
     def fit(self, x0=None, **options):
         """``fitfleet.least_squares`` on the problem from ``x0`` (default: the nominal
-        parameters), with the parameter table's bounds and forward-mode Jacobians.
+        parameters), with the parameter table's bounds and forward-mode Jacobians, by
+        trust-region reflective unless ``method`` says otherwise (``METHOD``).
         ``options`` go to ``least_squares``.  The NLL at the result: ``res.cost +
         self.offset`` (or ``self.nll(res.params)``)."""
         x0 = self._x(self.nominal if x0 is None else x0, "x0")
@@ -246,6 +260,7 @@ class Problem:
 
     def _options(self, options):
         options = dict(options)
+        options.setdefault("method", METHOD)
         options.setdefault("bounds", (self.lower, self.upper))
         options.setdefault("jac", "fwd")  # the ODE solves differentiate in forward mode only
         return options
