@@ -60,7 +60,7 @@ nll = float(prob.nll(prob.nominal))
 print(f"NLL at the nominal parameters: {nll:.10f} (published {PUBLISHED_NOMINAL_NLL:.10f}, "
       f"relative difference {abs(nll - PUBLISHED_NOMINAL_NLL) / PUBLISHED_NOMINAL_NLL:.1e}); {time.perf_counter() - clock:.1f} s")  # fmt: skip
 
-# %% 2. One fit from the nominal parameters (Levenberg-Marquardt within the bounds).
+# %% 2. One fit from the nominal parameters (trust-region reflective within the bounds).
 clock = time.perf_counter()
 res = prob.fit(prob.nominal)
 print(f"\nfit from nominal: NLL {float(res.cost) + prob.offset:.7f} (literature {LITERATURE_BEST_NLL}), "

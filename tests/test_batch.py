@@ -450,15 +450,17 @@ LAPACK_IN_PARTS = textwrap.dedent(
 
 def test_steps_that_call_lapack_do_not_deadlock_the_cpu_parts():
     # jaxlib splits a large batched LAPACK call over XLA's thread pool and waits for it on
-    # a pool thread: two parts doing so at once, one per core, hung forever (_xla.calls_lapack).
+    # a pool thread: two parts doing so at once, one per core, hung forever (_xla.lapack_may_split).
     out = subprocess.run([sys.executable, "-c", LAPACK_IN_PARTS], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["success"] and report["error"] < 1e-8, report
 
 
-def test_lapack_calls_are_found_in_lowered_programs(x64):
-    f = _xla.filter_jit(lambda a: jnp.linalg.cholesky(a @ a.T + jnp.eye(a.shape[0])))
-    g = _xla.filter_jit(lambda a: jnp.sin(a) @ a)
-    a = jnp.ones((12, 12))
-    assert _xla.calls_lapack(f.lower(a)) and not _xla.calls_lapack(g.lower(a))
+def test_lapack_calls_that_jaxlib_may_split_are_found(x64):
+    lower = lambda f, *a: _xla.filter_jit(f).lower(*a)  # noqa: E731
+    lu = lambda a: jax.scipy.linalg.lu_factor(a)  # noqa: E731
+    assert not _xla.lapack_may_split(lower(lu, jnp.ones((64, 8, 8))))  # an implicit ODE step's LU: 64·8³ flops
+    assert _xla.lapack_may_split(lower(lu, jnp.ones((64, 40, 40))))  # 64·40³ = 4e6 flops: jaxlib splits it
+    assert _xla.lapack_may_split(lower(jnp.linalg.svd, jnp.ones((2, 20, 9))))  # any batched SVD
+    assert not _xla.lapack_may_split(lower(lambda a: jnp.sin(a) @ a, jnp.ones((12, 12))))

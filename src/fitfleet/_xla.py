@@ -26,6 +26,8 @@ finishes the fits).
 
 import contextlib
 import functools
+import math
+import re
 import sys
 import threading
 import time
@@ -139,20 +141,45 @@ class _Lowered:
         return call
 
 
-def calls_lapack(lowered):
-    """Whether a lowered program (``filter_jit(...).lower(...)``) calls LAPACK on CPU.
+# jaxlib's batched LAPACK kernels split a large batch over XLA's intra-op thread pool
+# and wait for the pieces on a thread of that same pool (``ParallelBatchMap`` in jaxlib's
+# ``cpu/lapack_kernels.cc``).  The factorisations below split when the batch's work,
+# ``batch · cost`` (x3 for complex numbers), reaches 2e5 flops; the SVD, eigen and other
+# kernels follow other rules (the divide-and-conquer SVD splits any batch of matrices
+# with 64 entries or more), so for them any batch counts as splitting.
+_LAPACK_COST = {
+    "getrf": lambda r, c: r * c * min(r, c),
+    "potrf": lambda r, c: r**3 / 3,
+    "trsm": lambda r, c: r * c * max(r, c),
+    "geqrf": lambda r, c: 2 * r * c * min(r, c),
+}
+_LAPACK_SPLITS_AT = 2e5 / 4  # a margin of 4 on jaxlib's threshold
+_KERNEL = re.compile(r"@lapack_[sdcz](\w+?)_ffi\(")
+_TENSOR = re.compile(r"tensor<((?:\d+x)+)(f32|f64|complex<f32>|complex<f64>)>")
 
-    jaxlib's batched LAPACK kernels split a large batch over XLA's intra-op thread pool
-    and wait for the pieces on a thread of that pool (``ParallelBatchMap`` in jaxlib's
-    ``lapack_kernels.cc``), so two executions that reach such a call at the same time,
-    each on one of the pool's threads, can wait for each other forever; a program that
-    calls LAPACK must not run concurrently with another.  Read from the program's text
-    (its custom calls are named ``lapack_*``); if the text cannot be had, assume it does.
-    """
+
+def lapack_may_split(lowered):
+    """Whether a lowered program (``filter_jit(...).lower(...)``) makes a batched LAPACK
+    call that jaxlib may split over XLA's thread pool (see above).  Two executions that
+    reach such a call at the same time, each on one of the pool's threads, can wait for
+    each other forever: such a program must not run concurrently with another.  Read from
+    the program's text; what cannot be read counts as splitting."""
     try:
-        return "lapack_" in lowered.lowered.as_text()
+        text = lowered.lowered.as_text()
     except Exception:  # an unknown lowering: the safe answer
         return True
+    for line in text.splitlines():
+        if "@lapack_" not in line:
+            continue
+        kernel, signature = _KERNEL.search(line), line.rpartition(" : (")[2].partition(") ->")[0]
+        cost = _LAPACK_COST.get(kernel.group(1)) if kernel else None
+        shapes = [(tuple(int(d) for d in dims[:-1].split("x")), kind) for dims, kind in _TENSOR.findall(signature)]
+        if cost is None or not shapes:
+            return True
+        work = max(math.prod(dims[:-2]) * cost(*dims[-2:]) * (3 if "complex" in kind else 1) for dims, kind in shapes if len(dims) >= 2)
+        if work >= _LAPACK_SPLITS_AT:
+            return True
+    return False
 
 
 def trace_context():

@@ -22,11 +22,12 @@ batch axis).  Then one of two paths runs a chunk:
   finishes the fits.
   Parts call compiled executables, never ``jit``: tracing depends on thread-local
   configuration such as ``enable_x64``, which stays on the calling thread.
-  Parts run one after the other when a step calls LAPACK (a linear solve of more than
-  ``_linalg.UNROLL_MAX`` unknowns, an implicit ODE solver's LU): jaxlib splits a large
-  batched LAPACK call over XLA's intra-op thread pool and waits for it on a thread of
-  that same pool, so two executions that do so at once, one per core, each hold a pool
-  thread and wait for the other's (a deadlock, ``_xla.calls_lapack``).
+  Parts run one after the other when a program makes a batched LAPACK call large enough
+  for jaxlib to split it (trf's SVD for more than ``_linalg.UNROLL_MAX`` parameters, the
+  LU of a large implicit ODE solve): jaxlib splits it over XLA's intra-op thread pool and
+  waits for it on a thread of that same pool, so two executions that do so at once, one
+  per core, each hold a pool thread and wait for the other's (a deadlock,
+  ``_xla.lapack_may_split``).
 """
 
 import concurrent.futures
@@ -213,7 +214,7 @@ class Engine:
             lowered = program.lower(*self._abstract_args(name, abstract, (block,)))
             out = eqx.filter_eval_shape(program, *self._abstract_args(name, abstract, (block,))) if name == "results" else None
             programs[name] = _Program(runtime.compile_soon(lowered, options), (block,), out)
-            programs["serial"] = programs.get("serial", False) or _xla.calls_lapack(lowered)
+            programs["serial"] = programs.get("serial", False) or _xla.lapack_may_split(lowered)
         programs["tail"] = None
         if tail:
             args = self._abstract_args("round", abstract, tail)
