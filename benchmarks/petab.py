@@ -204,6 +204,15 @@ def reference_rows(ref):
     return rows
 
 
+def cut(row, subset, n):
+    """A reference row restricted to the starts ``subset`` (of ``n``), its run time
+    pro-rated by the number of starts."""
+    if len(subset) == n:
+        return row
+    run_s = row["run_s"] * len(subset) / n
+    return dict(row, nll=row["nll"][subset], exits=[row["exits"][i] for i in subset], run_s=run_s, wall_s=row["compile_s"] + run_s)
+
+
 def short_message(message):
     words = str(message).replace("`", "").replace(".", "").split()
     return " ".join(words[:5])[:40]
@@ -261,6 +270,7 @@ def main():
     parser.add_argument("--reference-optimizers", default="fides,ls_trf")
     parser.add_argument("--procs", type=int, default=2, help="processes for pyPESTO's MultiProcessEngine")
     parser.add_argument("--out", default=str(RESULTS / "petab.md"))
+    parser.add_argument("--subset", type=int, default=None, metavar="K", help="fit only the first K starts of each seed; the reference rows are cut to the same starts (their run time pro-rated)")
     args = parser.parse_args()
     names = [p for p in args.problems.split(",") if p]
     unknown = [p for p in names if p not in BEST_NLL]
@@ -280,6 +290,8 @@ def main():
         prob = fp.load(DATA / name)
         load_s = time.perf_counter() - t
         starts = np.concatenate([prob.sample_starts(args.starts, jax.random.key(seed)) for seed in seeds])
+        per_seed = args.starts if args.subset is None else min(args.subset, args.starts)
+        subset = np.concatenate([i * args.starts + np.arange(per_seed) for i in range(len(seeds))])
         rows = {}
         if want_reference:
             ref = run_reference(args, name, prob, starts)
@@ -287,13 +299,13 @@ def main():
             if not args.reference_json:  # after every problem: an interrupted run keeps the finished ones
                 combined = {"created": started.isoformat(timespec="seconds"), "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "load_average": load_start, "machine": machine(), "problems": references}
                 Path(args.reference_out).write_text(json.dumps(combined, separators=(",", ":")))
-            rows.update(reference_rows(ref))
+            rows.update({method: cut(row, subset, len(starts)) for method, row in reference_rows(ref).items()})
             notes.append(f"{name}: AMICI NLL at nominal {ref['nll_nominal']:.7f} (README {AMICI_NOMINAL[name]:.7f}); AMICI import + compile {ref['compile_s']:.1f} s; fitfleet load {load_s:.1f} s")
             print(f"  AMICI NLL at nominal {ref['nll_nominal']:.7f}, README {AMICI_NOMINAL[name]:.7f}", flush=True)
         if not args.skip_scipy:
-            rows["scipy trf (fitfleet's residual)"] = run_scipy(prob, starts)
+            rows["scipy trf (fitfleet's residual)"] = run_scipy(prob, starts[subset])
         if not args.skip_fitfleet:
-            rows["fitfleet"] = run_fitfleet(prob, starts, clock)
+            rows["fitfleet"] = run_fitfleet(prob, starts[subset], clock)
         results[name] = {method: summarise(name, row) for method, row in rows.items()}
         for method, s in results[name].items():
             print(f"  {method}: best {s['best']:.6f}, {s['k']}/{s['n']} successes, run {s['run_s']:.1f} s, compile {s['compile_s']:.1f} s", flush=True)
@@ -313,13 +325,14 @@ def write_report(args, results, references, notes, load_start, started, seeds):
         ends = [f"{v['load_average_end'][0]:.2f}" for v in saved["problems"].values() if "load_average_end" in v]
         ends = f", after each problem {', '.join(ends)}" if ends else ""
         reuse = f"Reference rows reused from `{args.reference_json}` (run {saved['created']}, load average then {saved['load_average'][0]:.2f}{ends}; `{saved['command']}`).  \n"
+    subset_note = "" if args.subset is None else f"**Subset: fitfleet and scipy fit only the first {args.subset} starts of each seed; the reference rows are cut to those starts, their run time pro-rated by the number of starts.**  \n"
     text = f"""# PEtab multi-starts: fitfleet, scipy and pyPESTO + AMICI + Fides
 
 Command: `{command}`  
 Machine: {machine()}; {started.strftime('%Y-%m-%d %H:%M')} UTC.  
 Load average at start: {load_start[0]:.2f}, at end: {os.getloadavg()[0]:.2f} (other processes share the cores: times are upper bounds).  
 Versions: {versions}.  
-{reuse}Starts: {args.starts} per seed × seeds {seeds} = {args.starts * len(seeds)} per problem, `prob.sample_starts` (uniform on the estimation scale within the bounds), the same matrix for every method.  
+{reuse}Starts: {args.starts} per seed × seeds {seeds} = {args.starts * len(seeds)} per problem, `prob.sample_starts` (uniform on the estimation scale within the bounds), the same matrix for every method.  {subset_note}
 fitfleet options: `fit_batch(..., bounds=(prob.lower, prob.upper), jac="fwd", **{FITFLEET_OPTIONS!r})`, float64.
 
 Success: final NLL within {THRESHOLD} of the best known (tests/data/petab/README.md); the interval is Wilson's 95%.
