@@ -325,6 +325,8 @@ def write_report(args, results, references, notes, load_start, started, seeds):
         ends = [f"{v['load_average_end'][0]:.2f}" for v in saved["problems"].values() if "load_average_end" in v]
         ends = f", after each problem {', '.join(ends)}" if ends else ""
         reuse = f"Reference rows reused from `{args.reference_json}` (run {saved['created']}, load average then {saved['load_average'][0]:.2f}{ends}; `{saved['command']}`).  \n"
+    if os.environ.get("EQX_ON_ERROR"):
+        reuse += f"Run with `EQX_ON_ERROR={os.environ['EQX_ON_ERROR']}` (equinox's run-time checks, e.g. lineax's on a singular Newton matrix, give NaN instead of raising: no bisection reruns of the batch).  \n"
     subset_note = "" if args.subset is None else f"**Subset: fitfleet and scipy fit only the first {args.subset} starts of each seed; the reference rows are cut to those starts, their run time pro-rated by the number of starts.**  \n"
     text = f"""# PEtab multi-starts: fitfleet, scipy and pyPESTO + AMICI + Fides
 
