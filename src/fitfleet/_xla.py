@@ -176,7 +176,7 @@ def lapack_may_split(lowered):
         shapes = [(tuple(int(d) for d in dims[:-1].split("x")), kind) for dims, kind in _TENSOR.findall(signature)]
         if cost is None or not shapes:
             return True
-        work = max(math.prod(dims[:-2]) * cost(*dims[-2:]) * (3 if "complex" in kind else 1) for dims, kind in shapes if len(dims) >= 2)
+        work = max((math.prod(dims[:-2]) * cost(*dims[-2:]) * (3 if "complex" in kind else 1) for dims, kind in shapes if len(dims) >= 2), default=math.inf)
         if work >= _LAPACK_SPLITS_AT:
             return True
     return False

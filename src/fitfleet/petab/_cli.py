@@ -36,7 +36,7 @@ def parser():
     p.add_argument("--starts", type=int, default=100, help="number of starts (default 100)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: fitfleet-<problem id>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starts (default 0)")
-    p.add_argument("--method", default="trf", help="fitfleet method (default trf)")
+    p.add_argument("--method", default=None, help="fitfleet method (default: fitfleet.petab's, trf)")
     p.add_argument("--max-steps", type=int, default=None, help="step budget per fit (default: fitfleet's)")
     p.add_argument("--no-profiles", action="store_true", help="skip the profile likelihoods")
     p.add_argument("--profile", action="append", metavar="NAME", help="profile only this parameter (repeatable; default all)")
@@ -91,7 +91,7 @@ def main(argv=None):
             checkpoint.unlink()
         if checkpoint is not None and checkpoint.exists():
             say(f"resuming from the checkpoint {checkpoint}")
-        options = {"method": args.method}
+        options = {} if args.method is None else {"method": args.method}
         if args.max_steps is not None:
             options["max_steps"] = args.max_steps
         clock = time.perf_counter()
