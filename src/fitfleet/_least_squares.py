@@ -26,6 +26,7 @@ def least_squares(
     f_scale=1.0,
     learning_rate=None,
     initial_damping=1e-3,
+    acceleration=True,
     adjoint="implicit",
     grad_on_failure="nan",
     history=False,
@@ -89,6 +90,13 @@ def least_squares(
         initial_damping: Levenberg-Marquardt's first guess of the damping (relative to
             the unit diagonal of the scaled JᵀJ) where its trust-region search starts; it
             affects only how fast that search converges, not the steps taken.
+        acceleration: ``"trf"``'s geodesic acceleration (Transtrum & Sethna 2012), for
+            fits without bounds and with the linear loss: each step is corrected for the
+            curvature of the residual along it, measured by two more residual
+            evaluations (not counted in ``n_fev``, which counts trial points), so that
+            fits crossing a curved valley take long steps instead of crawling.
+            ``False``, or bounds, or a robust loss: scipy's ``trf`` step for step.
+            Other methods ignore it.
         adjoint: how ``jax.grad``/``jvp``/``vmap``-ed derivatives of the Result with
             respect to ``args``, ``sigma``, ``f_scale`` (any floating array the fit
             depends on) are computed.  ``"implicit"`` (default) differentiates the

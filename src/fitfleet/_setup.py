@@ -38,6 +38,7 @@ DEFAULTS = dict(
     f_scale=1.0,
     learning_rate=None,
     initial_damping=1e-3,
+    acceleration=True,
     adjoint="implicit",
     grad_on_failure="nan",
     history=False,
@@ -75,6 +76,7 @@ def check_options(options):
         o["max_steps"] = _validate.integer("max_steps", o["max_steps"])
     o["max_steps"] = _validate.steps_from_nfev(o["max_steps"], o.pop("max_nfev"))
     _validate.real("initial_damping", o["initial_damping"])
+    o["acceleration"] = _validate.boolean("acceleration", o["acceleration"])
     if o["learning_rate"] is not None:
         _validate.real("learning_rate", o["learning_rate"], positive=True)
     _validate.choice("adjoint", o["adjoint"], _implicit.ADJOINTS)
@@ -107,7 +109,8 @@ def prepare(fun, x0, args, options):
         learning_rate = DEFAULT_LEARNING_RATE
     solver = make_solver(
         method, ftol=o["ftol"], xtol=o["xtol"], gtol=o["gtol"], max_steps=max_steps, learning_rate=learning_rate,
-        initial_damping=o["initial_damping"], x_scale=x_scale, differentiable=adjoint.kind == "unroll",
+        initial_damping=o["initial_damping"], x_scale=x_scale,
+        acceleration=o["acceleration"] and o["bounds"] is None and o["loss"] == "linear", differentiable=adjoint.kind == "unroll",
     )  # fmt: skip
     history = o["history"]
     if history is True:

@@ -35,6 +35,7 @@ def fit_batch(
     f_scale=1.0,
     learning_rate=None,
     initial_damping=1e-3,
+    acceleration=True,
     adjoint="implicit",
     grad_on_failure="nan",
     history=False,
@@ -73,7 +74,7 @@ def fit_batch(
             (``Result.history``, with the batch axis); off by default.
         verbose: 1 prints the batch's Result (statuses counted) at the end.
         method, jac, ftol, xtol, gtol, max_steps, max_nfev, x_scale, bounds, log_scale,
-            loss, f_scale, learning_rate, initial_damping, adjoint, grad_on_failure: as for
+            loss, f_scale, learning_rate, initial_damping, acceleration, adjoint, grad_on_failure: as for
             :func:`least_squares`, the same for every fit (bounds are shared).  Under
             ``jax.grad``/``jit``/``vmap`` the batch runs as ``vmap(least_squares)``, whose
             derivatives these options define.

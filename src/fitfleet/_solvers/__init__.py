@@ -25,8 +25,9 @@ The batch engine (``fitfleet._engine``) runs the same ``init``/``step``, vmapped
   only ``JᵀJ``/``Jᵀr`` (in ``inner``/``grad``) drops it in ``thin``, and its step then
   keeps ``jac`` None (``_common.linearize_like``), so that a batch does not carry (m, n)
   per fit through its loop; the Result evaluates ``J`` once, at the solution.  LM and
-  Gauss-Newton always drop it; trf keeps it with more than ``_linalg.UNROLL_MAX``
-  parameters, where its step is an SVD of ``J`` itself.
+  Gauss-Newton always drop it; trf keeps it where its geodesic acceleration applies
+  (``Jᵀr_pp``) and with more than ``_linalg.UNROLL_MAX`` parameters, where its step is
+  an SVD of ``J`` itself.
 - Nothing else differs: a batched step is the same step, and every counter means the
   same (``n_jev`` counts the Jacobians the method needs, where a fit alone evaluates
   them; under ``vmap`` a ``lax.cond`` runs both branches, so the batch may evaluate
@@ -51,7 +52,8 @@ NEWTON_METHODS = ("lm", "gn", "trf")
 
 
 def make_solver(
-    method, *, ftol, xtol, gtol, max_steps, learning_rate, initial_damping, x_scale="jac", differentiable=False,
+    method, *, ftol, xtol, gtol, max_steps, learning_rate, initial_damping, acceleration=True, x_scale="jac",
+    differentiable=False,
 ):  # fmt: skip
     """Build the solver from checked options (``_setup.prepare``); hyper-parameters
     become arrays, so a new value, or a vmapped one, never recompiles.
@@ -75,11 +77,7 @@ def make_solver(
     if method == "gn":
         return GaussNewton(tol=tol, x_scale=scale)
     if method == "trf":
-        return TrustRegionReflective(
-            tol=tol,
-            x_scale=scale,
-            differentiable=differentiable,
-        )
+        return TrustRegionReflective(tol=tol, x_scale=scale, acceleration=acceleration, differentiable=differentiable)
     if isinstance(method, optax.GradientTransformation):
         return OptaxSolver(tol=tol, learning_rate=None, name="optax", transform=method)
     return OptaxSolver(tol=tol, learning_rate=_hyper(learning_rate, real), name=method)
