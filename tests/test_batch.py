@@ -234,17 +234,24 @@ def checked_decay(p, t, y):
     return eqx.error_if(decay(p, t, y), jnp.any(y > 100), "bad data")
 
 
+def checked_decay_and_start(p, t, y):
+    """``checked_decay`` that also refuses a NaN start (the bisection's fillers)."""
+    return eqx.error_if(checked_decay(p, t, y), jnp.any(jnp.isnan(p)), "NaN parameters")
+
+
+@pytest.mark.parametrize("model", [checked_decay, checked_decay_and_start], ids=["data", "data-and-nan"])
 @pytest.mark.parametrize("path", ["cpu", "accelerator"])
-def test_a_raising_member_is_isolated(x64, path):
+def test_a_raising_member_is_isolated(x64, path, model):
     """Members whose data make the model raise get MODEL_RAISED at their start, as a fit
-    alone does; the others get exactly what they get in a batch without them."""
+    alone does; the others get exactly what they get in a batch without them, also where
+    the bisection's NaN-started fillers raise too."""
     x0, y, _ = decay_data(10, seed=14)
     bad = y.copy()
     bad[[2, 7]] = 1000.0
     good = np.setdiff1d(np.arange(10), [2, 7])
     with ff.engine_settings(path=path):
-        res = ff.fit_batch(checked_decay, x0, (T, bad), shared_args=(0,))
-        ref = ff.fit_batch(checked_decay, x0[good], (T, y[good]), shared_args=(0,))
+        res = ff.fit_batch(model, x0, (T, bad), shared_args=(0,))
+        ref = ff.fit_batch(model, x0[good], (T, y[good]), shared_args=(0,))
     assert np.asarray(res.status)[[2, 7]].tolist() == [Status.MODEL_RAISED] * 2
     np.testing.assert_array_equal(np.asarray(res.params)[[2, 7]], x0[[2, 7]])
     assert np.asarray(res.n_steps)[[2, 7]].tolist() == [0, 0]

@@ -138,20 +138,35 @@ def _run(engine, data, size, chunk_size, progress, may_raise):
     """The engine's run of the batch, and where the model raised at run time
     (``_xla.raised_by_model``: under ``vmap`` one member's check raises for all), the
     raising members found by bisection: the same batch runs again with the rows under
-    suspicion kept and the others replaced by copies of one of them (the same shapes, so
-    nothing compiles again), halving the rows of every run that raised, until each
-    raising member stands alone and gets ``Status.MODEL_RAISED`` (its start, no steps,
-    as ``least_squares`` gives it); every other member keeps the result of a run that did
+    suspicion kept and the others replaced by fillers (the same shapes, so nothing
+    compiles again), halving the rows of every run that raised, until each raising
+    member stands alone and gets ``Status.MODEL_RAISED`` (its start, no steps, as
+    ``least_squares`` gives it); every other member keeps the result of a run that did
     not raise, which equals its fit alone (a row's arithmetic never depends on the
-    others).  For k raising members that is about 2·k·log2(B) more runs.  (An error
-    surfaces when the program has run: a model that may raise is waited for here.)"""
+    others).
 
-    def attempt(rows):
-        kept = np.where(np.isin(np.arange(size), rows), np.arange(size), rows[0])
+    A filler is a copy of the first suspect's data started at NaN: its fit ends at its
+    start (``NONFINITE_RESIDUAL``), so a run costs about as much as its suspects' fits,
+    and k raising members cost about 2·k runs of the batch, not 2·k·log2(B).  Until a
+    run with NaN fillers has passed, a suspect standing alone that raises is tried again
+    among copies of itself: if that passes, the NaN starts raised, and copies serve as
+    fillers from then on.  (An error surfaces when the program has run: a model that may
+    raise is waited for here.)"""
+    nan_fillers = {"use": True, "proven": False}
+
+    def attempt(rows, nan_start=True):
+        suspect = np.isin(np.arange(size), rows)
+        kept = np.where(suspect, np.arange(size), rows[0])
         part = data if len(rows) == size else jax.tree_util.tree_map(lambda a: a[kept], data)
+        nan_start = nan_start and nan_fillers["use"] and len(rows) < size
+        if nan_start:
+            fill = lambda a: np.where(suspect.reshape(-1, *(1,) * (np.ndim(a) - 1)), a, np.nan).astype(a.dtype)  # noqa: E731
+            part = (jax.tree_util.tree_map(fill, part[0]), *part[1:])
         try:
             result = engine.run(part, size, chunk_size, progress and len(rows) == size)
-            return jax.block_until_ready(result) if may_raise else result
+            result = jax.block_until_ready(result) if may_raise else result
+            nan_fillers["proven"] |= nan_start
+            return result
         except Exception as e:
             if not _xla.raised_by_model(e):
                 raise
@@ -165,6 +180,9 @@ def _run(engine, data, size, chunk_size, progress, may_raise):
     while pending:
         rows = pending.pop()
         found = attempt(rows) if len(rows) < size else None
+        if found is None and len(rows) == 1 and nan_fillers["use"] and not nan_fillers["proven"]:
+            found = attempt(rows, nan_start=False)  # did the NaN starts raise?
+            nan_fillers["use"] = found is None
         if found is not None:
             take = np.isin(everything, rows)
             merged = found if merged is None else _where_rows(take, found, merged)
