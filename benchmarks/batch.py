@@ -584,8 +584,8 @@ def section_trf(report, repeats, quick):
         f"the calls alternating, medians of {repeats} runs after a first (compiling) call of each. "
         "Workloads: (1) 2D Gaussian, float32, `ftol=1e-4, xtol=gtol=0, max_steps=20`; (2) 1D Gaussian peak, float64, "
         "tolerances 1e-10; (3) MGH10 stragglers, 1% of the starts at NIST's Start 1, default tolerances, "
-        "`max_steps=1000`; (4) `multistart(..., log_scale=True)` from 1,024 starts on NIST problems (trf bounds "
-        "`log p` by itself: no finite bounds here). *Converged*: fraction with `success`; for multistart, *found*: "
+        "`max_steps=1000`; (4) `multistart(..., log_scale=True)` from 1,024 starts on NIST problems (starts drawn "
+        "log-uniformly in a box; the fits themselves unbounded, in the parameters' own units). *Converged*: fraction with `success`; for multistart, *found*: "
         "fraction of starts reaching the certified optimum (LRE >= 4).",
         "",
     )

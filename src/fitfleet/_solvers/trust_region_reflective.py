@@ -224,8 +224,9 @@ class TrustRegionReflective(eqx.Module):
             step, step_h, predicted = p, p_h, -quadratic(A_h, g_h, p_h)
         else:
             step, step_h, predicted = select_step(x, A_h, g_h, p, p_h, d, s.radius, *box, theta)
-        if self.acceleration and box is None and problem.loss == "linear":  # module docstring
-            step = jnp.where(running, _accelerated(problem, state, p_h, d, solve), step)
+        if self.acceleration and problem.loss == "linear":  # module docstring
+            free = True if box is None else jnp.all(jnp.isinf(box[0]) & jnp.isinf(box[1]))  # log_scale alone
+            step = jnp.where(running & free, _accelerated(problem, state, p_h, d, solve), step)
         step_finite = jnp.all(jnp.isfinite(step))
         step = jnp.where(step_finite, step, 0)
         trial = x + step if box is None else strictly_feasible(x + step, *box)
