@@ -13,11 +13,12 @@ import jax.numpy as jnp
 from .._linalg import cholesky, solve_lower, solve_semidefinite, solve_upper_transposed
 
 RADIUS_RTOL = 0.01  # the damping search ends at |‖p‖ − Δ| < RADIUS_RTOL·Δ (scipy's rtol)
-# scipy iterates up to 10 times; here every fit of a batch pays for every iteration.  With
-# 3, 4, 5, 6, 10 iterations trf solved 50, 51, 52, 52, 52 of NIST's 54 runs and 119, 122,
-# 118, 118, 117 of MGH's 141 (which runs succeed shifts from one count to the next: the
-# hard runs' paths are chaotic); 10 made the 2D-Gaussian batch ~2.5x Levenberg-Marquardt's
-# time, 5 about 1.5x.
+# scipy iterates up to 10 times; here every fit of a batch pays for every iteration.
+# Before the geodesic acceleration, 3, 4, 5, 6, 10 iterations solved 50, 51, 52, 52, 52 of
+# NIST's 54 runs and 119, 122, 118, 118, 117 of MGH's 141 (which runs succeed shifts from
+# one count to the next: the hard runs' paths are chaotic); with it, 3 and 4 solve 52 of
+# NIST's runs (MGH09 and MGH10 from start 1 run out of steps), 5 all 54.  10 made the
+# 2D-Gaussian batch ~2.5x Levenberg-Marquardt's time, 5 about 1.5x.
 DAMPING_ITERATIONS = 5
 SVD_DAMPING_ITERATIONS = 10  # scipy's, where each costs O(n) (n > UNROLL_MAX)
 
