@@ -550,12 +550,69 @@ def test_more_than_eight_parameters_batch_equals_loop_and_scipy(x64):
     shifts = np.random.default_rng(7).uniform(-0.3, 0.3, (3, n))
     opts = dict(method="trf", bounds=(lb, ub))
     fb = ff.fit_batch(broyden_shifted, np.tile(x0, (3, 1)), (shifts,), **opts)
+    with ff.engine_settings(path="accelerator"):  # a fixed number of Jacobi sweeps
+        fixed = ff.fit_batch(broyden_shifted, np.tile(x0, (3, 1)), (shifts,), **opts)
+    np.testing.assert_allclose(fixed.params, fb.params, rtol=1e-10, atol=1e-12)
     for i, c in enumerate(shifts):
         one = ff.least_squares(broyden_shifted, jnp.asarray(x0), (c,), **opts)
         ref = scipy_trf(broyden_shifted, x0, (c,), bounds=(lb, ub))
         np.testing.assert_allclose(fb.params[i], one.params, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(one.params, ref.x, rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(one.cost, ref.cost, rtol=1e-6, atol=1e-14)
+
+
+def _svd_cases():
+    rng = np.random.default_rng(3)
+    t = np.linspace(-8, -3, 82)
+    independent = rng.normal(size=(40, 4))
+    return {
+        "random 57x9": rng.normal(size=(57, 9)),
+        "Filip's Vandermonde 82x11": np.vander(t, 11, increasing=True),
+        "columns 1e-8..1e8": rng.normal(size=(30, 12)) * np.logspace(-8, 8, 12),
+        "a zero column": np.c_[rng.normal(size=(20, 5)), np.zeros(20), rng.normal(size=(20, 3))],
+        "dependent columns": np.c_[independent, independent @ rng.normal(size=(4, 6))],
+        "square 3x3": rng.normal(size=(3, 3)),
+    }
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", list(_svd_cases()))
+def test_jacobi_svd_agrees_with_lapack(dtype, case):
+    """trf's written-out SVD (``_linalg.svd_jacobi``): singular values as LAPACK's to
+    round-off of the largest, ``V`` orthogonal, ``A V = W`` with orthogonal columns of
+    norms ``s``; the same under ``vmap``."""
+    from fitfleet._linalg import JACOBI_FIXED_SWEEPS, svd_jacobi
+
+    A = _svd_cases()[case]
+    with jax.enable_x64(dtype == np.float64):
+        Aj = jnp.asarray(A, dtype)
+        s, V, W = (np.asarray(a, np.float64) for a in jax.jit(svd_jacobi)(Aj))
+        batched = jax.jit(jax.vmap(svd_jacobi))(jnp.stack([Aj, 2 * Aj]))[0]
+    eps, n = np.finfo(dtype).eps, A.shape[1]
+    reference = np.linalg.svd(np.asarray(Aj, np.float64), compute_uv=False)
+    np.testing.assert_allclose(np.sort(s)[::-1], reference, rtol=0, atol=30 * eps * reference[0])
+    np.testing.assert_allclose(V.T @ V, np.eye(n), rtol=0, atol=30 * n * eps)
+    np.testing.assert_allclose(np.asarray(Aj, np.float64) @ V, W, rtol=0, atol=30 * eps * reference[0])
+    np.testing.assert_allclose(W.T @ W, np.diag(s**2), rtol=0, atol=30 * n * eps * reference[0] ** 2)
+    np.testing.assert_allclose(np.asarray(batched[1], np.float64), 2 * s, rtol=30 * eps, atol=60 * eps * reference[0])
+    with jax.enable_x64(dtype == np.float64):
+        fixed = np.asarray(jax.jit(svd_jacobi, static_argnums=1)(Aj, JACOBI_FIXED_SWEEPS)[0], np.float64)
+    np.testing.assert_allclose(fixed, s, rtol=0, atol=30 * eps * reference[0])
+
+
+def test_the_svd_step_calls_no_lapack_kernel():
+    """Up to ``JACOBI_MAX`` parameters trf's step has no LAPACK call, whose batched
+    kernels jaxlib may split over its thread pool (which would make fit_batch run its
+    parts one after the other, ``_xla.lapack_may_split``)."""
+    from fitfleet._linalg import JACOBI_MAX
+    from fitfleet._solvers._trust_region import trust_region_step_svd
+
+    def step(J, r):
+        return trust_region_step_svd(J, jnp.zeros(J.shape[1]), r, 1.0, 0.0)[1]
+
+    for n, calls_lapack in [(10, False), (JACOBI_MAX, False), (JACOBI_MAX + 1, True)]:
+        text = jax.jit(jax.vmap(step)).lower(jnp.ones((64, 60, n)), jnp.ones((64, 60))).as_text()
+        assert ("@lapack_" in text) == calls_lapack, n
 
 
 # --------------------------------------------------------------------------- x_scale in lm and gn

@@ -1,5 +1,5 @@
 """The one linear solve of every Newton-type step: a symmetric positive (semi)definite
-system ``A x = b``.
+system ``A x = b``; and trf's SVD (``svd_jacobi``).
 
 Small systems (n <= ``UNROLL_MAX``) are factorised by a Cholesky decomposition written
 out scalar by scalar.  Under ``vmap`` every scalar becomes a vector across the batch,
@@ -113,3 +113,80 @@ def _entries(A):
     n = A.shape[-1]
     flat = jnp.unstack(A.reshape(n * n))
     return [flat[i * n : (i + 1) * n] for i in range(n)]
+
+
+JACOBI_MAX = 32  # trf's SVD is written out (``svd_jacobi``) up to this many columns
+JACOBI_SWEEPS = 30  # a bound, never reached in practice: the sweeps stop once nothing rotates
+JACOBI_FIXED_SWEEPS = 12  # for a step without data-dependent loops; 3-8 sufficed in float64 up to n = 30
+
+
+def svd_jacobi(A, sweeps=None):
+    """The thin SVD of an (m, n) matrix with m >= n, by one-sided Jacobi rotations
+    (Hestenes 1958; Demmel & Veselić 1992): ``(s, V, W)`` with ``A V = W``, ``V``
+    orthogonal, ``W``'s columns orthogonal with norms ``s`` (so ``W = U diag(s)``;
+    unsorted).
+
+    Why not LAPACK: jaxlib's batched ``gesdd`` may split a batch over XLA's thread pool
+    and wait for it there, so a batch's parts could not run concurrently (``_xla``); and
+    under ``vmap`` these rotations are vector operations across the batch.  The
+    accuracy is at least LAPACK's: one-sided Jacobi finds each singular value to a
+    relative accuracy set by the conditioning of ``A`` with its columns scaled to unit
+    norm, not of ``A`` itself.
+
+    The columns are paired in the round-robin order (n − 1 rounds of n/2 disjoint pairs
+    per sweep, an odd n padded with a zero column), so each round rotates every pair at
+    once.  A pair (a, b) is rotated to make its columns orthogonal,
+
+        ζ = (‖b‖² − ‖a‖²) / (2 aᵀb),   t = sign(ζ) / (|ζ| + √(1 + ζ²)),
+        c = 1/√(1 + t²),   (a, b) ← (c a − c t b, c t a + c b),
+
+    unless ``|aᵀb| <= eps·‖a‖‖b‖`` already; sweeps stop when a whole sweep rotates
+    nothing (quadratic convergence: a handful of sweeps), or after ``JACOBI_SWEEPS``;
+    ``sweeps``: a fixed number of sweeps instead (no data-dependent loop).
+    """
+    m, n = A.shape
+    size = n + n % 2
+    W = jnp.concatenate([A, jnp.zeros((m, size - n), A.dtype)], axis=1)
+    V = jnp.eye(size, dtype=A.dtype)
+    eps = jnp.finfo(A.dtype).eps
+    rounds = _round_robin(size)
+
+    def rotate(W, V, pairs):
+        first, second = pairs[: size // 2], pairs[size // 2 :]
+        a, b = W[:, first], W[:, second]
+        alpha, beta, gamma = jnp.sum(a * a, 0), jnp.sum(b * b, 0), jnp.sum(a * b, 0)
+        turn = jnp.abs(gamma) > eps * jnp.sqrt(alpha) * jnp.sqrt(beta)
+        zeta = (beta - alpha) / (2 * jnp.where(turn, gamma, 1))
+        t = jnp.where(turn, jnp.sign(zeta) / (jnp.abs(zeta) + jnp.hypot(1, zeta)), 0)
+        t = jnp.where(zeta == 0, 1, t) * turn  # equal norms: a 45° rotation
+        c = jax.lax.rsqrt(1 + t * t)
+        order = jnp.argsort(pairs)
+        turned = lambda X: jnp.concatenate([c * X[:, first] - c * t * X[:, second], c * t * X[:, first] + c * X[:, second]], axis=1)[:, order]  # noqa: E731
+        return turned(W), turned(V), jnp.any(turn)
+
+    def sweep(carry):
+        W, V, _, count = carry
+        busy = False
+        for pairs in rounds:
+            W, V, turned = rotate(W, V, pairs)
+            busy = busy | turned
+        return W, V, busy, count + 1
+
+    start = (W, V, jnp.array(True), 0)
+    if sweeps is None:
+        W, V, _, _ = jax.lax.while_loop(lambda c: c[2] & (c[3] < JACOBI_SWEEPS), sweep, start)
+    else:
+        W, V, _, _ = jax.lax.fori_loop(0, sweeps, lambda _, c: sweep(c), start)
+    return jnp.linalg.norm(W[:, :n], axis=0), V[:n, :n], W[:, :n]
+
+
+def _round_robin(size):
+    """The round-robin tournament on ``size`` (even) columns: ``size − 1`` rounds, each a
+    permutation whose first and second halves are the rounds' pairs."""
+    players = list(range(size))
+    rounds = []
+    for _ in range(size - 1):
+        half = size // 2
+        rounds.append(jnp.array(players[:half] + players[half:][::-1]))
+        players = [players[0], players[-1], *players[1:-1]]
+    return rounds

@@ -23,7 +23,7 @@ batch axis).  Then one of two paths runs a chunk:
   Parts call compiled executables, never ``jit``: tracing depends on thread-local
   configuration such as ``enable_x64``, which stays on the calling thread.
   Parts run one after the other when a program makes a batched LAPACK call large enough
-  for jaxlib to split it (trf's SVD for more than ``_linalg.UNROLL_MAX`` parameters, the
+  for jaxlib to split it (trf's SVD for more than ``_linalg.JACOBI_MAX`` parameters, the
   LU of a large implicit ODE solve): jaxlib splits it over XLA's intra-op thread pool and
   waits for it on a thread of that same pool, so two executions that do so at once, one
   per core, each hold a pool thread and wait for the other's (a deadlock,

@@ -4,13 +4,14 @@ implementation and theory", Lecture Notes in Mathematics 630, 1978): the λ >= 0
 ``p = −(A + λI)⁻¹g`` that minimise ``gᵀp + ½pᵀAp`` within ``‖p‖ <= Δ``.  The method's
 docstring states the iteration; here it is written out twice, on the normal matrix
 (unrolled Cholesky factorisations, for n <= ``_linalg.UNROLL_MAX``) and on an SVD of the
-scaled Jacobian (scipy's way, for larger n).
+scaled Jacobian (scipy's way, for larger n; by ``_linalg.svd_jacobi`` up to
+``_linalg.JACOBI_MAX`` columns).
 """
 
 import jax
 import jax.numpy as jnp
 
-from .._linalg import cholesky, solve_lower, solve_semidefinite, solve_upper_transposed
+from .._linalg import JACOBI_MAX, cholesky, solve_lower, solve_semidefinite, solve_upper_transposed, svd_jacobi
 
 RADIUS_RTOL = 0.01  # the damping search ends at |‖p‖ − Δ| < RADIUS_RTOL·Δ (scipy's rtol)
 # scipy iterates up to 10 times; here every fit of a batch pays for every iteration.
@@ -112,19 +113,19 @@ def trust_region_step(A, b, radius, damping, search=True):
     return jnp.where(newton_fits, 0, found).astype(A.dtype), p, solve
 
 
-def trust_region_step_svd(J, rows, r, radius, damping, search=True):
+def trust_region_step_svd(J, rows, r, radius, damping, search=True, sweeps=None):
     """scipy's ``solve_lsq_trust_region`` as scipy runs it, for n > ``UNROLL_MAX``: an SVD
     of the scaled Jacobian ``J`` (m, n) stacked on the diagonal ``rows`` (the model's
     terms that are not ``JᵀJ``), whose singular values make each iteration O(n), and
     which keeps the accuracy the normal matrix loses beyond a condition number of ~1e8.
-    Returns ``(λ, p, solve)`` as ``trust_region_step``."""
+    ``sweeps``: ``svd_jacobi``'s.  Returns ``(λ, p, solve)`` as ``trust_region_step``."""
     m, n = J.shape
     search = jnp.asarray(search)
-    U, s, Vt = jnp.linalg.svd(jnp.concatenate([J, jnp.diag(rows)]), full_matrices=False)
-    suf = s * (U[:m].T @ r)  # Uᵀ[r; 0]
-    full_rank = (m >= n) & (s[-1] > jnp.finfo(J.dtype).eps * m * s[0])
+    s, V, W = _svd(jnp.concatenate([J, jnp.diag(rows)]), sweeps)
+    suf = W[:m].T @ r  # s ⊙ Uᵀ[r; 0]
+    full_rank = (m >= n) & (jnp.min(s) > jnp.finfo(J.dtype).eps * m * jnp.max(s))
     safe_s = jnp.where(s > 0, s, 1)
-    newton = -Vt.T @ (suf / safe_s**2)
+    newton = -V @ (suf / safe_s**2)
     newton_fits = full_rank & (jnp.linalg.norm(newton) <= radius)
 
     def phi(alpha):
@@ -151,12 +152,21 @@ def trust_region_step_svd(J, rows, r, radius, damping, search=True):
 
     init = (damping, lower, upper, newton_fits | ~search)
     damping = jax.lax.fori_loop(0, SVD_DAMPING_ITERATIONS, body, init)[0]
-    p = -Vt.T @ (suf / (s**2 + damping))
+    p = -V @ (suf / (s**2 + damping))
     p = p * (radius / jnp.maximum(jnp.linalg.norm(p), jnp.finfo(J.dtype).tiny))
     p = jnp.where(newton_fits, newton, p)
     found = jnp.where(newton_fits, 0, damping).astype(J.dtype)
 
     def solve(c):
-        return Vt.T @ ((Vt @ c) / (s**2 + found))
+        return V @ ((V.T @ c) / (s**2 + found))
 
     return found, jnp.where(search, p, 0), solve
+
+
+def _svd(A, sweeps):
+    """``(s, V, W)``, ``A V = W = U diag(s)``: written out (``_linalg.svd_jacobi``, no
+    LAPACK call in a batch's step) up to ``JACOBI_MAX`` columns, LAPACK's beyond."""
+    if A.shape[1] <= JACOBI_MAX:
+        return svd_jacobi(A, sweeps)
+    U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
+    return s, Vt.T, U * s

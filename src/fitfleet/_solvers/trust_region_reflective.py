@@ -129,13 +129,14 @@ arXiv:1201.5885 (2012), §3 (the acceleration); scipy's ``scipy/optimize/_lsq/tr
 "Bundle adjustment — a modern synthesis" (2000), §4.3 (the loss scaling).
 """
 
+import dataclasses
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._linalg import UNROLL_MAX
+from .._linalg import JACOBI_FIXED_SWEEPS, UNROLL_MAX
 from .._status import Status
 from ._common import (
     State, Tolerances, advance, below_round_off, counter, keep_linearization, linearize, linearize_like, without_jacobian,
@@ -164,14 +165,15 @@ class TrustRegionReflective(eqx.Module):
     tol: Tolerances
     x_scale: Any  # (n,) array, or None for x_scale="jac"
     acceleration: bool = eqx.field(static=True, default=True)  # where it applies: no box, linear loss
+    svd_sweeps: Any = eqx.field(static=True, default=None)  # ``_linalg.svd_jacobi``'s (``vectorised``)
     differentiable: bool = eqx.field(static=True, default=False)
     forms_jacobian = True  # the solvers' contract (``fitfleet._solvers``)
 
     def thin(self, state):  # the solvers' contract: J where the step needs it (SVD, acceleration)
         return state if self.acceleration or _needs_jac(state.params) else without_jacobian(state)
 
-    def vectorised(self):  # the solvers' contract: the damping iterations are unrolled already
-        return self
+    def vectorised(self):  # the solvers' contract: the damping iterations have a fixed count already
+        return dataclasses.replace(self, svd_sweeps=JACOBI_FIXED_SWEEPS)
 
     def init(self, problem, x):
         lin = linearize(problem, x, exact_loss_curvature=True)
@@ -213,7 +215,7 @@ class TrustRegionReflective(eqx.Module):
             # The model's diagonal terms besides J̃ᵀJ̃: log_scale's curvature and diag_h.
             extra = jnp.maximum(jnp.diagonal(s.jtj) - jnp.sum(J_model**2, 0), 0) * d * d + diag_h
             damping, p_h, solve = trust_region_step_svd(
-                *jax.lax.stop_gradient((J_model * d, jnp.sqrt(extra), r_model, s.radius, s.damping)), running
+                *jax.lax.stop_gradient((J_model * d, jnp.sqrt(extra), r_model, s.radius, s.damping)), running, self.svd_sweeps
             )
         else:
             damping, p_h, solve = trust_region_step(*jax.lax.stop_gradient((A_h, g_h, s.radius, s.damping)), running)
