@@ -58,12 +58,14 @@ def main():
         prob = ff.petab.load(ROOT / "tests" / "data" / "petab" / name)
         x0 = prob.sample_starts(args.starts, jax.random.key(1))
         ff.clear_caches()
-        clock = time.perf_counter()
         first = run(prob, x0, False)[0]  # compiles (and runs) the programs
+        expected = None
         times = {True: [], False: []}
         for _ in range(args.repeats):
             for serial in (True, False):
                 wall, steps, cost = run(prob, x0, serial)
+                expected = cost if expected is None else expected
+                np.testing.assert_array_equal(cost, expected)  # the same fits either way
                 times[serial].append(wall)
                 print(name, "one after the other" if serial else "at once", f"{wall:.1f} s", steps, "steps", flush=True)
         one, both = statistics.median(times[True]), statistics.median(times[False])
@@ -74,10 +76,12 @@ def main():
         f"Command: `python benchmarks/parts.py --problems {' '.join(args.problems)} --starts {args.starts} --repeats {args.repeats}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores; jax {jax.__version__}; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; load average at start {load:.1f}.",
         "",
-        "The PEtab problem's multi-start (its defaults: trf, bounds, forward-mode Jacobians) from the same starts, "
-        "with the same compiled programs, run with the batch's two parts one after the other (what a LAPACK SVD "
-        "in trf's step forced for more than eight parameters) and at once (the written-out Jacobi SVD), alternating; "
-        f"median of {args.repeats} runs each, after a first call that compiles the programs (its time, compilation included, shown apart).",
+        (
+            "The PEtab problem's multi-start (its defaults: trf, bounds, forward-mode Jacobians) from the same starts, "
+            "with the same compiled programs, run with the batch's two parts one after the other (what a LAPACK SVD "
+            "in trf's step forced for more than eight parameters) and at once (the written-out Jacobi SVD), alternating; "
+            f"median of {args.repeats} runs each, after a first call that compiles the programs (its time, compilation included, shown apart)."
+        ),
         "",
         "| problem | parameters | starts | steps (all starts) | one after the other, s | at once, s | speed-up | first call (compiles), s |",
         "|---|---|---|---|---|---|---|---|",

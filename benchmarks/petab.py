@@ -76,22 +76,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "petab"
 RESULTS = ROOT / "benchmarks" / "results"
 PROBLEMS = ["Armistead_CellDeathDis2024", "Boehm_JProteomeRes2014", "Bruno_JExpBot2016", "Crauste_CellSystems2017", "Perelson_Science1996", "Rahman_MBS2016"]
-BEST_NLL = {  # tests/data/petab/README.md
-    "Armistead_CellDeathDis2024": -301.9161878,
-    "Boehm_JProteomeRes2014": 138.2219682,
-    "Bruno_JExpBot2016": -46.6881979,
-    "Crauste_CellSystems2017": 190.4570655,
-    "Perelson_Science1996": 222.2807689,
-    "Rahman_MBS2016": 21.1534861,
-}
-AMICI_NOMINAL = {  # ibid., AMICI's NLL at the nominal parameters
-    "Armistead_CellDeathDis2024": -301.9161819,
-    "Boehm_JProteomeRes2014": 138.2219976,
-    "Bruno_JExpBot2016": -46.6881770,
-    "Crauste_CellSystems2017": 190.9651253,
-    "Perelson_Science1996": 432.0385498,
-    "Rahman_MBS2016": 21.1534900,
-}
+_REFERENCE = json.loads((DATA / "reference_values.json").read_text())  # tests/data/petab/README.md
+BEST_NLL, AMICI_NOMINAL = _REFERENCE["best_known"], _REFERENCE["amici_nominal"]
 SCIPY_STATUS = {0: "max_nfev", 1: "gtol", 2: "ftol", 3: "xtol", 4: "ftol and xtol"}
 THRESHOLD = 1.92  # χ²₁(0.95)/2
 REFERENCE_SCRIPT = Path(__file__).with_name("petab_reference.py")

@@ -2,6 +2,7 @@
 of six PEtab benchmark problems, tests/data/petab/README.md), a problem with a
 closed-form solution (tests/petab_toy.py) and the best optima known for the benchmarks."""
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -23,15 +24,8 @@ from conftest import count_compilations  # noqa: E402
 import fitfleet.petab as fp  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "petab"
-AMICI_NLL = {  # at the nominal parameters (tests/data/petab/README.md)
-    "Armistead_CellDeathDis2024": -301.9161819,
-    "Boehm_JProteomeRes2014": 138.22199693517703,
-    "Bruno_JExpBot2016": -46.6881770,
-    "Crauste_CellSystems2017": 190.9651253,
-    "Perelson_Science1996": 432.0385498,
-    "Rahman_MBS2016": 21.1534900,
-}
-BEST_NLL = {"Rahman_MBS2016": 21.1534861, "Boehm_JProteomeRes2014": 138.2219682}
+_REFERENCE = json.loads((DATA / "reference_values.json").read_text())  # README.md there
+AMICI_NLL, BEST_NLL = _REFERENCE["amici_nominal"], _REFERENCE["best_known"]
 CHEAP = {"Rahman_MBS2016"}  # in the default run; the others are slow (each compiles for ~10 s)
 PROBLEMS = [pytest.param(p, marks=() if p in CHEAP else pytest.mark.slow) for p in AMICI_NLL]
 _LOADED = {}
