@@ -162,12 +162,19 @@ def lapack_may_split(lowered):
     """Whether a lowered program (``filter_jit(...).lower(...)``) makes a batched LAPACK
     call that jaxlib may split over XLA's thread pool (see above).  Two executions that
     reach such a call at the same time, each on one of the pool's threads, can wait for
-    each other forever: such a program must not run concurrently with another.  Read from
-    the program's text; what cannot be read counts as splitting."""
+    each other forever: such a program must not run concurrently with another."""
+    return lapack_split_ratio(lowered) >= 1
+
+
+def lapack_split_ratio(lowered):
+    """The work of a lowered program's largest batched LAPACK call relative to where
+    jaxlib may split it (>= 1: it may; 0 without LAPACK calls).  Read from the program's
+    text; what cannot be read (an unknown kernel or lowering) counts as ``inf``."""
     try:
         text = lowered.lowered.as_text()
     except Exception:  # an unknown lowering: the safe answer
-        return True
+        return math.inf
+    ratio = 0.0
     for line in text.splitlines():
         if "@lapack_" not in line:
             continue
@@ -175,11 +182,10 @@ def lapack_may_split(lowered):
         cost = _LAPACK_COST.get(kernel.group(1)) if kernel else None
         shapes = [(tuple(int(d) for d in dims[:-1].split("x")), kind) for dims, kind in _TENSOR.findall(signature)]
         if cost is None or not shapes:
-            return True
+            return math.inf
         work = max((math.prod(dims[:-2]) * cost(*dims[-2:]) * (3 if "complex" in kind else 1) for dims, kind in shapes if len(dims) >= 2), default=math.inf)
-        if work >= _LAPACK_SPLITS_AT:
-            return True
-    return False
+        ratio = max(ratio, work / _LAPACK_SPLITS_AT)
+    return ratio
 
 
 def trace_context():

@@ -22,12 +22,13 @@ batch axis).  Then one of two paths runs a chunk:
   finishes the fits.
   Parts call compiled executables, never ``jit``: tracing depends on thread-local
   configuration such as ``enable_x64``, which stays on the calling thread.
-  Parts run one after the other when a program makes a batched LAPACK call large enough
-  for jaxlib to split it (trf's SVD for more than ``_linalg.JACOBI_MAX`` parameters, the
-  LU of a large implicit ODE solve): jaxlib splits it over XLA's intra-op thread pool and
-  waits for it on a thread of that same pool, so two executions that do so at once, one
-  per core, each hold a pool thread and wait for the other's (a deadlock,
-  ``_xla.lapack_may_split``).
+  Blocks are narrowed (``NARROWING``) where that keeps a step's batched LAPACK calls too
+  small for jaxlib to split them; failing that, parts run one after the other when a
+  program makes a batched LAPACK call large enough for jaxlib to split it (trf's SVD for
+  more than ``_linalg.JACOBI_MAX`` parameters, the LU of a large implicit ODE solve):
+  jaxlib splits it over XLA's intra-op thread pool and waits for it on a thread of that
+  same pool, so two executions that do so at once, one per core, each hold a pool
+  thread and wait for the other's (a deadlock, ``_xla.lapack_may_split``).
 """
 
 import concurrent.futures
@@ -50,6 +51,12 @@ CPU_BLOCK = 64  # fits per block on CPU: small enough that a few slow fits waste
 BLOCK_BYTES = 2**20  # a CPU block's working set stays within about what a core's cache holds
 WORK_FACTOR = 8  # working memory of a step relative to its state and data
 TAILS = (16, 4)  # the last few running fits run in blocks of these sizes
+# Blocks are narrowed, at most NARROWING times and to no fewer than NARROWEST fits, where
+# that keeps a step's batched LAPACK calls below the work at which jaxlib splits them, so
+# that the parts run at once: an ODE model's step costs about the same per fit in a block
+# of 4 as of 64 (Bruno's and Armistead's Jacobians: within 15%), a cheap model's more,
+# which two parts at once repay up to about that factor.
+NARROWING, NARROWEST = 4, 4
 MEMORY_BUDGET = 2**30  # bytes of state and data per device for one chunk
 # Parts are split, and chunks joined, on the host below this many bytes (a helper program
 # would cost more to compile than the copy), on the device above.  One chunk's parts are
@@ -209,12 +216,19 @@ class Engine:
             programs = {name: _Program(_done(program), (block,)) for name, program in jitted.items()}
             return {**programs, "tail": _Program(_done(ROUND), tail) if tail else None, "serial": True}, False
         options = _xla.cpu_options() if self.cpu else None
-        programs = {}
+        lower = lambda block: {name: program.lower(*self._abstract_args(name, abstract, (block,))) for name, program in jitted.items()}  # noqa: E731
+        lowered = lower(block)
+        ratio = max(map(_xla.lapack_split_ratio, lowered.values()))
+        narrower = _unsplit_block(block, ratio)
+        if narrower is not None:  # LAPACK calls jaxlib would split, in narrower blocks not
+            lowered_narrower = lower(narrower)
+            if max(map(_xla.lapack_split_ratio, lowered_narrower.values())) < 1:
+                block, lowered, ratio = narrower, lowered_narrower, 0.0
+                tail = tuple(size for size in tail if size < block)
+        programs = {"serial": ratio >= 1}
         for name, program in jitted.items():
-            lowered = program.lower(*self._abstract_args(name, abstract, (block,)))
             out = eqx.filter_eval_shape(program, *self._abstract_args(name, abstract, (block,))) if name == "results" else None
-            programs[name] = _Program(runtime.compile_soon(lowered, options), (block,), out)
-            programs["serial"] = programs.get("serial", False) or _xla.lapack_may_split(lowered)
+            programs[name] = _Program(runtime.compile_soon(lowered[name], options), (block,), out)
         programs["tail"] = None
         if tail:
             args = self._abstract_args("round", abstract, tail)
@@ -272,6 +286,22 @@ class Engine:
         # and costs no steps.
         part = _coarse(math.ceil(per_device / n_parts / block)) * block * unit
         return part * n_parts, part, block
+
+
+def _unsplit_block(block, ratio):
+    """The widest block narrower than ``block`` (by powers of two, by at most
+    ``NARROWING`` and to no fewer than ``NARROWEST`` fits) at which a program whose LAPACK
+    calls have ``ratio`` of the work jaxlib splits at width ``block``
+    (``_xla.lapack_split_ratio``) would have them unsplit, assuming their work is
+    proportional to the block (checked after); ``None`` if the calls do not split, or
+    would still at the narrowest block allowed."""
+    narrowest = max(NARROWEST, block // NARROWING)
+    if not 1 <= ratio < math.inf or block // 2 < narrowest:
+        return None
+    narrower = block // 2
+    while narrower * ratio >= block and narrower // 2 >= narrowest:
+        narrower //= 2
+    return narrower if narrower * ratio < block else None
 
 
 def _compile_tail(x64, args, options, first, context):
