@@ -19,8 +19,11 @@ same start matrix; the reference maps its columns to its own parameter order by 
 Methods, each a row per problem:
 
 * fitfleet: ``fitfleet.fit_batch(prob.fun, starts, prob.args, shared_args=True,
-  bounds=(prob.lower, prob.upper), jac="fwd", **FITFLEET_OPTIONS)`` in float64, all
-  starts in one call.  "compile" is the JAX tracing, lowering and XLA compilation in
+  **prob._options(FITFLEET_OPTIONS))`` in float64, all starts in one call: what
+  ``prob.multistart`` runs (trf, the PEtab bounds, forward-mode Jacobians).  (Until
+  the third session of 2026-12-05 this called ``fit_batch`` with only the bounds and
+  ``jac="fwd"``, so fitfleet's rows before then are Levenberg-Marquardt's, fit_batch's
+  default, not the PEtab default trf.)  "compile" is the JAX tracing, lowering and XLA compilation in
   that call: the wall time during which at least one compile was in progress
   (``jax.monitoring``'s compile events; the engine may compile on a worker thread while
   fits run, which then counts as compile); "run" is the call's wall time minus it.
@@ -68,8 +71,9 @@ jax.config.update("jax_enable_x64", True)  # a script, not the library
 import fitfleet as ff
 import fitfleet.petab as fp
 
-# fit_batch options on top of bounds=(prob.lower, prob.upper) and jac="fwd"; {} means
-# fitfleet's defaults.  Change them here (they are printed in the results).
+# fit_batch options on top of the PEtab problem's own (``Problem._options``: method="trf",
+# bounds=(prob.lower, prob.upper), jac="fwd"); {} means fitfleet's defaults for PEtab, what
+# ``prob.multistart`` runs.  Change them here (they are printed in the results).
 FITFLEET_OPTIONS = {}
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +129,7 @@ class CompileClock:
 
 
 def run_fitfleet(prob, starts, clock):
-    options = {"bounds": (prob.lower, prob.upper), "jac": "fwd", **FITFLEET_OPTIONS}
+    options = prob._options(FITFLEET_OPTIONS)  # what prob.multistart runs
     x0 = jnp.asarray(starts, jnp.float64)
     t = time.perf_counter()
     res = ff.fit_batch(prob.fun, x0, tuple(jnp.asarray(a, jnp.float64) for a in prob.args), shared_args=True, **options)
@@ -321,7 +325,7 @@ Machine: {machine()}; {started.strftime('%Y-%m-%d %H:%M')} UTC.
 Load average at start: {load_start[0]:.2f}, at end: {os.getloadavg()[0]:.2f} (other processes share the cores: times are upper bounds).  
 Versions: {versions}.  
 {reuse}Starts: {args.starts} per seed × seeds {seeds} = {args.starts * len(seeds)} per problem, `prob.sample_starts` (uniform on the estimation scale within the bounds), the same matrix for every method.  {subset_note}
-fitfleet options: `fit_batch(..., bounds=(prob.lower, prob.upper), jac="fwd", **{FITFLEET_OPTIONS!r})`, float64.
+fitfleet options: `fit_batch(..., **prob._options({FITFLEET_OPTIONS!r}))`, i.e. what `prob.multistart` runs (method="trf", bounds=(prob.lower, prob.upper), jac="fwd", unless given), float64.
 
 Success: final NLL within {THRESHOLD} of the best known (tests/data/petab/README.md); the interval is Wilson's 95%.
 "compile": fitfleet's JAX trace + lowering + XLA compile inside the call; scipy's first call minus a second;
