@@ -2,7 +2,7 @@
 
 On the CPU path a batch runs as one part per core (``fitfleet._engine.host``), unless a
 program makes a batched LAPACK call that jaxlib may split over XLA's thread pool
-(``_xla.lapack_may_split``): then the parts run one after the other.  Two changes let
+(``_xla.lapack_split_ratio``): then the parts run one after the other.  Two changes let
 PEtab problems run both parts at once: trf's step for more than eight parameters takes
 a written-out Jacobi SVD (``_linalg.svd_jacobi``, up to 32 parameters) instead of
 LAPACK's; and the engine narrows its blocks where that keeps a step's LAPACK calls (an

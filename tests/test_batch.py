@@ -466,7 +466,7 @@ LAPACK_IN_PARTS = textwrap.dedent(
 def test_steps_that_call_lapack_do_not_deadlock_the_cpu_parts():
     # jaxlib splits a large batched LAPACK call over XLA's thread pool and waits for it on
     # a pool thread: two parts doing so at once, one per core, hung forever
-    # (_xla.lapack_may_split).  The engine narrows its blocks where that keeps the calls
+    # (_xla.lapack_split_ratio).  The engine narrows its blocks where that keeps the calls
     # unsplit, and runs the parts one after the other where it cannot.
     out = subprocess.run([sys.executable, "-c", LAPACK_IN_PARTS], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -495,7 +495,7 @@ def test_blocks_narrow_to_keep_lapack_calls_unsplit():
 def test_lapack_calls_that_jaxlib_may_split_are_found(x64):
     lower = lambda f, *a: _xla.filter_jit(f).lower(*a)  # noqa: E731
     lu = lambda a: jax.scipy.linalg.lu_factor(a)  # noqa: E731
-    assert not _xla.lapack_may_split(lower(lu, jnp.ones((64, 8, 8))))  # an implicit ODE step's LU: 64·8³ flops
-    assert _xla.lapack_may_split(lower(lu, jnp.ones((64, 40, 40))))  # 64·40³ = 4e6 flops: jaxlib splits it
-    assert _xla.lapack_may_split(lower(jnp.linalg.svd, jnp.ones((2, 20, 9))))  # any batched SVD
-    assert not _xla.lapack_may_split(lower(lambda a: jnp.sin(a) @ a, jnp.ones((12, 12))))
+    assert _xla.lapack_split_ratio(lower(lu, jnp.ones((64, 8, 8)))) < 1  # an implicit ODE step's LU: 64·8³ flops
+    assert _xla.lapack_split_ratio(lower(lu, jnp.ones((64, 40, 40)))) >= 1  # 64·40³ = 4e6 flops: jaxlib splits it
+    assert _xla.lapack_split_ratio(lower(jnp.linalg.svd, jnp.ones((2, 20, 9)))) >= 1  # any batched SVD
+    assert _xla.lapack_split_ratio(lower(lambda a: jnp.sin(a) @ a, jnp.ones((12, 12)))) < 1

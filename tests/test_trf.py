@@ -603,7 +603,7 @@ def test_jacobi_svd_agrees_with_lapack(dtype, case):
 def test_the_svd_step_calls_no_lapack_kernel():
     """Up to ``JACOBI_MAX`` parameters trf's step has no LAPACK call, whose batched
     kernels jaxlib may split over its thread pool (which would make fit_batch run its
-    parts one after the other, ``_xla.lapack_may_split``)."""
+    parts one after the other, ``_xla.lapack_split_ratio``)."""
     from fitfleet._linalg import JACOBI_MAX
     from fitfleet._solvers._trust_region import trust_region_step_svd
 

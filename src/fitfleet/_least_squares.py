@@ -91,8 +91,9 @@ def least_squares(
             the unit diagonal of the scaled JᵀJ) where its trust-region search starts; it
             affects only how fast that search converges, not the steps taken.
         acceleration: ``"trf"``'s geodesic acceleration (Transtrum & Sethna 2012), for
-            fits without bounds (``log_scale`` alone is fine) and with the linear loss: each step is corrected for the
-            curvature of the residual along it, measured by two more residual
+            fits without bounds (``log_scale`` alone is fine) and with the linear loss:
+            each step is corrected for the curvature of the residual along it, measured
+            by two more residual
             evaluations (not counted in ``n_fev``, which counts trial points), so that
             fits crossing a curved valley take long steps instead of crawling.
             ``False``, or bounds, or a robust loss: scipy's ``trf`` step for step.

@@ -157,7 +157,7 @@ def svd_jacobi(A, sweeps=None):
         alpha, beta, gamma = jnp.sum(a * a, 0), jnp.sum(b * b, 0), jnp.sum(a * b, 0)
         turn = jnp.abs(gamma) > eps * jnp.sqrt(alpha) * jnp.sqrt(beta)
         zeta = (beta - alpha) / (2 * jnp.where(turn, gamma, 1))
-        t = jnp.where(turn, jnp.sign(zeta) / (jnp.abs(zeta) + jnp.hypot(1, zeta)), 0)
+        t = jnp.sign(zeta) / (jnp.abs(zeta) + jnp.hypot(1, zeta))
         t = jnp.where(zeta == 0, 1, t) * turn  # equal norms: a 45° rotation
         c = jax.lax.rsqrt(1 + t * t)
         order = jnp.argsort(pairs)

@@ -158,18 +158,14 @@ _KERNEL = re.compile(r"@lapack_[sdcz](\w+?)_ffi\(")
 _TENSOR = re.compile(r"tensor<((?:\d+x)+)(f32|f64|complex<f32>|complex<f64>)>")
 
 
-def lapack_may_split(lowered):
-    """Whether a lowered program (``filter_jit(...).lower(...)``) makes a batched LAPACK
-    call that jaxlib may split over XLA's thread pool (see above).  Two executions that
-    reach such a call at the same time, each on one of the pool's threads, can wait for
-    each other forever: such a program must not run concurrently with another."""
-    return lapack_split_ratio(lowered) >= 1
-
-
 def lapack_split_ratio(lowered):
-    """The work of a lowered program's largest batched LAPACK call relative to where
-    jaxlib may split it (>= 1: it may; 0 without LAPACK calls).  Read from the program's
-    text; what cannot be read (an unknown kernel or lowering) counts as ``inf``."""
+    """The work of a lowered program's (``filter_jit(...).lower(...)``) largest batched
+    LAPACK call relative to where jaxlib may split it over XLA's thread pool (see
+    above): >= 1, it may, and two executions that reach such a call at the same time,
+    each on one of the pool's threads, can wait for each other forever, so the program
+    must not run concurrently with another; 0 without LAPACK calls.  Read from the
+    program's text; what cannot be read (an unknown kernel or lowering) counts as
+    ``inf``."""
     try:
         text = lowered.lowered.as_text()
     except Exception:  # an unknown lowering: the safe answer

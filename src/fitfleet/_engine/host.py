@@ -28,7 +28,7 @@ batch axis).  Then one of two paths runs a chunk:
   more than ``_linalg.JACOBI_MAX`` parameters, the LU of a large implicit ODE solve):
   jaxlib splits it over XLA's intra-op thread pool and waits for it on a thread of that
   same pool, so two executions that do so at once, one per core, each hold a pool
-  thread and wait for the other's (a deadlock, ``_xla.lapack_may_split``).
+  thread and wait for the other's (a deadlock, ``_xla.lapack_split_ratio``).
 """
 
 import concurrent.futures
