@@ -144,6 +144,19 @@ def test_toy_simulation_and_nll_match_the_closed_form(toy_problem, x64):
         assert float(prob.nll(x)) == pytest.approx(toy.reference_nll(_toy_linear(prob, x)), rel=1e-6)
 
 
+def test_toy_stops_as_pypesto_does(toy_problem, x64):
+    """The default stopping test is pyPESTO's on the NLL, |ΔNLL| < 1e-8·(1 + |NLL|),
+    with fitfleet's ftol relative to the cost ½‖r‖² (the NLL plus a constant), taken
+    at the nominal parameters and never looser than 1e-8; settle off; both overridable."""
+    prob = toy_problem
+    x = jnp.asarray(prob.nominal)
+    cost, nll = 0.5 * float(jnp.sum(prob.residual(x) ** 2)), float(prob.nll(x))
+    options = prob._options({})
+    assert options["settle"] is False and cost > 1 + abs(nll)  # σ ∝ state: the cost carries the constant
+    assert options["ftol"] == pytest.approx(1e-8 * (1 + abs(nll)) / cost, rel=1e-9)
+    assert prob._options({"ftol": 1e-6, "settle": True}) == {**options, "ftol": 1e-6, "settle": True}
+
+
 def test_toy_in_float32(toy_problem):
     """Without x64 everything is float32 (rtol raised to 100 ε ≈ 1.2e-5)."""
     prob = toy_problem

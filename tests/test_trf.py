@@ -298,6 +298,24 @@ def test_nist_all_default_settings_reach_lre_4(name, start):
     assert _nist_lre(name, start) >= 4
 
 
+@pytest.mark.parametrize("name,start", [("ENSO", 1), ("ENSO", 2), ("MGH09", 2)])
+def test_settle_false_is_scipys_ftol_test(x64, name, start):
+    """Without the settled-parameters requirement (and the acceleration) trf is scipy's
+    trf evaluation for evaluation: both stop by ftol with 3 correct digits on NIST's
+    ENSO and MGH09, where the default (settle=True) goes on to LRE >= 4."""
+    problem = nist.load(name)
+    x0 = jnp.asarray(problem.start1 if start == 1 else problem.start2)
+    fun = jax.jit(lambda p: problem.residual()(p, problem.x, problem.y))
+    jac = jax.jit(jax.jacfwd(fun))
+    ref = so.least_squares(lambda p: np.asarray(fun(p)), np.asarray(x0), jac=lambda p: np.asarray(jac(p)), method="trf")
+    plain = ff.least_squares(problem.residual(), x0, (problem.x, problem.y), method="trf", acceleration=False, settle=False)
+    assert ref.status == 2 and int(plain.status) == ff.Status.FTOL and int(plain.n_fev) == ref.nfev
+    np.testing.assert_allclose(plain.params, ref.x, rtol=1e-5)
+    assert nist.lre(ref.x, problem.certified) < 4
+    settled = ff.least_squares(problem.residual(), x0, (problem.x, problem.y), method="trf", acceleration=False)
+    assert settled.success and nist.lre(np.asarray(settled.params), problem.certified) >= 4
+
+
 @pytest.mark.parametrize("name", ["MGH17", "Bennett5"])
 def test_curved_valleys_need_the_acceleration(x64, name):
     """From start 1, MGH17 and Bennett5 cross a curved valley (MGH17: b2 ≈ −b3 from

@@ -16,6 +16,7 @@ def least_squares(
     ftol=1e-8,
     xtol=1e-8,
     gtol=1e-8,
+    settle=True,
     max_steps=None,
     max_nfev=None,
     x_scale=None,
@@ -56,7 +57,8 @@ def least_squares(
             ``jac(params, *args)`` returning the (m, n) Jacobian (or the pytree
             ``jax.jacfwd`` would return).
         ftol: stop when an accepted step reduces the cost F by ``F_old - F_new <= ftol·F_old``
-            and the reduction agreed with the model's (ratio > 1/4).
+            and the reduction agreed with the model's (ratio > 1/4), and (``settle``) no
+            parameter moved by more than ``√ftol·(√ftol + |p_j|)`` in that step.
         xtol: stop when the proposed full step (see the README's stopping tests)
             satisfies ``‖δ‖ <= xtol·(xtol + ‖p‖)``.
         gtol: stop when ``max_j |(Jᵀr)_j| / (‖J_j‖·‖r‖) <= gtol`` (the cosine between the
@@ -65,6 +67,13 @@ def least_squares(
             (``fitfleet._solvers.trust_region_reflective``): gtol on ``‖v·∇F‖∞``, v the
             distances to the bounds the gradient points at (1 unbounded), and
             ftol/xtol on every proposed step.
+        settle: whether ``ftol`` also asks every parameter to have settled (above;
+            fitfleet's addition, default): a step that barely lowers the cost while it
+            moves a parameter far is crossing a flat valley, not converging (without it
+            NIST's ENSO and MGH09 stop with 3 correct digits, as scipy's do).  ``False``:
+            scipy's ftol test as scipy states it.  That suits a likelihood whose flat
+            directions are non-identifiable parameters, where the drift along the
+            valley changes the fit by less than ``ftol`` (``fitfleet.petab``'s default).
         max_steps: iteration budget; default ``100·(n+1)`` for lm/gn/trf, 10,000 for optax.
         max_nfev: scipy's spelling of the budget, residual evaluations counting the one
             at ``x0``: ``max_nfev = N`` means ``max_steps = N − 1`` (each step evaluates

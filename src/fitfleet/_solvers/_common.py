@@ -19,6 +19,7 @@ parameter vector, ``δ`` the proposed step, ``g = Jᵀr``):
   the Jacobian vanishes and the residual does not (``x² + 5`` at 0), the model has no
   curvature, the cosine below stays 1, and steps at the cost's resolution (√eps, above
   the settled bound near ``p = 0``) otherwise went on until ``max_steps``.
+  ``settle=False`` (``Tolerances.settle``) drops this requirement: scipy's test.
 - ``xtol``: ``‖δ‖ <= xtol · (xtol + ‖p‖)`` for the proposed step, accepted or not: a
   step that small cannot change the answer at the requested precision.  Only a full
   step counts: Gauss-Newton's direction (not the line search's fraction of it), or a
@@ -63,13 +64,14 @@ class Tolerances(eqx.Module):
     ftol: Any
     xtol: Any
     gtol: Any
+    settle: Any  # bool: ftol also asks the parameters to have settled (module docstring)
     max_steps: Any
 
     def at_precision(self, dtype):
         """Positive tolerances raised to at least the dtype's epsilon; 0 stays 0."""
         eps = jnp.finfo(dtype).eps
         clamp = lambda t: jnp.where(t > 0, jnp.maximum(t, eps), 0).astype(dtype)  # noqa: E731
-        return Tolerances(clamp(self.ftol), clamp(self.xtol), clamp(self.gtol), self.max_steps)
+        return Tolerances(clamp(self.ftol), clamp(self.xtol), clamp(self.gtol), self.settle, self.max_steps)
 
 
 ROUND_OFF = 2  # safety factor on the estimated round-off of the computed cost
@@ -129,7 +131,7 @@ def step_status(
     relative = lambda t: t * (t + params_norm)  # noqa: E731
     root_ftol = jnp.sqrt(tol.ftol)
     parameters_settled = jnp.all(jnp.abs(step) <= root_ftol * (root_ftol + jnp.abs(params)))
-    parameters_settled = parameters_settled | (round_off & (tol.ftol > 0))
+    parameters_settled = parameters_settled | (round_off & (tol.ftol > 0)) | ~tol.settle
     conditions = [
         (accepted & ~jac_finite, Status.NONFINITE_JACOBIAN),
         (accepted & (cosine <= tol.gtol), Status.GTOL),

@@ -32,6 +32,19 @@ from . import _checkpoint, _model, _output, _profiles, _sbml, _tables, _toleranc
 # stopped early by xtol or ran to max_steps: the freeze).
 METHOD = "trf"
 
+# The stopping test on the cost, as pyPESTO's optimisers state it for the NLL (Fides:
+# |ΔNLL| < 1e-8 + 1e-8·|NLL|), in fitfleet's terms.  fitfleet's ftol is relative to the
+# cost F = NLL − offset, and F holds a constant ½C per data point whose σ depends on the
+# parameters (``_model``: C keeps √(2 ln σ + C) real as σ → 0, ~350 per point), so
+# ftol = 1e-8 would let a step that lowers the NLL by 2e-4 end an Armistead fit (F ≈
+# 20,000 where NLL ≈ −302).  So ``ftol = FTOL·(1 + |NLL|)/F`` at the nominal parameters,
+# never above FTOL.  And ``settle=False``: the drift of a non-identifiable parameter
+# along its flat valley (toward a bound, lowering the NLL by ~1e-6 a step) is not
+# worth the hundreds of steps that fitfleet's settled-parameters test spends on it.
+# Measured on 20 Armistead starts: 4879 steps, 64.5 s with the plain defaults; 3814
+# steps, 39.9 s with these; the same 20 successes, every NLL within 0.003 of before.
+FTOL = 1e-8
+
 
 def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, lint=True):
     """Load a PEtab v1 problem (its yaml file, or the folder that holds exactly one).
@@ -115,6 +128,7 @@ class Problem:
         self._simulation = _xla.filter_jit(model.simulation)
         self._residual = _xla.filter_jit(model.residual)
         self._offset = {}
+        self._default_ftol = None
 
     def __repr__(self):
         return f"<fitfleet.petab.Problem {self.path.stem}: {len(self.names)} parameters, {self.measurements.size} measurements, {len(self.layout.condition_ids)} conditions, {len(self.ode.states)} states>"
@@ -154,8 +168,9 @@ class Problem:
     def fit(self, x0=None, **options):
         """``fitfleet.least_squares`` on the problem from ``x0`` (default: the nominal
         parameters), with the parameter table's bounds and forward-mode Jacobians, by
-        trust-region reflective unless ``method`` says otherwise (``METHOD``).
-        ``options`` go to ``least_squares``.  The NLL at the result: ``res.cost +
+        trust-region reflective unless ``method`` says otherwise (``METHOD``), and
+        stopping as pyPESTO's optimisers do unless ``ftol``/``settle`` say otherwise
+        (``FTOL``).  ``options`` go to ``least_squares``.  The NLL at the result: ``res.cost +
         self.offset`` (or ``self.nll(res.params)``)."""
         x0 = self._x(self.nominal if x0 is None else x0, "x0")
         if x0.ndim != 1:
@@ -263,7 +278,19 @@ class Problem:
         options.setdefault("method", METHOD)
         options.setdefault("bounds", (self.lower, self.upper))
         options.setdefault("jac", "fwd")  # the ODE solves differentiate in forward mode only
+        options.setdefault("settle", False)  # FTOL's comment
+        if "ftol" not in options:
+            options["ftol"] = self._ftol()
         return options
+
+    def _ftol(self):
+        """``FTOL·(1 + |NLL|)/F`` at the nominal parameters, at most FTOL (FTOL's comment)."""
+        if self._default_ftol is None:
+            x = jnp.asarray(self.nominal, jnp.result_type(float))
+            cost = 0.5 * float(jnp.sum(self.residual(x) ** 2))
+            ratio = (1 + abs(cost + self.offset)) / cost if cost > 0 and math.isfinite(cost) else 1.0
+            self._default_ftol = FTOL * min(ratio, 1.0)
+        return self._default_ftol
 
 
 class _Residual:
