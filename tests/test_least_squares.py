@@ -350,6 +350,7 @@ def test_compiler_options_unknown_to_xla_are_left_out(monkeypatch):
         ("max_steps", 1000),
         ("initial_damping", 10.0),
         ("settle", False),
+        ("fatol", 1e-6),
         # Other Python/numpy scalar types for the same options: "0 disables", documented.
         ("ftol", 0),
         ("xtol", 0),

@@ -141,6 +141,23 @@ def test_convergence_with_only_one_tolerance_enabled(x64, tols):
     np.testing.assert_allclose(res.params, [1.0, 1.0])
 
 
+@pytest.mark.parametrize("method", ["trf", "lm", "gn"])
+def test_fatol_alone_stops_at_an_absolute_reduction(x64, method):
+    """``ftol = 0, fatol = a``: the fit ends at an accepted step (that agreed with its
+    model) lowering the cost by at most ``a``: later for a smaller ``a``."""
+    problem = nist.load("Misra1a")  # a residual that does not vanish: only the cost test can stop
+    fit = lambda a, **o: ff.least_squares(  # noqa: E731
+        problem.residual(), jnp.asarray(problem.start1), (problem.x, problem.y), method=method, ftol=0, xtol=0, gtol=0, fatol=a, **o
+    )
+    res = fit(1e-4, history=True)
+    assert int(res.status) == ff.Status.FTOL
+    costs = np.asarray(res.history.cost[: int(res.history.length)])
+    assert 0 < costs[-2] - costs[-1] <= 1e-4
+    tighter, loose = fit(1e-8), fit(1e3)
+    assert int(tighter.status) == ff.Status.FTOL and int(tighter.n_steps) >= int(res.n_steps) and float(tighter.cost) <= float(res.cost)
+    assert int(loose.status) == ff.Status.FTOL and int(loose.n_steps) < int(res.n_steps)
+
+
 def broyden_tridiagonal(x):
     f = (3 - x) * x + 1
     f = f.at[1:].add(-x[:-1])

@@ -17,6 +17,7 @@ def least_squares(
     xtol=1e-8,
     gtol=1e-8,
     settle=True,
+    fatol=0.0,
     max_steps=None,
     max_nfev=None,
     x_scale=None,
@@ -71,9 +72,13 @@ def least_squares(
             fitfleet's addition, default): a step that barely lowers the cost while it
             moves a parameter far is crossing a flat valley, not converging (without it
             NIST's ENSO and MGH09 stop with 3 correct digits, as scipy's do).  ``False``:
-            scipy's ftol test as scipy states it.  That suits a likelihood whose flat
+            scipy's ftol test as scipy states it (so with ``ftol=0``, where √ftol is no scale).  That suits a likelihood whose flat
             directions are non-identifiable parameters, where the drift along the
             valley changes the fit by less than ``ftol`` (``fitfleet.petab``'s default).
+        fatol: an absolute part of the ``ftol`` test, in cost units:
+            ``F_old - F_new <= ftol·F_old + fatol`` (default 0, scipy's test).  For a
+            cost that is a negative log-likelihood up to a constant, where a change of
+            1e-6 means the same whatever the constant (``fitfleet.petab``: ``ftol=0``).
         max_steps: iteration budget; default ``100·(n+1)`` for lm/gn/trf, 10,000 for optax.
         max_nfev: scipy's spelling of the budget, residual evaluations counting the one
             at ``x0``: ``max_nfev = N`` means ``max_steps = N − 1`` (each step evaluates

@@ -29,6 +29,7 @@ DEFAULTS = dict(
     xtol=1e-8,
     gtol=1e-8,
     settle=True,
+    fatol=0.0,
     max_steps=None,
     max_nfev=None,
     x_scale=None,
@@ -72,7 +73,7 @@ def check_options(options):
     method = o["method"]
     if not (_is_optax(method) or method in METHODS):
         raise ValueError(f"`method` must be one of {METHODS} or an optax.GradientTransformation; got {method!r}.")
-    _validate.tolerances(o["ftol"], o["xtol"], o["gtol"])
+    _validate.tolerances(o["ftol"], o["xtol"], o["gtol"], o["fatol"])
     o["settle"] = _validate.boolean("settle", o["settle"])
     if o["max_steps"] is not None:
         o["max_steps"] = _validate.integer("max_steps", o["max_steps"])
@@ -110,7 +111,7 @@ def prepare(fun, x0, args, options):
     if learning_rate is None and method in ("adam", "sgd"):
         learning_rate = DEFAULT_LEARNING_RATE
     solver = make_solver(
-        method, ftol=o["ftol"], xtol=o["xtol"], gtol=o["gtol"], settle=o["settle"], max_steps=max_steps, learning_rate=learning_rate,
+        method, ftol=o["ftol"], xtol=o["xtol"], gtol=o["gtol"], settle=o["settle"], fatol=o["fatol"], max_steps=max_steps, learning_rate=learning_rate,
         initial_damping=o["initial_damping"], x_scale=x_scale,
         acceleration=o["acceleration"] and o["bounds"] is None and o["loss"] == "linear", differentiable=adjoint.kind == "unroll",
     )  # fmt: skip

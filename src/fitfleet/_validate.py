@@ -69,14 +69,14 @@ def choice(name, value, choices):
     raise ValueError(f"`{name}` must be one of {tuple(choices)}; got {value!r}.")
 
 
-def tolerances(ftol, xtol, gtol):
+def tolerances(ftol, xtol, gtol, fatol=0.0):
     """Each ``>= 0``; at least one of them positive, or nothing could stop a fit but its
     step budget (scipy refuses that too)."""
-    for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
+    for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol), ("fatol", fatol)):
         real(name, value)
-    concrete = [v for v in (ftol, xtol, gtol) if not is_traced(v)]
-    if len(concrete) == 3 and all(float(v) == 0 for v in concrete):
-        raise ValueError("`ftol`, `xtol` and `gtol` are all 0, so no test could end a fit: set at least one > 0.")
+    concrete = [v for v in (ftol, xtol, gtol, fatol) if not is_traced(v)]
+    if len(concrete) == 4 and all(float(v) == 0 for v in concrete):
+        raise ValueError("`ftol`, `xtol`, `gtol` and `fatol` are all 0, so no test could end a fit: set at least one > 0.")
 
 
 # --------------------------------------------------------------------------- arrays

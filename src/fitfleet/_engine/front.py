@@ -26,6 +26,7 @@ def fit_batch(
     xtol=1e-8,
     gtol=1e-8,
     settle=True,
+    fatol=0.0,
     max_steps=None,
     max_nfev=None,
     x_scale=None,
@@ -74,7 +75,7 @@ def fit_batch(
         history: ``k`` records the start and the first ``k − 1`` steps of every fit
             (``Result.history``, with the batch axis); off by default.
         verbose: 1 prints the batch's Result (statuses counted) at the end.
-        method, jac, ftol, xtol, gtol, settle, max_steps, max_nfev, x_scale, bounds, log_scale,
+        method, jac, ftol, xtol, gtol, settle, fatol, max_steps, max_nfev, x_scale, bounds, log_scale,
             loss, f_scale, learning_rate, initial_damping, acceleration, adjoint, grad_on_failure: as for
             :func:`least_squares`, the same for every fit (bounds are shared).  Under
             ``jax.grad``/``jit``/``vmap`` the batch runs as ``vmap(least_squares)``, whose

@@ -52,7 +52,7 @@ NEWTON_METHODS = ("lm", "gn", "trf")
 
 
 def make_solver(
-    method, *, ftol, xtol, gtol, max_steps, settle=True, learning_rate, initial_damping, acceleration=True, x_scale="jac",
+    method, *, ftol, xtol, gtol, max_steps, settle=True, fatol=0.0, learning_rate, initial_damping, acceleration=True, x_scale="jac",
     differentiable=False,
 ):  # fmt: skip
     """Build the solver from checked options (``_setup.prepare``); hyper-parameters
@@ -68,6 +68,7 @@ def make_solver(
         xtol=_hyper(xtol, real),
         gtol=_hyper(gtol, real),
         settle=_hyper(settle, bool),
+        fatol=_hyper(fatol, real),
         max_steps=_hyper(max_steps, jnp.int32),
     )
     scale = None if isinstance(x_scale, str) else _hyper(x_scale, real)

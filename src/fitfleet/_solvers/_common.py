@@ -7,8 +7,9 @@ parameter vector, ``δ`` the proposed step, ``g = Jᵀr``):
   the angle between the residual and each Jacobian column (MINPACK's test, used by
   scipy's ``method="lm"``).  It is invariant to the scale of parameters and data; a
   zero residual counts as converged.
-- ``ftol``: ``F_old - F_new <= ftol · F_old`` for an accepted step whose actual
-  reduction agreed with the model's prediction (ratio > 1/4).
+- ``ftol``: ``F_old - F_new <= ftol · F_old + fatol`` for an accepted step whose
+  actual reduction agreed with the model's prediction (ratio > 1/4); ``fatol``
+  (default 0, scipy's test) is an absolute part in cost units.
 - ``ftol`` also requires every parameter to have settled:
   ``|δ_j| <= √ftol · (√ftol + |p_j|)``.  At a quadratic minimum a relative cost change
   of ε goes with a relative parameter change of √ε; a step much larger than that while
@@ -19,7 +20,8 @@ parameter vector, ``δ`` the proposed step, ``g = Jᵀr``):
   the Jacobian vanishes and the residual does not (``x² + 5`` at 0), the model has no
   curvature, the cosine below stays 1, and steps at the cost's resolution (√eps, above
   the settled bound near ``p = 0``) otherwise went on until ``max_steps``.
-  ``settle=False`` (``Tolerances.settle``) drops this requirement: scipy's test.
+  ``settle=False`` (``Tolerances.settle``) drops this requirement: scipy's test.  So
+  does ``ftol = 0`` (with ``fatol > 0``): √ftol is no scale then.
 - ``xtol``: ``‖δ‖ <= xtol · (xtol + ‖p‖)`` for the proposed step, accepted or not: a
   step that small cannot change the answer at the requested precision.  Only a full
   step counts: Gauss-Newton's direction (not the line search's fraction of it), or a
@@ -65,13 +67,14 @@ class Tolerances(eqx.Module):
     xtol: Any
     gtol: Any
     settle: Any  # bool: ftol also asks the parameters to have settled (module docstring)
+    fatol: Any  # the ftol test's absolute part, in cost units
     max_steps: Any
 
     def at_precision(self, dtype):
         """Positive tolerances raised to at least the dtype's epsilon; 0 stays 0."""
         eps = jnp.finfo(dtype).eps
         clamp = lambda t: jnp.where(t > 0, jnp.maximum(t, eps), 0).astype(dtype)  # noqa: E731
-        return Tolerances(clamp(self.ftol), clamp(self.xtol), clamp(self.gtol), self.settle, self.max_steps)
+        return Tolerances(clamp(self.ftol), clamp(self.xtol), clamp(self.gtol), self.settle, self.fatol.astype(dtype), self.max_steps)
 
 
 ROUND_OFF = 2  # safety factor on the estimated round-off of the computed cost
@@ -131,11 +134,11 @@ def step_status(
     relative = lambda t: t * (t + params_norm)  # noqa: E731
     root_ftol = jnp.sqrt(tol.ftol)
     parameters_settled = jnp.all(jnp.abs(step) <= root_ftol * (root_ftol + jnp.abs(params)))
-    parameters_settled = parameters_settled | (round_off & (tol.ftol > 0)) | ~tol.settle
+    parameters_settled = parameters_settled | (round_off & (tol.ftol > 0)) | ~tol.settle | (tol.ftol == 0)
     conditions = [
         (accepted & ~jac_finite, Status.NONFINITE_JACOBIAN),
         (accepted & (cosine <= tol.gtol), Status.GTOL),
-        (accepted & (ratio > 0.25) & (reduction <= tol.ftol * cost_old) & parameters_settled, Status.FTOL),
+        (accepted & (ratio > 0.25) & (reduction <= tol.ftol * cost_old + tol.fatol) & parameters_settled, Status.FTOL),
         (full_step & (step_norm <= relative(tol.xtol)), Status.XTOL),
     ]
     status = jnp.asarray(Status.RUNNING, jnp.int32)

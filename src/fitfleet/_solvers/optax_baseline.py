@@ -8,7 +8,7 @@ curvature ``JᵀJ`` that least squares gives for free.
 
 Stopping tests, adapted to a method without a Jacobian:
 - ``gtol``: ``‖g‖∞ <= gtol`` (absolute; the MINPACK cosine needs the Jacobian);
-- ``ftol``: ``0 <= F_old - F_new <= ftol · F_old`` (a step that raised the cost proves
+- ``ftol``: ``0 <= F_old - F_new <= ftol · F_old + fatol`` (a step that raised the cost proves
   nothing);
 - ``xtol``: ``‖u‖ <= xtol · (xtol + ‖p‖)``.
 A test that holds at a cost above the starting cost ends the fit with ``DIVERGED``, not a
@@ -71,7 +71,7 @@ class OptaxSolver(eqx.Module):
         conditions = [
             (~finite, Status.NONFINITE_RESIDUAL),
             (jnp.max(jnp.abs(grad)) <= tol.gtol, Status.GTOL),
-            ((state.cost >= cost) & (state.cost - cost <= tol.ftol * state.cost), Status.FTOL),
+            ((state.cost >= cost) & (state.cost - cost <= tol.ftol * state.cost + tol.fatol), Status.FTOL),
             (jnp.linalg.norm(updates) <= tol.xtol * (tol.xtol + jnp.linalg.norm(params)), Status.XTOL),
         ]
         status = jnp.asarray(Status.RUNNING, jnp.int32)

@@ -107,11 +107,11 @@ disables a test):
 
 - ``gtol``: ``‖v ⊙ g‖∞ < gtol`` at an accepted point (absolute: in the units of the
   cost's gradient times the parameters'), or ``g = 0`` exactly;
-- ``ftol``: a step with ``ρ > ¼`` and ``F_old − F_new < ftol·F_old``, where (fitfleet's
+- ``ftol``: a step with ``ρ > ¼`` and ``F_old − F_new < ftol·F_old + fatol``, where (fitfleet's
   addition, shared with ``_common``) every parameter also moved by at most
   ``√ftol·(√ftol + |xⱼ|)``: a long step across a flat valley is not convergence (without
   it NIST's ENSO and MGH09 stop with 3 correct digits, as scipy's trf does), unless
-  ``settle`` is off;
+  ``settle`` is off or ``ftol = 0``;
 - ``xtol``: ``‖step‖ < xtol·(xtol + ‖x‖)`` for any step proposed, accepted or not.
 
 Otherwise the fit stops with ``STEP_FAILED`` when a rejected step's radius can no longer
@@ -266,8 +266,8 @@ class TrustRegionReflective(eqx.Module):
 
         # scipy's tests, in its order: ftol and xtol judge the trial step, gtol the new point.
         root_ftol = jnp.sqrt(tol.ftol)
-        settled = jnp.all(jnp.abs(step) <= root_ftol * (root_ftol + jnp.abs(x))) | ~tol.settle
-        ftol_met = finite & (reduction < tol.ftol * state.cost) & (ratio > 0.25) & settled
+        settled = jnp.all(jnp.abs(step) <= root_ftol * (root_ftol + jnp.abs(x))) | ~tol.settle | (tol.ftol == 0)
+        ftol_met = finite & (reduction < tol.ftol * state.cost + tol.fatol) & (ratio > 0.25) & settled
         xtol_met = finite & (jnp.linalg.norm(step) < tol.xtol * (tol.xtol + jnp.linalg.norm(x)))
         new_g_norm = scaled_gradient_norm(params, lin.grad, box)
         eps = jnp.finfo(x.dtype).eps

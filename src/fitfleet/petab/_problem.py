@@ -33,16 +33,16 @@ from . import _checkpoint, _model, _output, _profiles, _sbml, _tables, _toleranc
 METHOD = "trf"
 
 # The stopping test on the cost, as pyPESTO's optimisers state it for the NLL (Fides:
-# |ΔNLL| < 1e-8 + 1e-8·|NLL|), in fitfleet's terms.  fitfleet's ftol is relative to the
-# cost F = NLL − offset, and F holds a constant ½C per data point whose σ depends on the
-# parameters (``_model``: C keeps √(2 ln σ + C) real as σ → 0, ~350 per point), so
-# ftol = 1e-8 would let a step that lowers the NLL by 2e-4 end an Armistead fit (F ≈
-# 20,000 where NLL ≈ −302).  So ``ftol = FTOL·(1 + |NLL|)/F`` at the nominal parameters,
-# never above FTOL.  And ``settle=False``: the drift of a non-identifiable parameter
-# along its flat valley (toward a bound, lowering the NLL by ~1e-6 a step) is not
-# worth the hundreds of steps that fitfleet's settled-parameters test spends on it.
-# Measured on 20 Armistead starts: 4879 steps, 64.5 s with the plain defaults; 3814
-# steps, 39.9 s with these; the same 20 successes, every NLL within 0.003 of before.
+# |ΔNLL| < 1e-8 + 1e-8·|NLL|), in fitfleet's terms: ``ftol=0`` and the absolute
+# ``fatol = FTOL·(1 + |NLL|)`` with the NLL at the nominal parameters.  fitfleet's
+# ftol is relative to the cost F = NLL − offset, which means nothing for a likelihood:
+# F holds a constant ½C per data point whose σ depends on the parameters (``_model``:
+# C keeps √(2 ln σ + C) real as σ → 0, ~350 per point; Armistead's F ≈ 20,000 where
+# NLL ≈ −302: ftol = 1e-8 would stop at steps lowering the NLL by 2e-4), and where σ is
+# fixed F can be tiny (Rahman's 0.018 at NLL 21: 1e-8·F asks for 2e-10).  And
+# ``settle=False``: the drift of a non-identifiable parameter along its flat valley
+# (toward a bound, lowering the NLL by ~1e-6 a step) is not worth the hundreds of steps
+# that fitfleet's settled-parameters test spends on it.
 FTOL = 1e-8
 
 
@@ -128,7 +128,7 @@ class Problem:
         self._simulation = _xla.filter_jit(model.simulation)
         self._residual = _xla.filter_jit(model.residual)
         self._offset = {}
-        self._default_ftol = None
+        self._default_fatol = None
 
     def __repr__(self):
         return f"<fitfleet.petab.Problem {self.path.stem}: {len(self.names)} parameters, {self.measurements.size} measurements, {len(self.layout.condition_ids)} conditions, {len(self.ode.states)} states>"
@@ -169,7 +169,7 @@ class Problem:
         """``fitfleet.least_squares`` on the problem from ``x0`` (default: the nominal
         parameters), with the parameter table's bounds and forward-mode Jacobians, by
         trust-region reflective unless ``method`` says otherwise (``METHOD``), and
-        stopping as pyPESTO's optimisers do unless ``ftol``/``settle`` say otherwise
+        stopping as pyPESTO's optimisers do unless ``ftol``/``fatol``/``settle`` say otherwise
         (``FTOL``).  ``options`` go to ``least_squares``.  The NLL at the result: ``res.cost +
         self.offset`` (or ``self.nll(res.params)``)."""
         x0 = self._x(self.nominal if x0 is None else x0, "x0")
@@ -279,18 +279,16 @@ class Problem:
         options.setdefault("bounds", (self.lower, self.upper))
         options.setdefault("jac", "fwd")  # the ODE solves differentiate in forward mode only
         options.setdefault("settle", False)  # FTOL's comment
-        if "ftol" not in options:
-            options["ftol"] = self._ftol()
+        if "ftol" not in options and "fatol" not in options:
+            options.update(ftol=0.0, fatol=self._fatol())
         return options
 
-    def _ftol(self):
-        """``FTOL·(1 + |NLL|)/F`` at the nominal parameters, at most FTOL (FTOL's comment)."""
-        if self._default_ftol is None:
-            x = jnp.asarray(self.nominal, jnp.result_type(float))
-            cost = 0.5 * float(jnp.sum(self.residual(x) ** 2))
-            ratio = (1 + abs(cost + self.offset)) / cost if cost > 0 and math.isfinite(cost) else 1.0
-            self._default_ftol = FTOL * min(ratio, 1.0)
-        return self._default_ftol
+    def _fatol(self):
+        """``FTOL·(1 + |NLL|)`` at the nominal parameters (FTOL's comment)."""
+        if self._default_fatol is None:
+            nll = float(self.nll(jnp.asarray(self.nominal, jnp.result_type(float))))
+            self._default_fatol = FTOL * (1 + abs(nll)) if math.isfinite(nll) else FTOL
+        return self._default_fatol
 
 
 class _Residual:
