@@ -72,9 +72,10 @@ def least_squares(
             fitfleet's addition, default): a step that barely lowers the cost while it
             moves a parameter far is crossing a flat valley, not converging (without it
             NIST's ENSO and MGH09 stop with 3 correct digits, as scipy's do).  ``False``:
-            scipy's ftol test as scipy states it (so with ``ftol=0``, where √ftol is no scale).  That suits a likelihood whose flat
-            directions are non-identifiable parameters, where the drift along the
-            valley changes the fit by less than ``ftol`` (``fitfleet.petab``'s default).
+            scipy's ftol test as scipy states it (as with ``ftol = 0 < fatol``, where
+            √ftol is no scale).  That suits a likelihood whose flat directions are
+            non-identifiable parameters, where the drift along the valley changes the
+            fit by less than ``ftol`` (``fitfleet.petab``'s default).
         fatol: an absolute part of the ``ftol`` test, in cost units:
             ``F_old - F_new <= ftol·F_old + fatol`` (default 0, scipy's test).  For a
             cost that is a negative log-likelihood up to a constant, where a change of

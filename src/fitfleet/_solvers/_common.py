@@ -21,7 +21,7 @@ parameter vector, ``δ`` the proposed step, ``g = Jᵀr``):
   curvature, the cosine below stays 1, and steps at the cost's resolution (√eps, above
   the settled bound near ``p = 0``) otherwise went on until ``max_steps``.
   ``settle=False`` (``Tolerances.settle``) drops this requirement: scipy's test.  So
-  does ``ftol = 0`` (with ``fatol > 0``): √ftol is no scale then.
+  does ``ftol = 0 < fatol``: √ftol is no scale then.
 - ``xtol``: ``‖δ‖ <= xtol · (xtol + ‖p‖)`` for the proposed step, accepted or not: a
   step that small cannot change the answer at the requested precision.  Only a full
   step counts: Gauss-Newton's direction (not the line search's fraction of it), or a
@@ -134,7 +134,7 @@ def step_status(
     relative = lambda t: t * (t + params_norm)  # noqa: E731
     root_ftol = jnp.sqrt(tol.ftol)
     parameters_settled = jnp.all(jnp.abs(step) <= root_ftol * (root_ftol + jnp.abs(params)))
-    parameters_settled = parameters_settled | (round_off & (tol.ftol > 0)) | ~tol.settle | (tol.ftol == 0)
+    parameters_settled = parameters_settled | (round_off & (tol.ftol > 0)) | ~tol.settle | ((tol.ftol == 0) & (tol.fatol > 0))
     conditions = [
         (accepted & ~jac_finite, Status.NONFINITE_JACOBIAN),
         (accepted & (cosine <= tol.gtol), Status.GTOL),

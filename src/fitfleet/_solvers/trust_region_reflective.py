@@ -111,7 +111,7 @@ disables a test):
   addition, shared with ``_common``) every parameter also moved by at most
   ``√ftol·(√ftol + |xⱼ|)``: a long step across a flat valley is not convergence (without
   it NIST's ENSO and MGH09 stop with 3 correct digits, as scipy's trf does), unless
-  ``settle`` is off or ``ftol = 0``;
+  ``settle`` is off or ``ftol = 0 < fatol``;
 - ``xtol``: ``‖step‖ < xtol·(xtol + ‖x‖)`` for any step proposed, accepted or not.
 
 Otherwise the fit stops with ``STEP_FAILED`` when a rejected step's radius can no longer
@@ -266,7 +266,7 @@ class TrustRegionReflective(eqx.Module):
 
         # scipy's tests, in its order: ftol and xtol judge the trial step, gtol the new point.
         root_ftol = jnp.sqrt(tol.ftol)
-        settled = jnp.all(jnp.abs(step) <= root_ftol * (root_ftol + jnp.abs(x))) | ~tol.settle | (tol.ftol == 0)
+        settled = jnp.all(jnp.abs(step) <= root_ftol * (root_ftol + jnp.abs(x))) | ~tol.settle | ((tol.ftol == 0) & (tol.fatol > 0))
         ftol_met = finite & (reduction < tol.ftol * state.cost + tol.fatol) & (ratio > 0.25) & settled
         xtol_met = finite & (jnp.linalg.norm(step) < tol.xtol * (tol.xtol + jnp.linalg.norm(x)))
         new_g_norm = scaled_gradient_norm(params, lin.grad, box)

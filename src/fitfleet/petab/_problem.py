@@ -279,8 +279,9 @@ class Problem:
         options.setdefault("bounds", (self.lower, self.upper))
         options.setdefault("jac", "fwd")  # the ODE solves differentiate in forward mode only
         options.setdefault("settle", False)  # FTOL's comment
-        if "ftol" not in options and "fatol" not in options:
-            options.update(ftol=0.0, fatol=self._fatol())
+        options.setdefault("ftol", 0.0)
+        if "fatol" not in options:
+            options["fatol"] = self._fatol()
         return options
 
     def _fatol(self):
