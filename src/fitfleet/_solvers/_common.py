@@ -119,6 +119,15 @@ def start_status(cost, jac, cosine, tol):
     return status.astype(jnp.int32)
 
 
+def settled(step, params, tol):
+    """The ftol test's second half (module docstring): every parameter moved by at most
+    ``√ftol·(√ftol + |p_j|)``, or the test does not ask it (``settle`` off, or
+    ``ftol = 0 < fatol``)."""
+    root_ftol = jnp.sqrt(tol.ftol)
+    moved_little = jnp.all(jnp.abs(step) <= root_ftol * (root_ftol + jnp.abs(params)))
+    return moved_little | ~tol.settle | ((tol.ftol == 0) & (tol.fatol > 0))
+
+
 def step_status(
     *, accepted, jac_finite, cosine, reduction, cost_old, ratio, step, params, tol, full_step=True, round_off=False
 ):
@@ -132,9 +141,7 @@ def step_status(
     step_norm = jnp.linalg.norm(step)
     params_norm = jnp.linalg.norm(params)
     relative = lambda t: t * (t + params_norm)  # noqa: E731
-    root_ftol = jnp.sqrt(tol.ftol)
-    parameters_settled = jnp.all(jnp.abs(step) <= root_ftol * (root_ftol + jnp.abs(params)))
-    parameters_settled = parameters_settled | (round_off & (tol.ftol > 0)) | ~tol.settle | ((tol.ftol == 0) & (tol.fatol > 0))
+    parameters_settled = settled(step, params, tol) | (round_off & (tol.ftol > 0))
     conditions = [
         (accepted & ~jac_finite, Status.NONFINITE_JACOBIAN),
         (accepted & (cosine <= tol.gtol), Status.GTOL),

@@ -140,7 +140,8 @@ import jax.numpy as jnp
 from .._linalg import JACOBI_FIXED_SWEEPS, UNROLL_MAX
 from .._status import Status
 from ._common import (
-    State, Tolerances, advance, below_round_off, counter, keep_linearization, linearize, linearize_like, without_jacobian,
+    State, Tolerances, advance, below_round_off, counter, keep_linearization, linearize, linearize_like, settled,
+    without_jacobian,
 )  # fmt: skip
 from ._reflective import coleman_li, quadratic, scaled_gradient_norm, select_step, strictly_feasible
 from ._trust_region import damped_step, positive, trust_region_step, trust_region_step_svd
@@ -265,9 +266,7 @@ class TrustRegionReflective(eqx.Module):
         scale_inv = s.scale_inv if self.x_scale is not None else jnp.maximum(s.scale_inv, jnp.sqrt(jnp.diagonal(lin.jtj)))
 
         # scipy's tests, in its order: ftol and xtol judge the trial step, gtol the new point.
-        root_ftol = jnp.sqrt(tol.ftol)
-        settled = jnp.all(jnp.abs(step) <= root_ftol * (root_ftol + jnp.abs(x))) | ~tol.settle | ((tol.ftol == 0) & (tol.fatol > 0))
-        ftol_met = finite & (reduction < tol.ftol * state.cost + tol.fatol) & (ratio > 0.25) & settled
+        ftol_met = finite & (reduction < tol.ftol * state.cost + tol.fatol) & (ratio > 0.25) & settled(step, x, tol)
         xtol_met = finite & (jnp.linalg.norm(step) < tol.xtol * (tol.xtol + jnp.linalg.norm(x)))
         new_g_norm = scaled_gradient_norm(params, lin.grad, box)
         eps = jnp.finfo(x.dtype).eps

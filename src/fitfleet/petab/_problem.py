@@ -2,6 +2,7 @@
 profile, summary, plots)."""
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -128,7 +129,6 @@ class Problem:
         self._simulation = _xla.filter_jit(model.simulation)
         self._residual = _xla.filter_jit(model.residual)
         self._offset = {}
-        self._default_fatol = None
 
     def __repr__(self):
         return f"<fitfleet.petab.Problem {self.path.stem}: {len(self.names)} parameters, {self.measurements.size} measurements, {len(self.layout.condition_ids)} conditions, {len(self.ode.states)} states>"
@@ -281,15 +281,14 @@ class Problem:
         options.setdefault("settle", False)  # FTOL's comment
         options.setdefault("ftol", 0.0)
         if "fatol" not in options:
-            options["fatol"] = self._fatol()
+            options["fatol"] = self._fatol
         return options
 
+    @functools.cached_property
     def _fatol(self):
         """``FTOL·(1 + |NLL|)`` at the nominal parameters (FTOL's comment)."""
-        if self._default_fatol is None:
-            nll = float(self.nll(jnp.asarray(self.nominal, jnp.result_type(float))))
-            self._default_fatol = FTOL * (1 + abs(nll)) if math.isfinite(nll) else FTOL
-        return self._default_fatol
+        nll = float(self.nll(jnp.asarray(self.nominal, jnp.result_type(float))))
+        return FTOL * (1 + abs(nll)) if math.isfinite(nll) else FTOL
 
 
 class _Residual:
