@@ -145,6 +145,33 @@ def test_toy_simulation_and_nll_match_the_closed_form(toy_problem, x64):
         assert float(prob.nll(x)) == pytest.approx(toy.reference_nll(_toy_linear(prob, x)), rel=1e-6)
 
 
+def test_conditions_one_after_another_or_side_by_side_agree(toy_problem, tmp_path, x64):
+    """The toy's two conditions solved sequentially (the default on CPU) and under vmap:
+    the same residuals and forward-mode Jacobian, each condition's solve being the same."""
+    folder = toy.write(tmp_path)
+    probs = [fp.load(folder, conditions=c) for c in ("sequential", "parallel")]
+    assert [p.model.settings.sequential for p in probs] == [True, False]
+    assert probs[0].fun != probs[1].fun  # distinct compiled programs
+    x = jnp.asarray(toy_problem.nominal) + jnp.array([0.3, 0.4, -0.5, 0.2])
+    y = jnp.asarray(toy_problem.measurements)
+    r = [p.fun(x, y) for p in probs]
+    J = [jax.jacfwd(lambda x, p=p: p.fun(x, y))(x) for p in probs]
+    np.testing.assert_allclose(r[0], r[1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(J[0], J[1], rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="`conditions`"):
+        fp.load(folder, conditions="vmap")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rule chooses side by side on accelerators")
+def test_conditions_rule_on_cpu(x64):
+    """``conditions="auto"``: Bruno's six conditions, whose solves take unequal numbers of
+    steps, one after another; Armistead's two, which take the same, side by side
+    (``benchmarks/results/petab_conditions.md``)."""
+    assert fp.load(DATA / "Bruno_JExpBot2016").model.settings.sequential
+    assert not fp.load(DATA / "Armistead_CellDeathDis2024").model.settings.sequential
+
+
 def test_toy_stops_as_pypesto_does(toy_problem, x64):
     """The default stopping test is pyPESTO's on the NLL, |ΔNLL| < 1e-8·(1 + |NLL|)
     (NLL at the nominal parameters), as fitfleet's absolute ``fatol``; settle off;

@@ -47,7 +47,7 @@ METHOD = "trf"
 FTOL = 1e-8
 
 
-def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, lint=True):
+def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, conditions="auto", lint=True):
     """Load a PEtab v1 problem (its yaml file, or the folder that holds exactly one).
 
     The SBML model is translated to JAX once, here; nothing compiles until the first
@@ -65,6 +65,14 @@ def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, l
             at the nominal parameters, from a pilot solve with ``solver``).
         max_steps: the ODE solver's step budget per condition; a solve that needs more
             fails (NaN residuals, which a fit treats as a rejected point).
+        conditions: how a problem with several simulation conditions solves them:
+            ``"sequential"`` (one after another), ``"parallel"`` (side by side, under
+            ``vmap``: each adaptive solve then steps as often as the slowest condition
+            needs), or ``"auto"``: parallel on an accelerator, whose kernels cost their
+            launches rather than their width; on CPU sequential where, at the nominal
+            parameters, the conditions' solves take so unequal numbers of steps that
+            side by side most of the work would be padding (the rule and its
+            measurements: ``fitfleet.petab._tolerances``).
         lint: run ``petab.lint_problem`` first and refuse a problem with errors.
 
     The Jacobian comes from forward-mode sensitivities through the solver
@@ -80,6 +88,8 @@ def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, l
             measurements, objective priors, Laplace noise, algebraic rules, ...),
             naming it.
     """
+    if conditions not in ("auto", "sequential", "parallel"):
+        raise ValueError(f"`conditions` must be 'auto', 'sequential' or 'parallel'; got {conditions!r}.")
     path = Path(path)
     if path.is_dir():
         yamls = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
@@ -95,12 +105,14 @@ def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, l
         raise ValueError(f"petab.lint_problem found errors in {str(path)!r} (logged above); pass lint=False to load it anyway.")
     ode = _sbml.load_sbml(problem.model.sbml_document)
     layout = _tables.build(problem, ode)
-    settings = _model.Settings(solver or diffrax.Kvaerno5(), float(rtol), int(max_steps))
+    settings = _model.Settings(solver or diffrax.Kvaerno5(), float(rtol), int(max_steps), conditions == "sequential")
     model = _model.build_model(ode, layout, settings, np.ones(len(ode.states)))
     if state_scales is None:
         state_scales = _tolerances.state_scales(model, layout.nominal)
     state_scales = np.broadcast_to(np.asarray(state_scales, np.float64), (len(ode.states),))
     model = eqx.tree_at(lambda m: m.state_scales, model, np.array(state_scales))
+    if conditions == "auto" and jax.default_backend() == "cpu" and _tolerances.sequential_conditions(model, layout.nominal):
+        model = dataclasses.replace(model, settings=dataclasses.replace(settings, sequential=True))
     return Problem(path, problem, ode, layout, model)
 
 
@@ -271,7 +283,7 @@ class Problem:
             digest.update(table.to_csv().encode())
         digest.update(p.model.to_sbml_str().encode())
         s = self.model.settings
-        return {"problem": digest.hexdigest(), "ode": f"{s.solver!r} rtol={s.rtol!r} max_steps={s.max_steps}", "state_scales": self.state_scales.tolist()}
+        return {"problem": digest.hexdigest(), "ode": f"{s.solver!r} rtol={s.rtol!r} max_steps={s.max_steps} sequential={s.sequential}", "state_scales": self.state_scales.tolist()}
 
     def _options(self, options):
         options = dict(options)

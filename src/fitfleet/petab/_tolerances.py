@@ -1,4 +1,5 @@
-"""The ODE solver's tolerances, by one rule for every problem.
+"""The ODE solver's settings, by one rule for every problem: the tolerances, and whether
+the conditions are solved one after another.
 
 Relative tolerance ``rtol`` (default 1e-8, the reference tool chain's; raised to 100 ε
 in low precision).  Absolute tolerance per state ``atol_i = rtol · s_i``, with ``s_i``
@@ -36,6 +37,22 @@ left as pass 1's noise.  Pass 2 is one step of the fixed-point iteration
 ``s ← max_t |x(t; atol = rtol · s)|``, started where it already nearly holds.  A
 condition whose pass fails (the step budget ``PILOT_STEPS``, a non-finite value)
 contributes pass 1's values, or its initial values if both fail.
+
+One after another or side by side (``sequential_conditions``, for ``load``'s
+``conditions="auto"`` on CPU).  Side by side (``vmap``) an adaptive solve steps every
+condition as often as the slowest one needs; one after another (``lax.map``) each takes
+its own steps, but a step of one condition costs more than its share of a step of
+several side by side.  Measured (``benchmarks/results/petab_conditions.md``, 16 starts):
+Armistead's two conditions take the same steps (98% of the side-by-side work is
+useful) and run 1.23× longer one after another; Bruno's six take 6 to 160 steps each
+(42% useful) and run in 0.58× the time.  So a vmapped step of n conditions costs about
+0.7-0.8·n single ones, and one after another wins where less than that fraction of the
+side-by-side work is useful.  The rule: at the nominal parameters, the final
+tolerances and the state scales, a solve of each condition (the pilot's program again,
+nothing new to compile) gives its steps ``nᵢ``; the conditions are solved one after
+another where ``Σnᵢ / (n · max nᵢ) < USEFUL_MIN``.  The nominal point understates the
+spread of a multi-start's points (Bruno: 65% useful there, 42% over 16 starts), hence a
+threshold at the top of the measured break-even.
 """
 
 import diffrax
@@ -47,6 +64,7 @@ import numpy as np
 FLOOR = 1e-3
 PILOT_RTOLS = (1e-4, 1e-6)
 PILOT_STEPS = 4096
+USEFUL_MIN = 0.8
 
 
 def state_scales(model, nominal):
@@ -58,10 +76,24 @@ def state_scales(model, nominal):
     tops[~np.isfinite(tops)] = 0.0
     scale = _floored(np.max(tops, axis=0, initial=0.0))
     for rtol in PILOT_RTOLS:
-        top, ok = _pilot(model, x, jnp.asarray(rtol, x.dtype), jnp.asarray(scale, x.dtype))
+        top, ok, _ = _pilot(model, x, jnp.asarray(rtol, x.dtype), jnp.asarray(scale, x.dtype))
         tops[np.asarray(ok)] = np.maximum(tops, np.asarray(top, np.float64))[np.asarray(ok)]
         scale = _floored(np.max(tops, axis=0, initial=0.0))
     return scale
+
+
+def sequential_conditions(model, nominal):
+    """Whether ``model``'s conditions are best solved one after another on CPU (module
+    docstring): fewer than ``USEFUL_MIN`` of the side-by-side steps at ``nominal`` would
+    be useful.  One condition, or a failed solve: ``False``."""
+    if model.times.shape[0] < 2:
+        return False
+    x = jnp.asarray(nominal, jnp.result_type(float))
+    _, ok, steps = _pilot(model, x, jnp.asarray(model.settings.rtol, x.dtype), jnp.asarray(model.state_scales, x.dtype))
+    steps = np.asarray(steps, np.float64)
+    if not np.all(np.asarray(ok)) or steps.max() == 0:
+        return False
+    return bool(steps.sum() / (steps.size * steps.max()) < USEFUL_MIN)
 
 
 def _floored(values):
@@ -74,8 +106,8 @@ def _floored(values):
 @eqx.filter_jit
 def _pilot(model, x, rtol, scales):
     """Per condition: ``max_t |x_i(t)|`` over the accepted steps of a solve on
-    ``[0, t_last]`` at ``rtol`` and ``atol = rtol · scales``, and whether it succeeded
-    (t_last = 0 counts as success: the initial values are the answer)."""
+    ``[0, t_last]`` at ``rtol`` and ``atol = rtol · scales``, whether it succeeded
+    (t_last = 0 counts as success: the initial values are the answer), and its steps."""
     theta, y0, _ = model.initial_states(x)
     t_last = jnp.max(model.times.astype(x.dtype), axis=1)
     eps = float(jnp.finfo(x.dtype).eps)
@@ -92,6 +124,7 @@ def _pilot(model, x, rtol, scales):
         # Unused step slots hold inf: they are not values.
         ys = jnp.where(jnp.isfinite(solution.ys), jnp.abs(solution.ys), 0)
         ok = (solution.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(y0))
-        return jnp.where(t1 > 0, jnp.max(ys, axis=0), jnp.abs(y0)), ok | (t1 <= 0)
+        steps = jnp.where(t1 > 0, solution.stats["num_steps"], 0)
+        return jnp.where(t1 > 0, jnp.max(ys, axis=0), jnp.abs(y0)), ok | (t1 <= 0), steps
 
     return jax.vmap(solve)(theta, y0, t_last)
