@@ -146,8 +146,9 @@ def test_toy_simulation_and_nll_match_the_closed_form(toy_problem, x64):
 
 
 def test_conditions_one_after_another_or_side_by_side_agree(toy_problem, tmp_path, x64):
-    """The toy's two conditions solved sequentially (the default on CPU) and under vmap:
-    the same residuals and forward-mode Jacobian, each condition's solve being the same."""
+    """The toy's two conditions solved one after another and side by side (vmap): the
+    same residuals and forward-mode Jacobian, each condition's solve being the same; a
+    bad ``conditions`` is refused before anything loads."""
     folder = toy.write(tmp_path)
     probs = [fp.load(folder, conditions=c) for c in ("sequential", "parallel")]
     assert [p.model.settings.sequential for p in probs] == [True, False]
