@@ -596,6 +596,25 @@ def test_more_than_eight_parameters_batch_equals_loop_and_scipy(x64):
         np.testing.assert_allclose(one.cost, ref.cost, rtol=1e-6, atol=1e-14)
 
 
+def test_damping_search_on_cpu_equals_the_unrolled_one(x64):
+    """On CPU a block's damping search ends once every fit's has converged; the
+    accelerator path runs all its iterations unrolled.  A converged search keeps its
+    iterate, so both give the same fits: Rat43 from far starts (damped steps, the
+    acceleration), and with bounds (the reflective step)."""
+    prob = nist.load("Rat43")
+    lo, hi = prob.start1 / 10, prob.start1 * 10
+    starts = np.exp(np.random.default_rng(5).uniform(np.log(lo), np.log(hi), (24, 4)))
+    fun, args = prob.residual(), (jnp.asarray(prob.x), jnp.asarray(prob.y))
+    for opts in (dict(method="trf"), dict(method="trf", bounds=(lo / 10, hi * 10))):
+        cpu = ff.fit_batch(fun, starts, args, shared_args=(0, 1), **opts)
+        with ff.engine_settings(path="accelerator"):
+            unrolled = ff.fit_batch(fun, starts, args, shared_args=(0, 1), **opts)
+        assert int(jnp.max(cpu.n_steps)) > 20  # hard fits: the trust region binds
+        np.testing.assert_array_equal(cpu.status, unrolled.status)
+        np.testing.assert_array_equal(cpu.n_steps, unrolled.n_steps)
+        np.testing.assert_allclose(cpu.params, unrolled.params, rtol=1e-9, atol=1e-12)
+
+
 def _svd_cases():
     rng = np.random.default_rng(3)
     t = np.linspace(-8, -3, 82)

@@ -14,12 +14,13 @@ import jax.numpy as jnp
 from .._linalg import JACOBI_MAX, cholesky, solve_lower, solve_semidefinite, solve_upper_transposed, svd_jacobi
 
 RADIUS_RTOL = 0.01  # the damping search ends at |‖p‖ − Δ| < RADIUS_RTOL·Δ (scipy's rtol)
-# scipy iterates up to 10 times; here every fit of a batch pays for every iteration.
+# scipy iterates up to 10 times; here a block of fits iterates as long as its slowest
+# search (on CPU; the accelerator path unrolls every iteration).
 # Before the geodesic acceleration, 3, 4, 5, 6, 10 iterations solved 50, 51, 52, 52, 52 of
 # NIST's 54 runs and 119, 122, 118, 118, 117 of MGH's 141 (which runs succeed shifts from
 # one count to the next: the hard runs' paths are chaotic); with it, 3 and 4 solve 52 of
 # NIST's runs (MGH09 and MGH10 from start 1 run out of steps), 5 all 54.  10 made the
-# 2D-Gaussian batch ~2.5x Levenberg-Marquardt's time, 5 about 1.5x.
+# 2D-Gaussian batch ~2.5x Levenberg-Marquardt's time, 5 about 1.5x (every iteration unrolled).
 DAMPING_ITERATIONS = 5
 SVD_DAMPING_ITERATIONS = 10  # scipy's, where each costs O(n) (n > UNROLL_MAX)
 
@@ -39,14 +40,17 @@ def damped_step(A, b, damping, radius):
     return jnp.where(damping > 0, damped, newton)
 
 
-def trust_region_step(A, b, radius, damping, search=True):
+def trust_region_step(A, b, radius, damping, search=True, fixed=False):
     """scipy's ``solve_lsq_trust_region`` on the normal matrix: ``(λ, p, solve)`` for
     ``min bᵀp + ½pᵀAp`` s.t. ``‖p‖ <= radius`` (see the module docstring), with
     ``solve(c) = (A + λI)⁻¹c`` by the factorisation that gave ``p`` (non-finite where
     none did).
 
-    A fixed number of iterations, so that under ``vmap`` no fit waits for another's
-    search; ``search=False`` (a finished fit) returns a zero step.
+    At most ``DAMPING_ITERATIONS``; a converged search keeps its iterate, so the result
+    does not depend on how many run.  ``fixed=False`` stops once every search is done
+    (under ``vmap``, every fit of the block; most steps near a solution are Newton steps
+    and need none), ``fixed=True`` runs them all unrolled, a step without a loop (the
+    accelerator path).  ``search=False`` (a finished fit) returns a zero step.
     """
     n = b.shape[-1]
     search = jnp.asarray(search)
@@ -96,7 +100,11 @@ def trust_region_step(A, b, radius, damping, search=True):
         return out
 
     init = (damping, lower, upper, newton_fits | ~search, jnp.zeros_like(damping), jnp.zeros_like(b), jnp.zeros_like(A))
-    _, _, _, _, found, p, factor = jax.lax.fori_loop(0, DAMPING_ITERATIONS, body, init, unroll=True)
+    if fixed:
+        _, _, _, _, found, p, factor = jax.lax.fori_loop(0, DAMPING_ITERATIONS, body, init, unroll=True)
+    else:
+        looping = lambda c: (c[0] < DAMPING_ITERATIONS) & ~c[1][3]  # noqa: E731
+        _, (_, _, _, _, found, p, factor) = jax.lax.while_loop(looping, lambda c: (c[0] + 1, body(c[0], c[1])), (0, init))
     p_norm = jnp.linalg.norm(p)
     # No damped solve succeeded (round-off at a huge condition number): the steepest
     # descent step of length radius, the limit of λ → ∞.
