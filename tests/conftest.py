@@ -1,10 +1,13 @@
-"""Shared fixtures (precision control without touching global JAX state at import) and a
-compilation counter."""
+"""Shared fixtures (precision control without touching global JAX state at import), a
+compilation counter, and the release of compiled programs after each test module."""
 
 import contextlib
+import gc
 
 import jax
 import pytest
+
+import fitfleet as ff
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -37,3 +40,16 @@ def dtype(request):
     """Run a test in both precisions; yields the numpy dtype name, x64 on for float64."""
     with jax.enable_x64(request.param == "float64"):
         yield request.param
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Forget every compiled program after each test module.  A compiled XLA program
+    holds a few memory mappings of its own (about 6 on CPU), and the whole suite compiles
+    thousands: by the last modules the process neared Linux's default limit of 65,530
+    mappings (``vm.max_map_count``), where allocations fail, and the run died with a
+    segfault in XLA's compiler, a ``MemoryError`` or a hung thread start."""
+    yield
+    ff.clear_caches()
+    jax.clear_caches()
+    gc.collect()

@@ -48,7 +48,7 @@ iteration is one Cholesky factorisation of the n×n matrix (written out for n <=
 does not depend on how many run: on CPU the loop ends once every search of the block
 has converged (near a solution most steps are Newton steps and need none: the
 2D-Gaussian batch of ``benchmarks/batch.py`` took 2.1× Levenberg-Marquardt's time with
-all five unrolled, 1.6× this way), and the accelerator path (``vectorised``) unrolls
+all five unrolled, 1.5× this way), and the accelerator path (``vectorised``) unrolls
 all five, a step without a loop.  A damped solve that fails (round-off) falls back to
 the steepest-descent step of length Δ.
 
