@@ -9,15 +9,18 @@ reference simulation by AMICI (the field's tool), for ``tests/test_petab.py``.
 
 Written to ``tests/data/petab/fitfleet_features/``.  The features:
 
-- SBML: two compartments of different sizes, a transport reaction between them (a
+- SBML: two compartments of different sizes (one by an initial assignment from a
+  parameter that a condition overrides), a transport reaction between them (a
   concentration species in each: the kinetic law is an amount per time), a species with
   ``hasOnlySubstanceUnits`` (its symbol is an amount), a boundary species (an input set
   per condition), a function definition (a Hill function), ``piecewise`` in time, a
   reaction-local parameter, an assignment rule (a total used by an observable), a rate
   rule (an input that decays), initial assignments (of a species and through a
-  parameter).
-- PEtab: two conditions overriding a boundary species, a parameter and the initial
-  amount of an amount species; observable parameters given by parameter ids in one
+  parameter), a reaction on a fixed parameter.
+- PEtab: two conditions overriding a boundary species, parameters (one sets a
+  compartment's size) and the initial amount of an amount species; an observable of
+  ``time``; a numeric noise formula; a fixed (not estimated) log10-scaled parameter;
+  observable parameters given by parameter ids in one
   condition and by numbers in the other; noise parameters likewise; a noise formula
   that depends on a simulated quantity; normal, log-normal and log10-normal noise;
   ``lin``, ``log`` and ``log10`` parameter scales; replicate measurements.
@@ -27,6 +30,7 @@ measures fitfleet's accuracy (rtol 1e-8), not the reference's.
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -58,7 +62,7 @@ def sbml():
         p.setId(pid), p.setValue(value), p.setConstant(constant)
 
     for pid, value in (("k1", 2.0), ("K_m", 0.8), ("n_hill", 2.0), ("k2", 0.7), ("k_imp", 0.5), ("k_deg", 0.3),
-                       ("A0", 1.5), ("k_rr", 0.1), ("frac", 0.2)):  # fmt: skip
+                       ("A0", 1.5), ("k_rr", 0.1), ("frac", 0.2), ("k_leak", 0.05), ("V_nuc", 0.4)):  # fmt: skip
         parameter(pid, value)
     parameter("u", 1.0, constant=False)  # rate rule: a decaying input
     parameter("total", 0.0, constant=False)  # assignment rule
@@ -79,7 +83,7 @@ def sbml():
     f.setId("hill")
     f.setMath(libsbml.parseL3Formula("lambda(x, K, n, x^n / (K^n + x^n))"))
 
-    for target, formula in (("A", "A0"), ("B", "frac * A0")):
+    for target, formula in (("A", "A0"), ("B", "frac * A0"), ("nuc", "V_nuc")):
         a = m.createInitialAssignment()
         a.setSymbol(target), a.setMath(libsbml.parseL3Formula(formula))
     r = m.createRateRule()
@@ -109,32 +113,33 @@ def sbml():
     reaction("import", ["B"], ["C"], "cyt * k_imp * B")
     reaction("binding", ["C"], ["D"], "nuc * k_loc * C", local={"k_loc": 0.6})
     reaction("decay", ["D"], [], "k_deg * D")
+    reaction("leak", ["A"], [], "cyt * k_leak * A")
     return libsbml.writeSBMLToString(doc)
 
 
 def tables():
-    conditions = pd.DataFrame({"conditionId": ["low", "high"], "S": [1.0, 2.5], "k_rr": [0.1, 0.25], "D": [0.1, 0.3]})
+    conditions = pd.DataFrame({"conditionId": ["low", "high"], "S": [1.0, 2.5], "k_rr": [0.1, 0.25], "D": [0.1, 0.3], "V_nuc": [0.4, 0.5]})
     observables = pd.DataFrame({
-        "observableId": ["obs_A", "obs_C", "obs_total", "obs_D"],
-        "observableFormula": ["observableParameter1_obs_A * A + observableParameter2_obs_A", "C", "total", "D"],
-        "observableTransformation": ["lin", "log", "lin", "log10"],
-        "noiseFormula": ["noiseParameter1_obs_A", "sigma_C", "noiseParameter1_obs_total * (total + 0.05)", "noiseParameter1_obs_D"],
-        "noiseDistribution": ["normal", "normal", "normal", "normal"],
+        "observableId": ["obs_A", "obs_C", "obs_total", "obs_D", "obs_B"],
+        "observableFormula": ["observableParameter1_obs_A * A + observableParameter2_obs_A", "C", "total", "D", "B * exp(-0.05 * time)"],
+        "observableTransformation": ["lin", "log", "lin", "log10", "lin"],
+        "noiseFormula": ["noiseParameter1_obs_A", "sigma_C", "noiseParameter1_obs_total * (total + 0.05)", "noiseParameter1_obs_D", "0.05"],
+        "noiseDistribution": ["normal", "normal", "normal", "normal", "normal"],
     })  # fmt: skip
     parameters = pd.DataFrame({
-        "parameterId": ["k1", "K_m", "k2", "k_imp", "k_deg", "A0", "frac", "scale_A", "offset_A", "sigma_A", "sigma_C", "rel_total"],
-        "parameterScale": ["log10", "log10", "log", "lin", "log10", "log10", "lin", "lin", "lin", "log10", "log10", "log"],
-        "lowerBound": [1e-2, 1e-2, 1e-2, 0.01, 1e-3, 1e-2, 0.0, 0.1, -1.0, 1e-3, 1e-3, 1e-3],
-        "upperBound": [1e2, 1e2, 1e2, 5.0, 1e1, 1e2, 1.0, 10.0, 1.0, 1e1, 1e1, 1e1],
-        "nominalValue": [2.0, 0.8, 0.7, 0.5, 0.3, 1.5, 0.2, 1.2, 0.1, 0.1, 0.15, 0.08],
-        "estimate": [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        "parameterId": ["k1", "K_m", "k2", "k_imp", "k_deg", "A0", "frac", "scale_A", "offset_A", "sigma_A", "sigma_C", "rel_total", "k_leak"],
+        "parameterScale": ["log10", "log10", "log", "lin", "log10", "log10", "lin", "lin", "lin", "log10", "log10", "log", "log10"],
+        "lowerBound": [1e-2, 1e-2, 1e-2, 0.01, 1e-3, 1e-2, 0.0, 0.1, -1.0, 1e-3, 1e-3, 1e-3, 1e-3],
+        "upperBound": [1e2, 1e2, 1e2, 5.0, 1e1, 1e2, 1.0, 10.0, 1.0, 1e1, 1e1, 1e1, 1.0],
+        "nominalValue": [2.0, 0.8, 0.7, 0.5, 0.3, 1.5, 0.2, 1.2, 0.1, 0.1, 0.15, 0.08, 0.05],
+        "estimate": [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0],
     })  # fmt: skip
     parameters.insert(1, "parameterName", parameters.parameterId)
     rng = np.random.default_rng(0)
     rows = []
     for condition in ("low", "high"):
         for t in TIMES:
-            for obs in ("obs_A", "obs_C", "obs_total", "obs_D"):
+            for obs in ("obs_A", "obs_C", "obs_total", "obs_D", "obs_B"):
                 if obs in ("obs_C", "obs_D") and t == 0.0:
                     continue  # a log observable of a state that starts at 0
                 o_par = {"obs_A": "scale_A;offset_A" if condition == "low" else "1.5;0.0"}.get(obs, "")
@@ -202,11 +207,14 @@ def reference():
         problem = petab.Problem.from_yaml(path)
         sim, nll = simulate(problem, folder)
     sim.to_csv(FOLDER / f"amiciSimulation_{ID}.tsv", sep="\t", index=False)
+    # In reference_values.json's "synthetic" (not a benchmark problem: no best known
+    # optimum), the one value replaced in place, the file's other numbers as written.
     path = DATA / "reference_values.json"
-    values = json.loads(path.read_text())
-    values.setdefault("synthetic", {})[ID] = nll  # not a benchmark problem: no best known optimum
-    path.write_text(json.dumps(values, indent=2) + "\n")
-    print("NLL at nominal", nll)
+    text, count = re.subn(rf'("{ID}": )[^\s,}}]+', rf"\g<1>{nll!r}", path.read_text())
+    if count != 1:
+        raise SystemExit(f'add "synthetic": {{"{ID}": 0}} to {path} first')
+    path.write_text(text)
+    print("NLL at nominal", nll, "->", json.loads(text)["synthetic"][ID])
 
 
 if __name__ == "__main__":

@@ -99,15 +99,16 @@ def test_every_supported_feature_at_once_matches_amici(x64):
     in time, a local parameter, assignment and rate rules, initial assignments, numeric
     and parameter overrides, three noise models, state-dependent noise).  AMICI at rtol
     1e-12 is the reference.  At the default tolerance the simulation matches as the
-    benchmark problems' do; at rtol 1e-10 to 1e-7 and the NLL to 1e-8, so what differs
-    is the ODE solver's error, not the model's meaning."""
+    benchmark problems' do; at rtol 1e-10 to 1e-7 and the NLL to 1e-6 (measured: 9e-8,
+    then 9e-9 at rtol 1e-11 and 1e-9 at 1e-12), so what differs is the ODE solver's
+    error, not the model's meaning."""
     name = "fitfleet_features"
     expected = _REFERENCE["synthetic"][name]
     assert_matches(*amici_table(name, load(name).simulate(load(name).nominal)))
     tight = fp.load(DATA / name, rtol=1e-10)
     ours, ref = amici_table(name, tight.simulate(tight.nominal))
     np.testing.assert_allclose(ours.simulation, ref.simulation, rtol=1e-7)
-    assert float(tight.nll(tight.nominal)) == pytest.approx(expected, rel=1e-8, abs=0)
+    assert float(tight.nll(tight.nominal)) == pytest.approx(expected, rel=1e-6, abs=0)
     assert float(load(name).nll(load(name).nominal)) == pytest.approx(expected, rel=1e-5, abs=0)
 
 
