@@ -171,8 +171,9 @@ class TrustRegionReflective(eqx.Module):
     tol: Tolerances
     x_scale: Any  # (n,) array, or None for x_scale="jac"
     acceleration: bool = eqx.field(static=True, default=True)  # where it applies: no box, linear loss
-    svd_sweeps: Any = eqx.field(static=True, default=None)  # ``_linalg.svd_jacobi``'s (``vectorised``)
-    fixed_search: bool = eqx.field(static=True, default=False)  # every damping iteration, unrolled (``vectorised``)
+    # ``vectorised``: a step without loops (every damping iteration unrolled, a fixed
+    # number of Jacobi sweeps in the SVD).
+    loop_free: bool = eqx.field(static=True, default=False)
     differentiable: bool = eqx.field(static=True, default=False)
     forms_jacobian = True  # the solvers' contract (``fitfleet._solvers``)
 
@@ -180,7 +181,7 @@ class TrustRegionReflective(eqx.Module):
         return state if self.acceleration or _needs_jac(state.params) else without_jacobian(state)
 
     def vectorised(self):  # the solvers' contract: no loop inside the step
-        return dataclasses.replace(self, svd_sweeps=JACOBI_FIXED_SWEEPS, fixed_search=True)
+        return dataclasses.replace(self, loop_free=True)
 
     def init(self, problem, x):
         lin = linearize(problem, x, exact_loss_curvature=True)
@@ -222,11 +223,12 @@ class TrustRegionReflective(eqx.Module):
             # The model's diagonal terms besides J̃ᵀJ̃: log_scale's curvature and diag_h.
             extra = jnp.maximum(jnp.diagonal(s.jtj) - jnp.sum(J_model**2, 0), 0) * d * d + diag_h
             damping, p_h, solve = trust_region_step_svd(
-                *jax.lax.stop_gradient((J_model * d, jnp.sqrt(extra), r_model, s.radius, s.damping)), running, self.svd_sweeps
+                *jax.lax.stop_gradient((J_model * d, jnp.sqrt(extra), r_model, s.radius, s.damping)), running,
+                JACOBI_FIXED_SWEEPS if self.loop_free else None,
             )
         else:
             damping, p_h, solve = trust_region_step(
-                *jax.lax.stop_gradient((A_h, g_h, s.radius, s.damping)), running, self.fixed_search
+                *jax.lax.stop_gradient((A_h, g_h, s.radius, s.damping)), running, self.loop_free
             )
         if self.differentiable:
             p_h = damped_step(A_h, g_h, damping, s.radius)
