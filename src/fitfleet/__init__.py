@@ -24,3 +24,14 @@ from ._xla import enable_compilation_cache, set_compile_notice
 
 __all__ = ["Result", "Status", "fit_batch", "fit_stream", "least_squares", "Uncertainty", "covariance", "uncertainty", "Identifiability", "identifiability", "Profile", "profile", "curve_fit", "curve_fit_batch", "MultiStartResult", "Optimum", "multistart", "clear_caches", "engine_settings", "wait_for_compilation", "enable_compilation_cache", "set_compile_notice"]
 __version__ = "0.1.0"
+
+_SUBPACKAGES = ("petab", "plot")  # optional extras: imported on first use, so ``ff.petab.load`` works
+
+
+def __getattr__(name):  # PEP 562
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

@@ -57,6 +57,9 @@ from ._codegen import Generated
 from ._sbml import TIME, symbol
 
 
+STEADY = 0.01  # pre-equilibration ends where the rates are below STEADY × the tolerances
+
+
 class Settings(eqx.Module):
     """The ODE solver, its relative tolerance and step budget, and whether the conditions
     are solved one after another (``fitfleet.petab.load``, ``_tolerances``)."""
@@ -93,6 +96,12 @@ class Model(eqx.Module):
     initial_index: jax.Array
     times: jax.Array
     state_scales: jax.Array  # atol = rtol · state_scales (``_tolerances``)
+    # Pre-equilibration (``_tables``): per experiment, which steady state it starts from
+    # (-1: none), and the pre-equilibration conditions' parameters and initial states.
+    preequilibration: jax.Array
+    preequilibration_theta_index: jax.Array
+    preequilibration_initial_index: jax.Array
+    steady_experiments: tuple = eqx.field(static=True, default=())  # those with measurements at t = inf
 
     def pool(self, x):
         x_lin = x
@@ -116,33 +125,60 @@ class Model(eqx.Module):
         return jnp.where(ok, f, big)
 
     def _solve(self, theta, y0, ts):
+        return self._diffeqsolve(theta, y0, ts[-1], diffrax.SaveAt(ts=ts))
+
+    def _steady_state(self, theta, y0):
+        """The states where the solve from ``y0`` first has ``‖f/(atol + rtol·|y|)‖_rms
+        < STEADY`` (AMICI's test for a steady state, tightened: what is left to move
+        is about ``f`` times the slowest time scale), or NaN if it does not get there.  Its
+        derivatives are those of the solve (forward sensitivities integrated along,
+        which AMICI falls back to): they also hold where conservation laws make the
+        Jacobian of ``f`` singular, unlike the implicit function theorem's."""
+        rtol, atol = self._tolerances(y0.dtype)
+
+        def steady(t, y, args, **_):
+            f = self._vector_field(t, y, args)
+            return jnp.sqrt(jnp.mean((f / (atol + rtol * jnp.abs(y))) ** 2)) < STEADY
+
+        return self._diffeqsolve(theta, y0, jnp.asarray(jnp.inf, y0.dtype), diffrax.SaveAt(t1=True), diffrax.Event(steady))[0]
+
+    def _tolerances(self, dtype):
+        rtol = max(self.settings.rtol, 100 * float(jnp.finfo(dtype).eps))
+        return rtol, rtol * self.state_scales.astype(dtype)
+
+    def _diffeqsolve(self, theta, y0, t1, saveat, event=None):
         s = self.settings
-        eps = float(jnp.finfo(ts.dtype).eps)
-        rtol = max(s.rtol, 100 * eps)
+        eps = float(jnp.finfo(y0.dtype).eps)
+        rtol, atol = self._tolerances(y0.dtype)
         valid = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(theta))
         y0, theta = jnp.where(valid, y0, 0), jnp.where(valid, theta, 1)
+        span = jnp.where(jnp.isfinite(t1), jnp.maximum(t1, 1), 1)
         controller = diffrax.PIDController(
-            rtol=rtol, atol=rtol * self.state_scales.astype(y0.dtype), pcoeff=0.3, icoeff=0.3,
-            dtmin=max(1e-14, 10 * eps) * jnp.maximum(ts[-1], 1), force_dtmin=False,
-        )  # fmt: skip
+            rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.3, dtmin=max(1e-14, 10 * eps) * span, force_dtmin=False
+        )
         solution = diffrax.diffeqsolve(
-            diffrax.ODETerm(self._vector_field), s.solver, t0=jnp.zeros((), ts.dtype), t1=ts[-1], dt0=None, y0=y0,
-            args=theta, saveat=diffrax.SaveAt(ts=ts), stepsize_controller=controller,
+            diffrax.ODETerm(self._vector_field), s.solver, t0=jnp.zeros((), y0.dtype), t1=t1, dt0=None, y0=y0,
+            args=theta, saveat=saveat, stepsize_controller=controller, event=event,
             adjoint=diffrax.ForwardMode(), max_steps=s.max_steps, throw=False,
         )  # fmt: skip
         # A failed solve (step budget, dtmin, a non-finite start) is NaN, which
         # fitfleet reads as a failed evaluation, never a number that looks valid.
-        return jnp.where(valid & (solution.result == diffrax.RESULTS.successful), solution.ys, jnp.nan)
+        done = diffrax.RESULTS.successful if event is None else diffrax.RESULTS.event_occurred
+        return jnp.where(valid & (solution.result == done), solution.ys, jnp.nan)
 
     def states(self, x):
         """(conditions, times, states) at every condition's measurement times, the
         condition parameters (conditions, parameters) and the pool."""
         theta, y0, pool = self.initial_states(x)
-        conditions = (theta, y0, self.times.astype(x.dtype))
+        conditions = (theta, y0, finite_times(self.times).astype(x.dtype))
         if self.settings.sequential and theta.shape[0] > 1:
             ys = jax.lax.map(lambda c: self._solve(*c), conditions)
         else:
             ys = jax.vmap(self._solve)(*conditions)
+        if self.steady_experiments:  # steady-state measurements (time = inf)
+            k = np.array(self.steady_experiments)
+            steady = jax.lax.map(lambda c: self._steady_state(*c), (theta[k], y0[k]))
+            ys = ys.at[k].set(jnp.where(jnp.isinf(self.times[k])[..., None], steady[:, None, :], ys[k]))
         return ys, theta, pool
 
     def initial_states(self, x):
@@ -153,6 +189,14 @@ class Model(eqx.Module):
         y0 = self.initial(theta.T).T
         override = self.initial_index >= 0
         y0 = jnp.where(override, pool[jnp.where(override, self.initial_index, 0)], y0)
+        if self.preequilibration_theta_index.shape[0]:  # module ``_tables``' docstring
+            theta_pre = pool[self.preequilibration_theta_index]
+            y_pre = self.initial(theta_pre.T).T
+            given = self.preequilibration_initial_index >= 0
+            y_pre = jnp.where(given, pool[jnp.where(given, self.preequilibration_initial_index, 0)], y_pre)
+            steady = jax.lax.map(lambda c: self._steady_state(*c), (theta_pre, y_pre))
+            after = (self.preequilibration >= 0)[:, None] & ~override
+            y0 = jnp.where(after, steady[jnp.maximum(self.preequilibration, 0)], y0)
         return theta, y0, pool
 
     def predict(self, x):
@@ -211,6 +255,13 @@ class Model(eqx.Module):
         return jnp.concatenate(parts)[np.argsort(rows, kind="stable")]
 
 
+def finite_times(times):
+    """``times`` (conditions, T) with t = inf (a steady state, solved apart) replaced by
+    the condition's last finite time (0 if none)."""
+    last = jnp.max(jnp.where(jnp.isfinite(times), times, 0), axis=-1, keepdims=True)
+    return jnp.where(jnp.isfinite(times), times, last)
+
+
 def _weighted(transformation, y, h, sigma):
     if transformation == "log":
         return (jnp.log(y) - jnp.log(h)) / sigma
@@ -261,4 +312,8 @@ def build_model(ode, layout, settings, state_scales):
         initial_index=layout.initial_index.astype(np.int32),
         times=np.asarray(layout.times),
         state_scales=np.asarray(state_scales, np.float64),
+        preequilibration=layout.preequilibration.astype(np.int32),
+        preequilibration_theta_index=layout.preequilibration_theta_index.astype(np.int32),
+        preequilibration_initial_index=layout.preequilibration_initial_index.astype(np.int32),
+        steady_experiments=tuple(np.flatnonzero(np.isinf(layout.times).any(axis=1)).tolist()),
     )

@@ -84,8 +84,8 @@ def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, c
 
     Raises:
         NotImplementedError: for a PEtab or SBML feature outside what the benchmark
-            collection's ODE problems use (events, pre-equilibration, steady-state
-            measurements, objective priors, Laplace noise, algebraic rules, ...),
+            collection's ODE problems use (events, objective priors, Laplace noise,
+            algebraic rules, a compartment resized after pre-equilibration, ...),
             naming it.
     """
     if conditions not in ("auto", "sequential", "parallel"):

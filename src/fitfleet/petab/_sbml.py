@@ -49,6 +49,7 @@ class OdeModel:
         rules: id -> expression for every assignment-rule target and every constant
             defined by an initial assignment, in states, constants and ``TIME``.
         species: ids of the species (all of them are states).
+        compartments: ids of the compartments.
     """
 
     states: tuple
@@ -57,6 +58,7 @@ class OdeModel:
     constants: dict
     rules: dict
     species: tuple
+    compartments: tuple = ()
 
     def expand(self, expr):
         """``expr`` with rule targets replaced by their definitions."""
@@ -150,7 +152,7 @@ def load_sbml(document):
         unknown = set().union(*(e.free_symbols for e in exprs)) - known
         if unknown:
             raise ValueError(f"SBML {what} use undefined symbols {sorted(map(str, unknown))}.")
-    return OdeModel(tuple(states), model_rhs, model_initial, constants, rules, tuple(species))
+    return OdeModel(tuple(states), model_rhs, model_initial, constants, rules, tuple(species), tuple(compartments))
 
 
 def _check_document(document):

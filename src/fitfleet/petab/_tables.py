@@ -10,6 +10,13 @@ so the whole PEtab parameter mapping is a set of integer arrays built once on th
 and one gather per quantity on the device.  A table entry is a number (a constant), the
 id of an estimated parameter (its entry in ``x_lin``) or of a fixed one (its nominal
 value, a constant); a model quantity no table mentions keeps the SBML model's value.
+
+A simulation ("experiment") is a pair (pre-equilibration condition, simulation
+condition), the first possibly absent.  Pre-equilibration (PEtab v1): the model runs
+from its initial values under the pre-equilibration condition to a steady state; the
+simulation condition then sets its parameters and re-initialises the states its
+condition-table row gives a value (not NaN), the others keep their steady-state values,
+and time restarts at 0.
 """
 
 from dataclasses import dataclass, field
@@ -57,10 +64,14 @@ class Layout:
     priors: tuple  # (initializationPriorType, its parameters) per estimated parameter
     constants: np.ndarray  # the pool's constant part (linear scale)
     parameters: tuple  # ids of the model's constant quantities (the columns of theta_index)
-    condition_ids: tuple
+    condition_ids: tuple  # per experiment: its simulation condition
     theta_index: np.ndarray  # (conditions, parameters) into the pool
     initial_index: np.ndarray  # (conditions, states) into the pool, -1: the model's initial value
     times: np.ndarray  # (conditions, T): each condition's measurement times, padded with its last
+    preequilibration_ids: tuple  # the distinct pre-equilibration conditions
+    preequilibration: np.ndarray  # (conditions,) index into those, -1: none
+    preequilibration_theta_index: np.ndarray  # (pre-equilibrations, parameters)
+    preequilibration_initial_index: np.ndarray  # (pre-equilibrations, states)
     observables: tuple = field(default_factory=tuple)
     measurements: np.ndarray = None  # (rows,) in table order
 
@@ -87,8 +98,12 @@ def build(problem, model):
         if p in rules or p in model.states:
             raise ValueError(f"parameter table entry {p!r} is an SBML state or rule target; PEtab v1 sets only constants there.")
 
-    # Conditions: only those the measurements simulate, in order of appearance.
-    condition_ids = tuple(dict.fromkeys(meas[C.SIMULATION_CONDITION_ID]))
+    # Experiments: only those the measurements simulate, in order of appearance.
+    pre = meas[C.PREEQUILIBRATION_CONDITION_ID] if C.PREEQUILIBRATION_CONDITION_ID in meas else [""] * len(meas)
+    pairs = [(str(p) if _present(p) else "", str(sim)) for p, sim in zip(pre, meas[C.SIMULATION_CONDITION_ID])]
+    experiments = tuple(dict.fromkeys(pairs))
+    condition_ids = tuple(sim for _, sim in experiments)
+    preequilibration_ids = tuple(dict.fromkeys(p for p, _ in experiments if p))
     for column in cond.columns:
         if column == C.CONDITION_NAME:
             continue
@@ -96,27 +111,39 @@ def build(problem, model):
             raise ValueError(f"condition table column {column!r} is an SBML assignment-rule target or defined by an initial assignment; it cannot be overridden.")
         if column not in constants and column not in model.states:
             raise ValueError(f"condition table column {column!r} is not a parameter, compartment or species of the model.")
-    theta_index = np.empty((len(condition_ids), len(constants)), np.int64)
-    initial_index = np.full((len(condition_ids), len(model.states)), -1, np.int64)
-    for c, cid in enumerate(condition_ids):
-        if cid not in cond.index:
-            raise ValueError(f"simulation condition {cid!r} of the measurement table is not in the condition table.")
-        row = cond.loc[cid]
-        for k, name in enumerate(constants):
-            entry = row.get(name, np.nan)
-            if _present(entry):
-                theta_index[c, k] = pool.index(entry, f"condition {cid!r}, column {name!r}")
-            elif name in par.index:
-                theta_index[c, k] = pool.index(name, "parameter table")
-            else:
-                theta_index[c, k] = pool.constant(model.constants[name])
-        for s, name in enumerate(model.states):
-            entry = row.get(name, np.nan)
-            if _present(entry):
-                initial_index[c, s] = pool.index(entry, f"condition {cid!r}, column {name!r}")
+    def condition(ids, kind):
+        """(parameters, initial states) index arrays of the conditions ``ids``."""
+        theta_index = np.empty((len(ids), len(constants)), np.int64)
+        initial_index = np.full((len(ids), len(model.states)), -1, np.int64)
+        for c, cid in enumerate(ids):
+            if cid not in cond.index:
+                raise ValueError(f"{kind} condition {cid!r} of the measurement table is not in the condition table.")
+            row = cond.loc[cid]
+            for k, name in enumerate(constants):
+                entry = row.get(name, np.nan)
+                if _present(entry):
+                    theta_index[c, k] = pool.index(entry, f"condition {cid!r}, column {name!r}")
+                elif name in par.index:
+                    theta_index[c, k] = pool.index(name, "parameter table")
+                else:
+                    theta_index[c, k] = pool.constant(model.constants[name])
+            for s, name in enumerate(model.states):
+                entry = row.get(name, np.nan)
+                if _present(entry):
+                    initial_index[c, s] = pool.index(entry, f"condition {cid!r}, column {name!r}")
+        return theta_index, initial_index
 
-    # Each condition's time grid.
-    cidx = meas[C.SIMULATION_CONDITION_ID].map({c: i for i, c in enumerate(condition_ids)}).to_numpy()
+    theta_index, initial_index = condition(condition_ids, "simulation")
+    pre_theta_index, pre_initial_index = condition(preequilibration_ids, "pre-equilibration")
+    preequilibration = np.array([preequilibration_ids.index(p) if p else -1 for p, _ in experiments], np.int64)
+    for p, sim in experiments:
+        resized = [c for c in model.compartments if p and c in cond.columns and str(cond.at[p, c]) != str(cond.at[sim, c])]
+        if resized:
+            raise NotImplementedError(f"pre-equilibration condition {p!r} and simulation condition {sim!r} give compartments {resized} different sizes; changing a compartment's size after pre-equilibration is not supported.")
+
+    # Each experiment's time grid.
+    position = {pair: i for i, pair in enumerate(experiments)}
+    cidx = np.array([position[pair] for pair in pairs], np.int64)
     t = meas[C.TIME].to_numpy(np.float64)
     grids = [np.unique(t[cidx == c]) for c in range(len(condition_ids))]
     width = max(g.size for g in grids)
@@ -143,6 +170,10 @@ def build(problem, model):
         condition_ids=condition_ids,
         theta_index=theta_index,
         initial_index=initial_index,
+        preequilibration_ids=preequilibration_ids,
+        preequilibration=preequilibration,
+        preequilibration_theta_index=pre_theta_index,
+        preequilibration_initial_index=pre_initial_index,
         times=times,
         observables=tuple(observables),
         measurements=meas[C.MEASUREMENT].to_numpy(np.float64),
@@ -239,10 +270,6 @@ def _prior(row):
 
 
 def _check_unsupported(problem, par, meas):
-    if C.PREEQUILIBRATION_CONDITION_ID in meas and meas[C.PREEQUILIBRATION_CONDITION_ID].map(_present).any():
-        raise NotImplementedError("pre-equilibration (preequilibrationConditionId in the measurement table) is not supported.")
-    if np.isinf(meas[C.TIME].to_numpy(np.float64)).any():
-        raise NotImplementedError("steady-state measurements (time = inf) are not supported.")
     if (meas[C.TIME].to_numpy(np.float64) < 0).any():
         raise ValueError("the measurement table has negative times; PEtab simulations start at t = 0.")
     if C.OBJECTIVE_PRIOR_TYPE in par:

@@ -61,6 +61,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._model import finite_times
+
 FLOOR = 1e-3
 PILOT_RTOLS = (1e-4, 1e-6)
 PILOT_STEPS = 4096
@@ -109,7 +111,7 @@ def _pilot(model, x, rtol, scales):
     ``[0, t_last]`` at ``rtol`` and ``atol = rtol · scales``, whether it succeeded
     (t_last = 0 counts as success: the initial values are the answer), and its steps."""
     theta, y0, _ = model.initial_states(x)
-    t_last = jnp.max(model.times.astype(x.dtype), axis=1)
+    t_last = jnp.max(finite_times(model.times.astype(x.dtype)), axis=1)
     eps = float(jnp.finfo(x.dtype).eps)
     rtol = jnp.maximum(rtol, 100 * eps)
 
