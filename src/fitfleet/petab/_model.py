@@ -170,7 +170,7 @@ class Model(eqx.Module):
         """(conditions, times, states) at every condition's measurement times, the
         condition parameters (conditions, parameters) and the pool."""
         theta, y0, pool = self.initial_states(x)
-        conditions = (theta, y0, finite_times(self.times).astype(x.dtype))
+        conditions = (theta, y0, finite_times(self.times.astype(x.dtype)))
         if self.settings.sequential and theta.shape[0] > 1:
             ys = jax.lax.map(lambda c: self._solve(*c), conditions)
         else:
