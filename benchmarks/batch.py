@@ -584,7 +584,7 @@ def section_trf(report, repeats, quick):
         f"the calls alternating, medians of {repeats} runs after a first (compiling) call of each. "
         "Workloads: (1) 2D Gaussian, float32, `ftol=1e-4, xtol=gtol=0, max_steps=20`; (2) 1D Gaussian peak, float64, "
         "tolerances 1e-10; (3) MGH10 stragglers, 1% of the starts at NIST's Start 1, default tolerances, "
-        "`max_steps=1000`; (4) `multistart(..., log_scale=True)` from 1,024 starts on NIST problems (starts drawn "
+        "`max_steps=1000`; (4) `multistart(..., log_scale=True)` from 1,024 starts on section 4's NIST problems (starts drawn "
         "log-uniformly in a box; the fits themselves unbounded, in the parameters' own units). *Converged*: fraction with `success`; for multistart, *found*: "
         "fraction of starts reaching the certified optimum (LRE >= 4).",
         "",
@@ -605,7 +605,7 @@ def section_trf(report, repeats, quick):
     fun, x, ys = prob.residual(), jnp.asarray(prob.x), jnp.asarray(ys)
     fns = {m: (lambda m=m: ff.fit_batch(fun, x0, (x, ys), shared_args=(0,), method=m, max_steps=1000)) for m in ("lm", "trf")}
     rows.append(_trf_row("MGH10 stragglers, 1,024 fits, float64", interleaved(fns, repeats), lambda r: float(jnp.mean(r.success))))
-    for name in ("MGH09", "BoxBOD", "Rat43") if not quick else ("BoxBOD",):
+    for name in MULTISTART_PROBLEMS if not quick else ("BoxBOD",):
         prob = nist.load(name)
         fun, x, yy = prob.residual(), jnp.asarray(prob.x), jnp.asarray(prob.y)
         lo, hi = box(prob.start1)

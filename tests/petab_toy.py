@@ -115,8 +115,8 @@ def write(folder, event=False, noise="normal", preequilibration=False, prior=Fal
     parameters = pd.DataFrame(parameters)
     parameters["initializationPriorType"] = ["parameterScaleUniform", "normal", "", "", "", ""]
     parameters["initializationPriorParameters"] = ["", "1.0;0.5", "", "", "", ""]
-    if prior:
-        parameters["objectivePriorType"] = ["normal", "", "", "", "", ""]
+    if prior:  # True: a normal prior; or the objectivePriorType's name
+        parameters["objectivePriorType"] = ["normal" if prior is True else prior, "", "", "", "", ""]
         parameters["objectivePriorParameters"] = ["0;1", "", "", "", "", ""]
     conditions = pd.DataFrame({"conditionId": ["c1", "c2"], "V": [2.0, 4.0], "r": [1.5, 2.5], "A": [np.nan, 5.0]})
     observables = pd.DataFrame({

@@ -283,7 +283,7 @@ def test_toy_multistart_reaches_the_fit_from_nominal(toy_problem, x64):
 
 @pytest.mark.parametrize(
     "feature, match",
-    [({"event": True}, "events"), ({"preequilibration": True}, "compartment's size after pre-equilibration"), ({"prior": True}, "objective priors"), ({"noise": "laplace"}, "laplace")],
+    [({"event": True}, "events"), ({"preequilibration": True}, "compartment's size after pre-equilibration"), ({"prior": "laplace"}, "objectivePriorType 'laplace'"), ({"noise": "laplace"}, "laplace")],
 )
 def test_unsupported_features_are_named(tmp_path, feature, match):
     with pytest.raises(NotImplementedError, match=match):

@@ -98,3 +98,39 @@ def test_steady_state_measurements_match_the_closed_form(tmp_path, x64):
     assert float(prob.nll(x)) == pytest.approx(nll(x), rel=1e-8)
     fd = np.array([(nll(x + 1e-6 * e) - nll(x - 1e-6 * e)) / 2e-6 for e in np.eye(3)])
     np.testing.assert_allclose(np.asarray(jax.grad(prob.nll)(x)), fd, rtol=1e-5)
+
+
+def test_objective_priors_are_pypestos(tmp_path, x64):
+    """Objective priors of every supported type on parameters of every scale, one of
+    them fixed: the NLL grows by their negative log densities (scipy's), as pyPESTO's
+    objective does (``pypesto.petab.PetabImporter.create_prior``, pyPESTO 0.7.0:
+    4.597572401182253 at the nominal parameters), and stays a sum of squares."""
+    import sys
+
+    from scipy import stats
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import petab_toy as toy
+
+    def write(folder, priors):
+        path = toy.write(folder, prior=True)
+        par = pd.read_csv(folder / "parameters.tsv", sep="\t")
+        if priors:  # k (log10), k2 (lin), sd_A (log10), scale_A (log), a0 (fixed), offset_C (fixed)
+            par["objectivePriorType"] = ["normal", "logNormal", "parameterScaleNormal", "uniform", "normal", ""]
+            par["objectivePriorParameters"] = ["0.5;0.2", "-1;0.7", "-0.5;0.3", "0.05;20", "1;0.5", ""]
+        else:
+            par = par.drop(columns=["objectivePriorType", "objectivePriorParameters"])
+        par.to_csv(folder / "parameters.tsv", sep="\t", index=False)
+        return ff.petab.load(path, lint=False)
+
+    prob, plain = write(tmp_path / "priors", True), write(tmp_path / "plain", False)
+
+    def prior(x):
+        k, k2, sd_a, _ = x  # on their scales: log10, lin, log10, log
+        return -(stats.norm.logpdf(10**k, 0.5, 0.2) + stats.lognorm.logpdf(k2, 0.7, scale=np.exp(-1))
+                 + stats.norm.logpdf(sd_a, -0.5, 0.3) + stats.uniform.logpdf(1.0, 0.05, 19.95) + stats.norm.logpdf(1.5, 1, 0.5))  # fmt: skip
+
+    assert float(prob.nll(prob.nominal) - plain.nll(prob.nominal)) == pytest.approx(4.597572401182253, rel=1e-12)
+    for x in (prob.nominal, prob.nominal + 0.1, prob.nominal - np.array([0.5, 0.3, 0.2, 0.1])):
+        assert float(prob.nll(x) - plain.nll(x)) == pytest.approx(prior(x), rel=1e-10)
+        assert 0.5 * float(np.sum(np.asarray(prob.residual(x)) ** 2)) + prob.offset == pytest.approx(float(prob.nll(x)), rel=1e-12)

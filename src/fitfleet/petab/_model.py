@@ -32,7 +32,9 @@ not less.  Then
     nll(x) = ½‖ρ(x)‖² + offset,
     offset = Σ_i (½ ln 2π + J_i) + Σ_{σ constant} ln|σ_i| − K · #{σ variable},
 
-which ``Problem.offset`` holds.  The constant K per σ-dependent data point inflates F,
+which ``Problem.offset`` holds.  Objective priors (pyPESTO's negative log-posterior)
+add one residual each after these and their constants to the offset
+(``_tables.Prior``).  The constant K per σ-dependent data point inflates F,
 so fitfleet's relative stopping tests (``ftol``: a decrease relative to F; ``gtol``: a
 cosine with ‖ρ‖) are looser in NLL units than on F = NLL; the fits from the nominal
 parameters still end within 1e-5 of the best known optima
@@ -102,6 +104,8 @@ class Model(eqx.Module):
     preequilibration_theta_index: jax.Array
     preequilibration_initial_index: jax.Array
     steady_experiments: tuple = eqx.field(static=True, default=())  # those with measurements at t = inf
+    priors: tuple = eqx.field(static=True, default=())  # ``_tables.Prior``s of the objective
+    prior_offset: float = eqx.field(static=True, default=0.0)
 
     def pool(self, x):
         x_lin = x
@@ -225,7 +229,16 @@ class Model(eqx.Module):
             r.append(_weighted(o.transformation, y[np.asarray(o.rows)], h, sigma))
             if o.variable_sigma:
                 s.append(jnp.sqrt(jnp.log(jnp.maximum(sigma * sigma, tiny)) - jnp.log(tiny) + 2))
-        return jnp.concatenate([self._table_order(r), *s])
+        return jnp.concatenate([self._table_order(r), *s, self._prior_residual(x)])
+
+    def _prior_residual(self, x):
+        """The objective priors' residuals (``_tables.Prior``), after the data's."""
+        pool = self.pool(x)
+        r = []
+        for p in self.priors:
+            v = x[p.index] if p.on_scale else pool[p.index]
+            r.append(((jnp.log(v) if p.log else v) - p.mean) / p.sd)
+        return jnp.stack(r) if r else jnp.zeros((0,), x.dtype)
 
     def nll(self, x, y):
         """The negative log-likelihood (module docstring), exactly."""
@@ -234,7 +247,7 @@ class Model(eqx.Module):
             data = y[np.asarray(o.rows)]
             r = _weighted(o.transformation, data, h, sigma)
             total += jnp.sum(0.5 * r * r + 0.5 * jnp.log(2 * np.pi * sigma * sigma) + _jacobian_term(o.transformation, data))
-        return total
+        return total + 0.5 * jnp.sum(self._prior_residual(x) ** 2) + self.prior_offset
 
     def offset(self, x, y):
         """``nll - ½‖residual‖²``, from the constant terms alone (module docstring);
@@ -248,7 +261,7 @@ class Model(eqx.Module):
             data = y[np.asarray(o.rows)]
             total += jnp.sum(0.5 * jnp.log(2 * np.pi) + _jacobian_term(o.transformation, data))
             total += -K * data.size if o.variable_sigma else jnp.sum(0.5 * jnp.log(sigma**2))
-        return total
+        return total + self.prior_offset
 
     def _table_order(self, parts):
         rows = np.concatenate([o.rows for o in self.observables])
@@ -316,4 +329,6 @@ def build_model(ode, layout, settings, state_scales):
         preequilibration_theta_index=layout.preequilibration_theta_index.astype(np.int32),
         preequilibration_initial_index=layout.preequilibration_initial_index.astype(np.int32),
         steady_experiments=tuple(np.flatnonzero(np.isinf(layout.times).any(axis=1)).tolist()),
+        priors=layout.objective_priors,
+        prior_offset=layout.prior_offset,
     )

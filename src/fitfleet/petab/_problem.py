@@ -84,7 +84,7 @@ def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, c
 
     Raises:
         NotImplementedError: for a PEtab or SBML feature outside what the benchmark
-            collection's ODE problems use (events, objective priors, Laplace noise,
+            collection's ODE problems use (events, Laplace noise or priors,
             algebraic rules, a compartment resized after pre-equilibration, ...),
             naming it.
     """

@@ -55,6 +55,21 @@ class Observable:
 
 
 @dataclass(frozen=True)
+class Prior:
+    """An objective prior as a residual, ``r = (t(v) − mean)/sd`` with ``v`` the
+    parameter on its estimation scale (``on_scale``) or its linear value, and ``t = ln``
+    (``log``) or the identity: ``−ln(prior density) = ½r² + a constant``.  A normal
+    prior has ``t`` the identity; a log-normal one (ln v ~ N(μ, σ²)), completing the
+    square, ``(ln v − μ)²/2σ² + ln v = ½((ln v − (μ − σ²))/σ)² + μ − σ²/2``."""
+
+    index: int  # among the estimated parameters
+    on_scale: bool
+    log: bool
+    mean: float
+    sd: float
+
+
+@dataclass(frozen=True)
 class Layout:
     names: tuple  # estimated parameters, in parameter-table order
     scales: tuple
@@ -62,6 +77,8 @@ class Layout:
     upper: np.ndarray
     nominal: np.ndarray
     priors: tuple  # (initializationPriorType, its parameters) per estimated parameter
+    objective_priors: tuple  # Prior per estimated parameter with a normal or log-normal one
+    prior_offset: float  # the objective priors' constant terms (fixed parameters' priors included)
     constants: np.ndarray  # the pool's constant part (linear scale)
     parameters: tuple  # ids of the model's constant quantities (the columns of theta_index)
     condition_ids: tuple  # per experiment: its simulation condition
@@ -158,6 +175,12 @@ def build(problem, model):
         rows = np.flatnonzero(meas[C.OBSERVABLE_ID].to_numpy() == oid)
         observables.append(_observable(oid, obs.loc[oid], meas, rows, cidx, tidx, pool, model, known, constants, theta_index))
 
+    objective_priors, prior_offset = [], 0.0
+    for name in par.index:
+        prior, constant = _objective_prior(par.loc[name], estimated.index(name) if name in estimated else None)
+        objective_priors.append(prior)
+        prior_offset += constant
+
     return Layout(
         names=tuple(estimated),
         scales=scales,
@@ -165,6 +188,8 @@ def build(problem, model):
         upper=on_scale(C.UPPER_BOUND),
         nominal=on_scale(C.NOMINAL_VALUE),
         priors=tuple(_prior(par.loc[p]) for p in estimated),
+        objective_priors=tuple(p for p in objective_priors if p is not None),
+        prior_offset=prior_offset,
         constants=np.asarray(pool.values, np.float64),
         parameters=tuple(constants),
         condition_ids=condition_ids,
@@ -269,13 +294,40 @@ def _prior(row):
     return kind, tuple(float(v) for v in str(params).split(C.PARAMETER_SEPARATOR))
 
 
+def _objective_prior(row, index):
+    """``(Prior or None, constant)`` of a parameter-table row's objective prior, as
+    pyPESTO adds it to its objective (``pypesto.objective.priors``): a density on the
+    linear value unless the type starts with ``parameterScale`` (no Jacobian of the
+    scale), ``parameterScaleUniform`` left out.  A fixed parameter's prior is a
+    constant.  Laplace priors (not differentiable at their mode) raise."""
+    kind = row.get(C.OBJECTIVE_PRIOR_TYPE, np.nan)
+    if not _present(kind) or kind == C.PARAMETER_SCALE_UNIFORM:
+        return None, 0.0
+    kind, name, scale = str(kind), row.name, str(row[C.PARAMETER_SCALE])
+    if kind not in (C.NORMAL, C.PARAMETER_SCALE_NORMAL, C.LOG_NORMAL, C.UNIFORM):
+        raise NotImplementedError(f"parameter {name!r}: objectivePriorType {kind!r} is not supported (normal, parameterScaleNormal, logNormal, uniform and parameterScaleUniform are).")
+    params = row.get(C.OBJECTIVE_PRIOR_PARAMETERS, np.nan)
+    if not _present(params):
+        raise ValueError(f"parameter {name!r}: objectivePriorType {kind!r} needs objectivePriorParameters.")
+    a, b = (float(v) for v in str(params).split(C.PARAMETER_SEPARATOR))
+    if kind == C.UNIFORM:  # ln(b − a) inside [a, b], infinite outside
+        if not a <= float(row[C.LOWER_BOUND]) <= float(row[C.UPPER_BOUND]) <= b:
+            raise NotImplementedError(f"parameter {name!r}: a uniform objective prior on [{a}, {b}] narrower than the parameter's bounds is not supported.")
+        return None, float(np.log(b - a))
+    on_scale, log = kind == C.PARAMETER_SCALE_NORMAL, kind == C.LOG_NORMAL
+    constant = 0.5 * np.log(2 * np.pi * b * b) + ((a - 0.5 * b * b) if log else 0.0)
+    prior = Prior(index, on_scale, log, a - b * b if log else a, b)
+    if index is None:  # fixed: the residual at the nominal value, a constant too
+        value = float(row[C.NOMINAL_VALUE])
+        value = petab.scale(value, scale) if on_scale else value
+        r = ((np.log(value) if log else value) - prior.mean) / b
+        return None, float(constant + 0.5 * r * r)
+    return prior, float(constant)
+
+
 def _check_unsupported(problem, par, meas):
     if (meas[C.TIME].to_numpy(np.float64) < 0).any():
         raise ValueError("the measurement table has negative times; PEtab simulations start at t = 0.")
-    if C.OBJECTIVE_PRIOR_TYPE in par:
-        with_prior = par.index[(par[C.ESTIMATE] == 1) & par[C.OBJECTIVE_PRIOR_TYPE].map(_present)].tolist()
-        if with_prior:
-            raise NotImplementedError(f"objective priors (objectivePriorType) are not supported; parameters {with_prior} have one.")
     if getattr(problem, "mapping_df", None) is not None and len(problem.mapping_df):
         raise NotImplementedError("PEtab mapping tables are not supported.")
     if getattr(problem, "extensions_config", None):
