@@ -282,12 +282,19 @@ def test_toy_multistart_reaches_the_fit_from_nominal(toy_problem, x64):
 
 
 @pytest.mark.parametrize(
-    "feature, match",
-    [({"event": True}, "events"), ({"preequilibration": True}, "compartment's size after pre-equilibration"), ({"prior": "laplace"}, "objectivePriorType 'laplace'"), ({"noise": "laplace"}, "laplace")],
+    "feature, options, match",
+    [
+        ({"event": True}, {}, "events"),
+        ({"preequilibration": True}, {}, "pre-equilibration .* preequilibration=True"),
+        ({"preequilibration": True}, {"preequilibration": True}, "compartment's size after pre-equilibration"),
+        ({"prior": True}, {}, "objective priors .* priors=True"),
+        ({"prior": "laplace"}, {"priors": True}, "objectivePriorType 'laplace'"),
+        ({"noise": "laplace"}, {}, "laplace"),
+    ],
 )
-def test_unsupported_features_are_named(tmp_path, feature, match):
+def test_unsupported_features_are_named(tmp_path, feature, options, match):
     with pytest.raises(NotImplementedError, match=match):
-        fp.load(toy.write(tmp_path, **feature), lint=False)
+        fp.load(toy.write(tmp_path, **feature), lint=False, **options)
 
 
 def test_bad_input_is_a_clear_error(toy_problem, tmp_path):

@@ -1,7 +1,8 @@
 """fitfleet.petab against the PEtab test suite (``petabtests``: each case a small PEtab
 problem with its simulation, χ² and log-likelihood at the nominal parameters, computed
 in closed form; tests/data/petab/petabtests/README.md).  The suite's own tolerances are
-1e-3; its values are exact, so the simulations here are held to 1e-6."""
+1e-3; its values are exact, so the simulations here are held to 1e-6.  Pre-equilibration,
+steady-state measurements and objective priors are opt-in (``load``'s options)."""
 
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def _case(case):
         folder = SUITE / case
         solution = yaml.safe_load((folder / f"_{case}_solution.yaml").read_text())
         reference = pd.concat([pd.read_csv(folder / f, sep="\t") for f in solution["simulation_files"]], ignore_index=True)
-        _LOADED[case] = ff.petab.load(folder / f"_{case}.yaml", rtol=1e-10), solution, reference
+        _LOADED[case] = ff.petab.load(folder / f"_{case}.yaml", rtol=1e-10, preequilibration=True), solution, reference
     return _LOADED[case]
 
 
@@ -81,7 +82,7 @@ def test_steady_state_measurements_match_the_closed_form(tmp_path, x64):
         "observableId\tpreequilibrationConditionId\tsimulationConditionId\ttime\tmeasurement\n"
         + "".join(f"obs_a\t{pre}\t{sim}\t{t}\t{y}\n" for pre, sim, t, y in rows)
     )
-    prob = ff.petab.load(folder / "_0001.yaml", rtol=1e-10)
+    prob = ff.petab.load(folder / "_0001.yaml", rtol=1e-10, preequilibration=True)
 
     def closed_form(p):
         a0, b0, k2 = p
@@ -121,7 +122,7 @@ def test_objective_priors_are_pypestos(tmp_path, x64):
         else:
             par = par.drop(columns=["objectivePriorType", "objectivePriorParameters"])
         par.to_csv(folder / "parameters.tsv", sep="\t", index=False)
-        return ff.petab.load(path, lint=False)
+        return ff.petab.load(path, lint=False, priors=True)
 
     prob, plain = write(tmp_path / "priors", True), write(tmp_path / "plain", False)
 

@@ -47,6 +47,8 @@ def parser():
     p.add_argument("--no-plots", action="store_true", help="write no plots")
     p.add_argument("--solver", default="Kvaerno5", help="diffrax ODE solver class (default Kvaerno5)")
     p.add_argument("--rtol", type=float, default=1e-8, help="ODE relative tolerance (default 1e-8)")
+    p.add_argument("--preequilibration", action="store_true", help="simulate pre-equilibration and time = inf measurements (load's option)")
+    p.add_argument("--priors", action="store_true", help="add the objective priors, as pyPESTO does (load's option)")
     p.add_argument("--float32", action="store_true", help="single precision (default float64)")
     p.add_argument("--no-cache", action="store_true", help="do not use JAX's persistent compilation cache")
     p.add_argument("--quiet", action="store_true", help="no progress bars, no summary on the terminal")
@@ -81,7 +83,7 @@ def main(argv=None):
     times = {}
     with jax.enable_x64(not args.float32):
         clock = time.perf_counter()
-        prob = load(args.problem, solver=solver(), rtol=args.rtol)
+        prob = load(args.problem, solver=solver(), rtol=args.rtol, preequilibration=args.preequilibration, priors=args.priors)
         times["load"] = time.perf_counter() - clock
         say(repr(prob))
         out = args.out or Path(f"fitfleet-{prob.path.stem}")

@@ -47,7 +47,7 @@ METHOD = "trf"
 FTOL = 1e-8
 
 
-def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, conditions="auto", lint=True):
+def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, conditions="auto", lint=True, preequilibration=False, priors=False):
     """Load a PEtab v1 problem (its yaml file, or the folder that holds exactly one).
 
     The SBML model is translated to JAX once, here; nothing compiles until the first
@@ -74,6 +74,13 @@ def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, c
             side by side most of the work would be padding (the rule and its
             measurements: ``fitfleet.petab._tolerances``).
         lint: run ``petab.lint_problem`` first and refuse a problem with errors.
+        preequilibration: simulate pre-equilibration and steady-state measurements
+            (``time = inf``) by fitfleet's steady-state solve (``_model``; checked
+            against the PEtab test suite's closed forms, not yet against AMICI on
+            benchmark problems).  Off by default: a problem that needs them raises.
+        priors: add the parameter table's objective priors, making ``nll`` pyPESTO's
+            negative log-posterior (``_tables.Prior``).  Off by default: a problem
+            with priors raises rather than be fitted without them.
 
     The Jacobian comes from forward-mode sensitivities through the solver
     (``diffrax.ForwardMode``, so ``jax.jacfwd``; ``nll`` also has a reverse-mode
@@ -104,7 +111,7 @@ def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, c
     if lint and petab.lint_problem(problem):
         raise ValueError(f"petab.lint_problem found errors in {str(path)!r} (logged above); pass lint=False to load it anyway.")
     ode = _sbml.load_sbml(problem.model.sbml_document)
-    layout = _tables.build(problem, ode)
+    layout = _tables.build(problem, ode, preequilibration=preequilibration, priors=priors)
     settings = _model.Settings(solver or diffrax.Kvaerno5(), float(rtol), int(max_steps), conditions == "sequential")
     model = _model.build_model(ode, layout, settings, np.ones(len(ode.states)))
     if state_scales is None:

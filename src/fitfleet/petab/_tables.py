@@ -93,13 +93,14 @@ class Layout:
     measurements: np.ndarray = None  # (rows,) in table order
 
 
-def build(problem, model):
-    """The :class:`Layout` of a ``petab.v1.Problem`` whose SBML model is ``model``."""
+def build(problem, model, preequilibration=False, priors=False):
+    """The :class:`Layout` of a ``petab.v1.Problem`` whose SBML model is ``model``;
+    ``preequilibration``, ``priors``: ``fitfleet.petab.load``'s."""
     par = problem.parameter_df
     cond = problem.condition_df
     meas = problem.measurement_df.reset_index(drop=True)
     obs = problem.observable_df
-    _check_unsupported(problem, par, meas)
+    _check_unsupported(problem, par, meas, preequilibration, priors)
 
     estimated = par.index[par[C.ESTIMATE] == 1].tolist()
     scales = tuple(str(par.at[p, C.PARAMETER_SCALE]) for p in estimated)
@@ -325,7 +326,16 @@ def _objective_prior(row, index):
     return prior, float(constant)
 
 
-def _check_unsupported(problem, par, meas):
+def _check_unsupported(problem, par, meas, preequilibration, priors):
+    if not preequilibration:
+        if C.PREEQUILIBRATION_CONDITION_ID in meas and meas[C.PREEQUILIBRATION_CONDITION_ID].map(_present).any():
+            raise NotImplementedError("pre-equilibration (preequilibrationConditionId in the measurement table) is not supported by default; load(..., preequilibration=True) simulates it by fitfleet's steady-state solve.")
+        if np.isinf(meas[C.TIME].to_numpy(np.float64)).any():
+            raise NotImplementedError("steady-state measurements (time = inf) are not supported by default; load(..., preequilibration=True) simulates them by fitfleet's steady-state solve.")
+    if not priors and C.OBJECTIVE_PRIOR_TYPE in par:
+        kinds = par[C.OBJECTIVE_PRIOR_TYPE].map(lambda k: _present(k) and k != C.PARAMETER_SCALE_UNIFORM)
+        if kinds.any():
+            raise NotImplementedError(f"objective priors (objectivePriorType of {par.index[kinds].tolist()}) are not supported by default; load(..., priors=True) adds them as pyPESTO does (its negative log-posterior).")
     if (meas[C.TIME].to_numpy(np.float64) < 0).any():
         raise ValueError("the measurement table has negative times; PEtab simulations start at t = 0.")
     if getattr(problem, "mapping_df", None) is not None and len(problem.mapping_df):
