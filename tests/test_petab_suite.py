@@ -135,3 +135,43 @@ def test_objective_priors_are_pypestos(tmp_path, x64):
     for x in (prob.nominal, prob.nominal + 0.1, prob.nominal - np.array([0.5, 0.3, 0.2, 0.1])):
         assert float(prob.nll(x) - plain.nll(x)) == pytest.approx(prior(x), rel=1e-10)
         assert 0.5 * float(np.sum(np.asarray(prob.residual(x)) ** 2)) + prob.offset == pytest.approx(float(prob.nll(x)), rel=1e-12)
+
+
+GROWTH_SBML = """<?xml version="1.0" encoding="UTF-8"?>
+<sbml xmlns="http://www.sbml.org/sbml/level3/version1/core" level="3" version="1">
+  <model id="growth">
+    <listOfCompartments><compartment id="c" size="1" constant="true"/></listOfCompartments>
+    <listOfSpecies>
+      <species id="X" compartment="c" initialConcentration="1e-10" hasOnlySubstanceUnits="false" boundaryCondition="false" constant="false"/>
+      <species id="Y" compartment="c" initialConcentration="1" hasOnlySubstanceUnits="false" boundaryCondition="false" constant="false"/>
+    </listOfSpecies>
+    <listOfParameters><parameter id="k" value="2" constant="true"/></listOfParameters>
+    <listOfRules>
+      <rateRule variable="X"><math xmlns="http://www.w3.org/1998/Math/MathML"><apply><times/><ci>k</ci><ci>X</ci></apply></math></rateRule>
+      <rateRule variable="Y"><math xmlns="http://www.w3.org/1998/Math/MathML"><apply><times/><cn>-0.1</cn><ci>Y</ci></apply></math></rateRule>
+    </listOfRules>
+  </model>
+</sbml>
+"""
+
+
+def test_a_state_growing_from_a_tiny_start_is_resolved_from_its_start(tmp_path, x64):
+    """X grows e^20-fold from 1e-10 (as an epidemic's infected fraction does in
+    Bertozzi_PNAS2020): an absolute tolerance sized for its peak would leave its start
+    unresolved, and the error grow with it (``_tolerances``)."""
+    (tmp_path / "model.xml").write_text(GROWTH_SBML)
+    (tmp_path / "conditions.tsv").write_text("conditionId\nc0\n")
+    (tmp_path / "observables.tsv").write_text("observableId\tobservableFormula\tnoiseFormula\nobs_x\tX\t0.01\nobs_y\tY\t0.01\n")
+    (tmp_path / "parameters.tsv").write_text("parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\nk\tlog10\t0.1\t10\t2\t1\n")
+    times = [1.0, 5.0, 10.0]
+    (tmp_path / "measurements.tsv").write_text(
+        "observableId\tsimulationConditionId\ttime\tmeasurement\n" + "".join(f"obs_{o}\tc0\t{t}\t0.5\n" for o in "xy" for t in times)
+    )
+    (tmp_path / "growth.yaml").write_text(
+        "format_version: 1\nparameter_file: parameters.tsv\nproblems:\n- condition_files: [conditions.tsv]\n"
+        "  measurement_files: [measurements.tsv]\n  observable_files: [observables.tsv]\n  sbml_files: [model.xml]\n"
+    )
+    prob = ff.petab.load(tmp_path / "growth.yaml")
+    sim = prob.simulate(prob.nominal)["simulation"].to_numpy(float)
+    exact = np.concatenate([1e-10 * np.exp(2 * np.array(times)), np.exp(-0.1 * np.array(times))])
+    np.testing.assert_allclose(sim, exact, rtol=1e-5)
