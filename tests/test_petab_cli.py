@@ -132,3 +132,20 @@ def test_checkpoint_resumes_an_interrupted_multistart(run, problem, x64, tmp_pat
         problem.multistart(STARTS, key=jax.random.key(SEED + 1), checkpoint=path, method="trf")
     with pytest.raises(ValueError, match="options"):
         problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, method="trf", max_steps=7)
+
+
+CASE_0010 = Path(__file__).resolve().parent / "data" / "petab" / "petabtests" / "0010" / "_0010.yaml"  # pre-equilibration
+
+
+def test_cli_refuses_an_opt_in_feature_naming_its_flag(tmp_path):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as refused:
+        main([str(CASE_0010), "--starts", "2", "--out", str(tmp_path), "--quiet"])
+    assert refused.value.code == 2 and "--preequilibration" in stderr.getvalue()
+
+
+@pytest.mark.slow
+def test_cli_runs_with_an_opt_in_feature(tmp_path):
+    main([str(CASE_0010), "--starts", "2", "--out", str(tmp_path), "--quiet", "--preequilibration", "--no-plots", "--no-profiles", "--no-checkpoint"])
+    ms = ff.MultiStartResult.load(tmp_path / "results.npz")
+    assert ms.n_starts == 2 and np.all(np.isfinite(np.asarray(ms.results.cost)))

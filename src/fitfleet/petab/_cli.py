@@ -83,7 +83,10 @@ def main(argv=None):
     times = {}
     with jax.enable_x64(not args.float32):
         clock = time.perf_counter()
-        prob = load(args.problem, solver=solver(), rtol=args.rtol, preequilibration=args.preequilibration, priors=args.priors)
+        try:
+            prob = load(args.problem, solver=solver(), rtol=args.rtol, preequilibration=args.preequilibration, priors=args.priors)
+        except (FileNotFoundError, NotImplementedError, ValueError) as error:  # the problem, not fitfleet: no traceback
+            parser().exit(2, f"fitfleet.petab: cannot load {str(args.problem)!r}: {error}\n")
         times["load"] = time.perf_counter() - clock
         say(repr(prob))
         out = args.out or Path(f"fitfleet-{prob.path.stem}")

@@ -329,13 +329,13 @@ def _objective_prior(row, index):
 def _check_unsupported(problem, par, meas, preequilibration, priors):
     if not preequilibration:
         if C.PREEQUILIBRATION_CONDITION_ID in meas and meas[C.PREEQUILIBRATION_CONDITION_ID].map(_present).any():
-            raise NotImplementedError("pre-equilibration (preequilibrationConditionId in the measurement table) is not supported by default; load(..., preequilibration=True) simulates it by fitfleet's steady-state solve.")
+            raise NotImplementedError("pre-equilibration (preequilibrationConditionId in the measurement table) is not supported by default; load(..., preequilibration=True) (--preequilibration on the command line) simulates it by fitfleet's steady-state solve.")
         if np.isinf(meas[C.TIME].to_numpy(np.float64)).any():
-            raise NotImplementedError("steady-state measurements (time = inf) are not supported by default; load(..., preequilibration=True) simulates them by fitfleet's steady-state solve.")
+            raise NotImplementedError("steady-state measurements (time = inf) are not supported by default; load(..., preequilibration=True) (--preequilibration on the command line) simulates them by fitfleet's steady-state solve.")
     if not priors and C.OBJECTIVE_PRIOR_TYPE in par:
         kinds = par[C.OBJECTIVE_PRIOR_TYPE].map(lambda k: _present(k) and k != C.PARAMETER_SCALE_UNIFORM)
         if kinds.any():
-            raise NotImplementedError(f"objective priors (objectivePriorType of {par.index[kinds].tolist()}) are not supported by default; load(..., priors=True) adds them as pyPESTO does (its negative log-posterior).")
+            raise NotImplementedError(f"objective priors (objectivePriorType of {par.index[kinds].tolist()}) are not supported by default; load(..., priors=True) (--priors on the command line) adds them as pyPESTO does (its negative log-posterior).")
     if (meas[C.TIME].to_numpy(np.float64) < 0).any():
         raise ValueError("the measurement table has negative times; PEtab simulations start at t = 0.")
     if getattr(problem, "mapping_df", None) is not None and len(problem.mapping_df):
