@@ -177,7 +177,7 @@ def build(problem, model, preequilibration=False, priors=False):
         observables.append(_observable(oid, obs.loc[oid], meas, rows, cidx, tidx, pool, model, known, constants, theta_index))
 
     objective_priors, prior_offset = [], 0.0
-    for name in par.index:
+    for name in par.index if priors else ():
         prior, constant = _objective_prior(par.loc[name], estimated.index(name) if name in estimated else None)
         objective_priors.append(prior)
         prior_offset += constant
@@ -333,7 +333,8 @@ def _check_unsupported(problem, par, meas, preequilibration, priors):
         if np.isinf(meas[C.TIME].to_numpy(np.float64)).any():
             raise NotImplementedError("steady-state measurements (time = inf) are not supported by default; load(..., preequilibration=True) (--preequilibration on the command line) simulates them by fitfleet's steady-state solve.")
     if not priors and C.OBJECTIVE_PRIOR_TYPE in par:
-        kinds = par[C.OBJECTIVE_PRIOR_TYPE].map(lambda k: _present(k) and k != C.PARAMETER_SCALE_UNIFORM)
+        # A fixed parameter's prior is a constant of the objective: left out unless asked for.
+        kinds = (par[C.ESTIMATE] == 1) & par[C.OBJECTIVE_PRIOR_TYPE].map(lambda k: _present(k) and k != C.PARAMETER_SCALE_UNIFORM)
         if kinds.any():
             raise NotImplementedError(f"objective priors (objectivePriorType of {par.index[kinds].tolist()}) are not supported by default; load(..., priors=True) (--priors on the command line) adds them as pyPESTO does (its negative log-posterior).")
     if (meas[C.TIME].to_numpy(np.float64) < 0).any():
