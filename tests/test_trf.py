@@ -19,6 +19,7 @@ import scipy.optimize as so
 import fitfleet as ff
 import nist
 from conftest import count_compilations
+from fitfleet._solvers.trust_region_reflective import _secant_update
 
 # scipy's first-order optimality for trf: ‖v·g‖∞, v the distance to the bound the
 # negative gradient points at (1 where that bound is infinite or g = 0).
@@ -99,14 +100,14 @@ def test_rosenbrock_bounds(x64, x0, bounds, x_scale):
 
 @pytest.mark.parametrize("x_scale", [1.0, np.array([1.0, 0.2]), "jac"], ids=["1", "array", "jac"])
 def test_rosenbrock_unbounded_is_scipy_trf(x64, x_scale):
-    res = ff.least_squares(fun_rosenbrock, jnp.array([-2.0, 1.0]), method="trf", x_scale=x_scale, acceleration=False)
+    res = ff.least_squares(fun_rosenbrock, jnp.array([-2.0, 1.0]), method="trf", x_scale=x_scale, acceleration=False, secant=False)
     ref = scipy_trf(fun_rosenbrock, [-2.0, 1.0], x_scale=x_scale)
     np.testing.assert_allclose(res.params, [1.0, 1.0])
     # The same algorithm, so about the same path (the last steps may differ: near the
     # solution fitfleet judges a step below the cost's round-off as agreeing with the model).
     assert abs(int(res.n_fev) - ref.nfev) <= 2
-    # Rosenbrock's valley is curved: the geodesic acceleration (default) crosses it in
-    # fewer steps, to the same point.
+    # Rosenbrock's valley is curved: the geodesic acceleration and the secant model
+    # (defaults) cross it in fewer steps, to the same point.
     fast = ff.least_squares(fun_rosenbrock, jnp.array([-2.0, 1.0]), method="trf", x_scale=x_scale)
     np.testing.assert_allclose(fast.params, [1.0, 1.0])
     assert fast.success and int(fast.n_steps) < int(res.n_steps)
@@ -114,9 +115,9 @@ def test_rosenbrock_unbounded_is_scipy_trf(x64, x_scale):
 
 def test_acceleration_with_log_scale_alone(x64):
     """``log_scale`` without bounds leaves trf's box infinite: the acceleration applies
-    (Rat43 from start 1: 17 steps against 20, the same optimum)."""
+    (Rat43 from start 1: 17 steps against 20, the same optimum; the secant model off)."""
     problem = nist.load("Rat43")
-    fit = lambda **o: ff.least_squares(problem.residual(), jnp.asarray(problem.start1), (problem.x, problem.y), method="trf", log_scale=True, **o)  # noqa: E731
+    fit = lambda **o: ff.least_squares(problem.residual(), jnp.asarray(problem.start1), (problem.x, problem.y), method="trf", log_scale=True, secant=False, **o)  # noqa: E731
     on, off = fit(), fit(acceleration=False)
     assert on.success and off.success
     np.testing.assert_allclose(on.cost, off.cost, rtol=1e-9)
@@ -125,10 +126,10 @@ def test_acceleration_with_log_scale_alone(x64):
 
 @pytest.mark.parametrize("options", [dict(bounds=(-10.0, 10.0)), dict(loss="soft_l1")], ids=["bounds", "loss"])
 def test_acceleration_is_off_with_bounds_or_a_robust_loss(x64, options):
-    """With bounds or a robust loss the step is scipy's whatever ``acceleration`` says
-    (the trust-region reflective module docstring says why)."""
+    """With bounds or a robust loss the step is scipy's whatever ``acceleration`` and
+    ``secant`` say (the trust-region reflective module docstring says why)."""
     fit = lambda **o: ff.least_squares(fun_rosenbrock, jnp.array([-2.0, 1.0]), method="trf", history=True, **o)  # noqa: E731
-    on, off = fit(**options), fit(acceleration=False, **options)
+    on, off = fit(**options), fit(acceleration=False, secant=False, **options)
     assert int(on.n_steps) == int(off.n_steps)
     np.testing.assert_array_equal(on.history.params, off.history.params)
 
@@ -317,7 +318,7 @@ def test_nist_all_default_settings_reach_lre_4(name, start):
 
 @pytest.mark.parametrize("name,start", [("ENSO", 1), ("ENSO", 2), ("MGH09", 2)])
 def test_settle_false_is_scipys_ftol_test(x64, name, start):
-    """Without the settled-parameters requirement (and the acceleration) trf is scipy's
+    """Without the settled-parameters requirement (and the acceleration and secant) trf is scipy's
     trf evaluation for evaluation: both stop by ftol with 3 correct digits on NIST's
     ENSO and MGH09, where the default (settle=True) goes on to LRE >= 4."""
     problem = nist.load(name)
@@ -325,23 +326,23 @@ def test_settle_false_is_scipys_ftol_test(x64, name, start):
     fun = jax.jit(lambda p: problem.residual()(p, problem.x, problem.y))
     jac = jax.jit(jax.jacfwd(fun))
     ref = so.least_squares(lambda p: np.asarray(fun(p)), np.asarray(x0), jac=lambda p: np.asarray(jac(p)), method="trf")
-    plain = ff.least_squares(problem.residual(), x0, (problem.x, problem.y), method="trf", acceleration=False, settle=False)
+    plain = ff.least_squares(problem.residual(), x0, (problem.x, problem.y), method="trf", acceleration=False, secant=False, settle=False)
     assert ref.status == 2 and int(plain.status) == ff.Status.FTOL and int(plain.n_fev) == ref.nfev
     np.testing.assert_allclose(plain.params, ref.x, rtol=1e-5)
     assert nist.lre(ref.x, problem.certified) < 4
-    settled = ff.least_squares(problem.residual(), x0, (problem.x, problem.y), method="trf", acceleration=False)
+    settled = ff.least_squares(problem.residual(), x0, (problem.x, problem.y), method="trf", acceleration=False, secant=False)
     assert settled.success and nist.lre(np.asarray(settled.params), problem.certified) >= 4
 
 
 @pytest.mark.parametrize("name", ["MGH17", "Bennett5"])
 def test_curved_valleys_need_the_acceleration(x64, name):
     """From start 1, MGH17 and Bennett5 cross a curved valley (MGH17: b2 ≈ −b3 from
-    ±100 to ∓2, b4 ≈ b5): scipy's trf, and fitfleet's without the acceleration, crawl at a
+    ±100 to ∓2, b4 ≈ b5): scipy's trf, and fitfleet's without the acceleration (nor the secant), crawl at a
     ratio near 0.6 with a constant radius and run out of budget (scipy: 991 and 340
     evaluations, Bennett5 at LRE 3.8); with it both reach the certified values."""
     problem = nist.load(name)
     fit = lambda **o: ff.least_squares(problem.residual(), jnp.asarray(problem.start1), (problem.x, problem.y), method="trf", **o)  # noqa: E731
-    plain, fast = fit(acceleration=False), fit()
+    plain, fast = fit(acceleration=False, secant=False), fit()
     assert plain.status == ff.Status.MAX_STEPS
     assert fast.success and nist.lre(np.asarray(fast.params), problem.certified) >= 4
     assert int(fast.n_steps) < int(plain.n_steps) // 2
@@ -705,3 +706,43 @@ def test_lm_x_scale_agrees_with_scipy_lm(x64):
     ref = so.least_squares(lambda p: np.asarray(exp_decay(p, t, y)), [1.0, 1.0, 0.0], method="lm", x_scale=c)
     assert res.success and ref.success
     np.testing.assert_allclose(res.params, ref.x, rtol=1e-6)
+
+
+# ------------------------------------------------ the secant model
+
+
+def test_secant_update_meets_the_secant_equation():
+    """Dennis, Gay & Welsch's update: symmetric, ``S⁺s = y − J₊ᵀJ₊s`` exactly, and no
+    change where ``yᵀs <= 0``."""
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        A = rng.standard_normal((4, 4))
+        S, jtj = jnp.asarray(A + A.T), jnp.asarray(A @ A.T)
+        s, y = jnp.asarray(rng.standard_normal(4)), jnp.asarray(rng.standard_normal(4))
+        y = jnp.where(y @ s > 0, y, -y)
+        new = _secant_update(S, s, y, jtj)
+        np.testing.assert_allclose(new, new.T, atol=1e-12)
+        np.testing.assert_allclose(new @ s, y - jtj @ s, rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(_secant_update(S, s, -y, jtj), S)
+
+
+def test_secant_model_walks_a_large_residual_valley():
+    """Rat42 (a logistic curve) from (3.3, 1.9, 0.0047): the curve starts nearly flat, the
+    residuals are large, and Gauss-Newton steps zig-zag across the valley: scipy's trf and
+    fitfleet's without the secant model run out of evaluations with a cost above 1,000.
+    With it the fit reaches NIST's certified values, in float64 and float32."""
+    problem = nist.load("Rat42")
+    x0 = np.array([3.3, 1.9, 0.0047])
+    with jax.enable_x64(True):
+        fun = jax.jit(lambda p: problem.residual()(p, problem.x, problem.y))
+        jac = jax.jit(jax.jacfwd(fun))
+        ref = so.least_squares(lambda p: np.asarray(fun(p)), x0, jac=lambda p: np.asarray(jac(p)), method="trf")
+        assert ref.status == 0 and ref.cost > 1000
+        fit = lambda **o: ff.least_squares(problem.residual(), jnp.asarray(x0), (problem.x, problem.y), method="trf", **o)  # noqa: E731
+        plain, secant = fit(secant=False), fit()
+        assert plain.status == ff.Status.MAX_STEPS and float(plain.cost) > 1000
+        assert secant.success and int(secant.n_steps) < 100
+        assert nist.lre(np.asarray(secant.params), problem.certified) >= 4
+    single = ff.least_squares(problem.residual(), jnp.asarray(x0, jnp.float32), (jnp.asarray(problem.x, jnp.float32), jnp.asarray(problem.y, jnp.float32)), method="trf")
+    assert single.success
+    np.testing.assert_allclose(single.params, problem.certified, rtol=1e-4)

@@ -52,7 +52,8 @@ NEWTON_METHODS = ("lm", "gn", "trf")
 
 
 def make_solver(
-    method, *, ftol, xtol, gtol, max_steps, settle=True, fatol=0.0, learning_rate, initial_damping, acceleration=True, x_scale="jac",
+    method, *, ftol, xtol, gtol, max_steps, settle=True, fatol=0.0, learning_rate, initial_damping, acceleration=True, secant=True,
+    x_scale="jac",
     differentiable=False,
 ):  # fmt: skip
     """Build the solver from checked options (``_setup.prepare``); hyper-parameters
@@ -79,7 +80,9 @@ def make_solver(
     if method == "gn":
         return GaussNewton(tol=tol, x_scale=scale)
     if method == "trf":
-        return TrustRegionReflective(tol=tol, x_scale=scale, acceleration=acceleration, differentiable=differentiable)
+        return TrustRegionReflective(
+            tol=tol, x_scale=scale, acceleration=acceleration, secant=secant, differentiable=differentiable
+        )
     if isinstance(method, optax.GradientTransformation):
         return OptaxSolver(tol=tol, learning_rate=None, name="optax", transform=method)
     return OptaxSolver(tol=tol, learning_rate=_hyper(learning_rate, real), name=method)
