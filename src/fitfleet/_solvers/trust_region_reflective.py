@@ -111,7 +111,7 @@ from the steps: after an accepted step ``s`` with gradient change ``y``, with
     S ← τS,  τ = min(1, |sᵀy♯|/|sᵀSs|)              (NL2SOL's sizing),
     S ← S + (wyᵀ + ywᵀ)/yᵀs − (wᵀs) yyᵀ/(yᵀs)²,     w = y♯ − Ss,
 
-the symmetric update closest to ``S`` with ``Ss = y♯`` (skipped where ``yᵀs <= 0``).  As
+the symmetric update closest to ``S`` with ``Ss = y♯`` (only the sizing where ``yᵀs <= 0``).  As
 in NL2SOL, the step after a trial uses whichever model, ``JᵀJ`` or ``JᵀJ + S``, predicted
 that trial's reduction better (``S`` starts at 0, so the first steps are Gauss-Newton's).
 The augmented model may be indefinite; the damping search then settles on a λ above
@@ -342,8 +342,9 @@ def _secant_update(S, s, y, jtj):
     """Dennis, Gay & Welsch's update of ``S`` (NL2SOL) after the step ``s`` with gradient
     change ``y``: sized by ``τ = min(1, |sᵀy♯|/|sᵀSs|)``, then the symmetric secant
     update closest to ``τS`` in the metric of ``y`` with ``S⁺s = y♯``, where
-    ``y♯ = y − J₊ᵀJ₊s`` is the part of ``y`` that ``J₊ᵀJ₊`` does not explain; kept where
-    ``yᵀs <= 0`` (no curvature to learn from) or where round-off made it non-finite."""
+    ``y♯ = y − J₊ᵀJ₊s`` is the part of ``y`` that ``J₊ᵀJ₊`` does not explain.  Where
+    ``yᵀs <= 0`` (no curvature to learn from) or round-off made the update non-finite,
+    ``τS`` only."""
     y_sharp = y - jtj @ s
     sSs = s @ S @ s
     tau = jnp.where(sSs != 0, jnp.minimum(1, jnp.abs(s @ y_sharp) / jnp.where(sSs != 0, jnp.abs(sSs), 1)), 1)
