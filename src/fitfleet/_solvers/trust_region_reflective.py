@@ -189,6 +189,7 @@ class _Inner(eqx.Module):
     scale_inv: Any  # 1/x_scale; for x_scale="jac" the running max of the column norms
     radius: Any
     damping: Any
+    # Where the secant model applies (``_with_secant``; else None, nothing carried):
     secant: Any  # S, the structured secant estimate of Σ rᵢ∇²rᵢ (module docstring)
     augmented: Any  # whether the next step's model is JᵀJ + S (the last step it predicted better)
 
@@ -212,6 +213,9 @@ class TrustRegionReflective(eqx.Module):
     def vectorised(self):  # the solvers' contract: no loop inside the step
         return dataclasses.replace(self, loop_free=True)
 
+    def _with_secant(self, x):
+        return self.secant and not _needs_jac(x)
+
     def init(self, problem, x):
         lin = linearize(problem, x, exact_loss_curvature=True)
         cost = problem.cost(lin.residual)
@@ -224,7 +228,8 @@ class TrustRegionReflective(eqx.Module):
         radius = jnp.linalg.norm(x * scale_inv / jnp.sqrt(v))
         radius = jnp.where((radius > 0) & jnp.isfinite(radius), radius, 1).astype(x.dtype)
         zero = jnp.zeros((), x.dtype)
-        inner = _Inner(lin.jtj, scale_inv, radius, zero, jnp.zeros_like(lin.jtj), jnp.zeros((), bool))
+        secant, augmented = (jnp.zeros_like(lin.jtj), jnp.zeros((), bool)) if self._with_secant(x) else (None, None)
+        inner = _Inner(lin.jtj, scale_inv, radius, zero, secant, augmented)
         g_norm = scaled_gradient_norm(x, lin.grad, problem.box())
         tol = self.tol.at_precision(x.dtype)
         status = jnp.where(_gtol_met(g_norm, tol), Status.GTOL, Status.RUNNING)
@@ -244,7 +249,7 @@ class TrustRegionReflective(eqx.Module):
         d = jnp.sqrt(jnp.where(dv != 0, v * s.scale_inv, v)) * scale
         g_h = d * g
         diag_h = g * dv * scale  # >= 0: dv has the sign of g where it is not 0
-        secant = self.secant and not _needs_jac(x)
+        secant = self._with_secant(x)
         dd = d[:, None] * d[None, :]
         A_h = s.jtj * dd + jnp.diag(diag_h)  # the Gauss-Newton model
         if secant:
