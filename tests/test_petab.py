@@ -217,6 +217,14 @@ def test_toy_stops_as_pypesto_does(toy_problem, x64):
     assert 0 < nlls[-2] - nlls[-1] <= options["fatol"]
 
 
+def test_secant_model_where_sigma_is_estimated(toy_problem):
+    """trf's secant model is on where some σ depends on the parameters or the states
+    (the toy's σ = sd·A), off where every σ is fixed (Rahman), and overridable."""
+    assert toy_problem._options({})["secant"] is True
+    assert toy_problem._options({"secant": False})["secant"] is False
+    assert fp.load(DATA / "Rahman_MBS2016")._options({})["secant"] is False
+
+
 def test_toy_in_float32(toy_problem):
     """Without x64 everything is float32 (rtol raised to 100 ε ≈ 1.2e-5)."""
     prob = toy_problem

@@ -517,6 +517,7 @@ def test_status_codes(x64):
         (dict(method="trf", max_nfev=0), ValueError, "`max_nfev` must be between 1"),
         (dict(method="trf", max_nfev=5, max_steps=4), ValueError, "not both"),
         (dict(method="trf", acceleration=1), TypeError, "`acceleration` must be True or False"),
+        (dict(method="trf", secant="yes"), TypeError, "`secant` must be True, False or None"),
     ],
 )
 def test_bad_options_raise_before_compiling(x64, options, error, text):
@@ -749,3 +750,55 @@ def test_secant_model_walks_a_large_residual_valley():
     single = ff.least_squares(problem.residual(), jnp.asarray(x0, jnp.float32), (jnp.asarray(problem.x, jnp.float32), jnp.asarray(problem.y, jnp.float32)), method="trf")
     assert single.success
     np.testing.assert_allclose(single.params, problem.certified, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_extra", [0, 7], ids=["normal matrix", "SVD path (n > 8)"])
+def test_secant_step_is_the_augmented_models_newton_step(n_extra):
+    """A step from a state whose model is ``JᵀJ + S`` (``augmented``) is that model's
+    Newton step ``−(JᵀJ + S)⁻¹g`` when it fits in the radius, on both of trf's linear
+    algebra paths (n > 8 factorises the n×n model instead of taking an SVD of J)."""
+    import equinox as eqx
+
+    from fitfleet import _problem
+    from fitfleet._setup import prepare
+
+    n = 3 + n_extra
+    rng = np.random.default_rng(1)
+    with jax.enable_x64(True):
+        A, b = jnp.asarray(rng.standard_normal((2 * n, n))), jnp.asarray(rng.standard_normal(2 * n))
+        fun = lambda p, A, b: A @ p - b  # noqa: E731
+        x0 = jnp.zeros(n)
+        setup = prepare(fun, x0, (A, b), dict(method="trf", acceleration=False, secant=True))
+        problem, u0 = _problem.make_problem(fun, setup.spec)
+        solver = setup.solver
+        state = solver.init(problem, u0)
+        M = rng.standard_normal((n, n))
+        S = jnp.asarray(M @ M.T)  # positive definite: the augmented step lowers the cost
+        state = eqx.tree_at(lambda s: (s.inner.secant, s.inner.augmented, s.inner.radius), state, (S, jnp.asarray(True), jnp.asarray(1e6)))
+        new = solver.step(problem, state)
+        expected = -np.linalg.solve(np.asarray(A.T @ A + S), np.asarray(state.grad))
+        np.testing.assert_allclose(new.params - state.params, expected, rtol=1e-8, atol=1e-12)
+        plain = solver.step(problem, eqx.tree_at(lambda s: s.inner.augmented, state, jnp.asarray(False)))
+        np.testing.assert_allclose(plain.params, np.linalg.lstsq(np.asarray(A), np.asarray(b), rcond=None)[0], rtol=1e-8)
+
+
+def test_secant_model_falls_back_to_gauss_newton_after_a_failed_step():
+    """A Hill curve fitted with ``bounds=(0, inf)`` from (4.37, 0, 0), on the bound, with
+    ``secant=True``: at K = 0 the residual's curvature is singular, the secant estimate
+    learns entries of ~1e15, and its steps fail.  A failed step of the augmented model
+    hands the next one to Gauss-Newton (else the radius shrank to nothing and the fit
+    stopped by xtol at cost 8.4): the fit reaches scipy's trf optimum."""
+    g = np.random.default_rng(1300)
+    t = np.linspace(0.1, 6.0, 25)
+    hill = lambda p, t: p[0] * t ** p[2] / (p[1] ** p[2] + t ** p[2])  # noqa: E731
+    truth = np.array([g.uniform(0.5, 3), g.uniform(0.5, 4), g.uniform(0.5, 4)])
+    y = hill(truth, t) + 0.01 * g.standard_normal(t.size)
+    x0 = np.where(g.random(3) < 0.5, 0.0, truth * 10 ** g.uniform(-1, 1, 3))
+    np.testing.assert_allclose(x0, [4.36985, 0, 0], atol=1e-5)
+    bounds = (np.zeros(3), np.full(3, np.inf))
+    with jax.enable_x64(True):
+        residual = lambda p, t, y: hill(p, t) - y  # noqa: E731
+        fit = ff.least_squares(residual, jnp.asarray(x0), (jnp.asarray(t), jnp.asarray(y)), method="trf", bounds=bounds, secant=True)
+        ref = scipy_trf(residual, np.clip(x0, 1e-10, None), (t, y), bounds=bounds)
+        assert fit.success and ref.success
+        np.testing.assert_allclose(float(fit.cost), ref.cost, rtol=1e-6)

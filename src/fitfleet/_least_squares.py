@@ -29,7 +29,7 @@ def least_squares(
     learning_rate=None,
     initial_damping=1e-3,
     acceleration=True,
-    secant=True,
+    secant=None,
     adjoint="implicit",
     grad_on_failure="nan",
     history=False,
@@ -115,12 +115,15 @@ def least_squares(
             ``False``, or bounds, or a robust loss: scipy's ``trf`` step for step
             (with ``secant=False``).  Other methods ignore it.
         secant: ``"trf"``'s structured secant model (NL2SOL's, Dennis, Gay & Welsch
-            1981), for fits without bounds and with the linear loss, with at most 8
-            parameters: the Gauss-Newton model ``JᵀJ`` gains a secant estimate of the
-            residuals' own curvature ``Σ rᵢ∇²rᵢ``, used for a step where it predicted the
-            last step better.  Far from a fit, where residuals are large, Gauss-Newton
-            steps zig-zag across a valley; this is what lets them go along it.  ``False``:
-            the Gauss-Newton model alone, as scipy's ``trf``.  Other methods ignore it.
+            1981), with the linear loss: the Gauss-Newton model ``JᵀJ`` gains a secant
+            estimate of the residuals' own curvature ``Σ rᵢ∇²rᵢ``, used for a step where
+            it predicted the last step better.  Far from a fit, where residuals are
+            large, Gauss-Newton steps zig-zag across a valley; this is what lets them go
+            along it.  ``None`` (default): on without bounds, off with bounds (on
+            ``benchmarks/bounds.py``'s small fits it saved no steps and ended 2-3 of 480
+            at other local minima; ``fitfleet.petab`` turns it on: a Boehm multi-start
+            ran 8x faster).  ``True``: on with bounds too.  ``False``: the Gauss-Newton
+            model alone, as scipy's ``trf``.  Other methods ignore it.
         adjoint: how ``jax.grad``/``jvp``/``vmap``-ed derivatives of the Result with
             respect to ``args``, ``sigma``, ``f_scale`` (any floating array the fit
             depends on) are computed.  ``"implicit"`` (default) differentiates the

@@ -41,7 +41,7 @@ DEFAULTS = dict(
     learning_rate=None,
     initial_damping=1e-3,
     acceleration=True,
-    secant=True,
+    secant=None,
     adjoint="implicit",
     grad_on_failure="nan",
     history=False,
@@ -81,7 +81,8 @@ def check_options(options):
     o["max_steps"] = _validate.steps_from_nfev(o["max_steps"], o.pop("max_nfev"))
     _validate.real("initial_damping", o["initial_damping"])
     o["acceleration"] = _validate.boolean("acceleration", o["acceleration"])
-    o["secant"] = _validate.boolean("secant", o["secant"])
+    if o["secant"] is not None:
+        o["secant"] = _validate.boolean("secant", o["secant"], "True, False or None")
     if o["learning_rate"] is not None:
         _validate.real("learning_rate", o["learning_rate"], positive=True)
     _validate.choice("adjoint", o["adjoint"], _implicit.ADJOINTS)
@@ -116,7 +117,7 @@ def prepare(fun, x0, args, options):
     solver = make_solver(
         method, ftol=o["ftol"], xtol=o["xtol"], gtol=o["gtol"], settle=o["settle"], fatol=o["fatol"], max_steps=max_steps, learning_rate=learning_rate,
         initial_damping=o["initial_damping"], x_scale=x_scale,
-        acceleration=o["acceleration"] and free, secant=o["secant"] and free, differentiable=adjoint.kind == "unroll",
+        acceleration=o["acceleration"] and free, secant=(free if o["secant"] is None else o["secant"]) and o["loss"] == "linear", differentiable=adjoint.kind == "unroll",
     )  # fmt: skip
     history = o["history"]
     if history is True:

@@ -57,10 +57,10 @@ def integer(name, value, *, minimum=0, maximum=INT32_MAX):
     return number
 
 
-def boolean(name, value):
+def boolean(name, value, allowed="True or False"):
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    raise TypeError(f"`{name}` must be True or False; got {value!r}.")
+    raise TypeError(f"`{name}` must be {allowed}; got {value!r}.")
 
 
 def choice(name, value, choices):

@@ -38,7 +38,7 @@ def fit_batch(
     learning_rate=None,
     initial_damping=1e-3,
     acceleration=True,
-    secant=True,
+    secant=None,
     adjoint="implicit",
     grad_on_failure="nan",
     history=False,

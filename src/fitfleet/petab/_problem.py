@@ -46,6 +46,15 @@ METHOD = "trf"
 # that fitfleet's settled-parameters test spends on it.
 FTOL = 1e-8
 
+# trf's structured secant model (``secant``, off by default with bounds) is on where some
+# σ depends on the parameters or the states.  Then the NLL is a large-residual problem by
+# construction: with s = ln σ, r = (y − h)/σ has ∂²r/∂s² = r and ∂²r/∂s∂θ = −∂r/∂θ, so
+# Σ rᵢ∇²rᵢ, which Gauss-Newton leaves out, is as large as JᵀJ in every direction that
+# involves σ, at any fit.  With σ fixed the fit is a weighted least-squares problem
+# whose residuals are small near a good fit, where Gauss-Newton's model is right.
+# Measured (the same 60 starts each; benchmarks/results/petab_summary.md): Boehm 361 → 82 s, Armistead
+# 101 → 62 s with the secant model; Bruno 31 → 47 s, Rahman 76 → 205 s (its σ is fixed).
+
 
 def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, conditions="auto", lint=True, preequilibration=False, priors=False):
     """Load a PEtab v1 problem (its yaml file, or the folder that holds exactly one).
@@ -187,9 +196,11 @@ class Problem:
     def fit(self, x0=None, **options):
         """``fitfleet.least_squares`` on the problem from ``x0`` (default: the nominal
         parameters), with the parameter table's bounds and forward-mode Jacobians, by
-        trust-region reflective unless ``method`` says otherwise (``METHOD``), and
-        stopping as pyPESTO's optimisers do unless ``ftol``/``fatol``/``settle`` say otherwise
-        (``FTOL``).  ``options`` go to ``least_squares``.  The NLL at the result: ``res.cost +
+        trust-region reflective unless ``method`` says otherwise (``METHOD``), stopping as
+        pyPESTO's optimisers do unless ``ftol``/``fatol``/``settle`` say otherwise
+        (``FTOL``), and with trf's secant model where some σ is estimated unless
+        ``secant`` says otherwise (the comment on it at the top of this module).
+        ``options`` go to ``least_squares``.  The NLL at the result: ``res.cost +
         self.offset`` (or ``self.nll(res.params)``)."""
         x0 = self._x(self.nominal if x0 is None else x0, "x0")
         if x0.ndim != 1:
@@ -299,6 +310,7 @@ class Problem:
         options.setdefault("jac", "fwd")  # the ODE solves differentiate in forward mode only
         options.setdefault("settle", False)  # FTOL's comment
         options.setdefault("ftol", 0.0)
+        options.setdefault("secant", any(o.variable_sigma for o in self.model.observables))  # see the comment at the top
         if "fatol" not in options:
             options["fatol"] = self._fatol
         return options
