@@ -8,6 +8,7 @@ reference tool chain (pyPESTO + AMICI + Fides) from the same starts (issue 20 §
 
 Writes ``--out`` (default ``benchmarks/results/petab.md``) and, after a new reference run,
 ``--reference-out`` (default ``benchmarks/results/petab_reference.json``).
+``--fitfleet-options '{"secant": false}'`` (JSON) changes fitfleet's options.
 ``--skip-reference``, ``--skip-scipy`` and ``--skip-fitfleet`` leave rows out (scipy's
 row runs the starts one by one on one core: at 300 starts it takes long).
 
@@ -104,7 +105,7 @@ def wilson(k, n, z=1.959964):
 
 
 def run_fitfleet(prob, starts):
-    options = prob._options(FITFLEET_OPTIONS)  # what prob.multistart runs
+    options = prob._options(FITFLEET_OPTIONS)  # what prob.multistart runs (with --fitfleet-options)
     x0 = jnp.asarray(starts, jnp.float64)
     args = tuple(jnp.asarray(a, jnp.float64) for a in prob.args)
     walls = []
@@ -241,8 +242,10 @@ def main():
     parser.add_argument("--reference-optimizers", default="fides,ls_trf")
     parser.add_argument("--procs", type=int, default=2, help="processes for pyPESTO's MultiProcessEngine")
     parser.add_argument("--out", default=str(RESULTS / "petab.md"))
+    parser.add_argument("--fitfleet-options", default="{}", metavar="JSON", help='options for fitfleet on top of prob.multistart\'s, e.g. \'{"secant": false}\'')
     parser.add_argument("--subset", type=int, default=None, metavar="K", help="fit only the first K starts of each seed; the reference rows are cut to the same starts (their run time pro-rated)")
     args = parser.parse_args()
+    FITFLEET_OPTIONS.update(json.loads(args.fitfleet_options))
     names = [p for p in args.problems.split(",") if p]
     unknown = [p for p in names if p not in BEST_NLL]
     if unknown:

@@ -121,9 +121,10 @@ def least_squares(
             large, Gauss-Newton steps zig-zag across a valley; this is what lets them go
             along it.  ``None`` (default): on without bounds, off with bounds (on
             ``benchmarks/bounds.py``'s small fits it saved no steps and ended 2-3 of 480
-            at other local minima; ``fitfleet.petab`` turns it on: a Boehm multi-start
-            ran 8x faster).  ``True``: on with bounds too.  ``False``: the Gauss-Newton
-            model alone, as scipy's ``trf``.  Other methods ignore it.
+            at other local minima; ``fitfleet.petab`` turns it on where σ is estimated:
+            a 60-start Boehm multi-start ran 8.8x faster).  ``True``: on with bounds
+            too.  ``False``: the Gauss-Newton model alone, as scipy's ``trf``.  Other
+            methods ignore it.
         adjoint: how ``jax.grad``/``jvp``/``vmap``-ed derivatives of the Result with
             respect to ``args``, ``sigma``, ``f_scale`` (any floating array the fit
             depends on) are computed.  ``"implicit"`` (default) differentiates the

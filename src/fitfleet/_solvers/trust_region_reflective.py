@@ -98,9 +98,9 @@ in ~160 steps instead of ~995, Bennett5 in ~70 instead of ~650), MGH from 119 to
 141 runs at the best cost (``benchmarks/results/mgh.md``).
 
 Structured secant model (Dennis, Gay & Welsch 1981, NL2SOL; fitfleet's addition,
-``secant``, with the linear loss; by default only without bounds, see below).  The cost's Hessian
-is ``JᵀJ + Σ rᵢ∇²rᵢ``; Gauss-Newton keeps the first term only, which is poor where the
-residuals are large, far from a fit.  There the model's valley is narrower than the
+``secant``, with the linear loss; by default only without bounds, see below).  The
+cost's Hessian is ``JᵀJ + Σ rᵢ∇²rᵢ``; Gauss-Newton keeps the first term only, which is
+poor where the residuals are large, far from a fit.  There the model's valley is narrower than the
 cost's, the steps zig-zag across it with ρ just above ¼, the radius never grows, and
 the fit crawls (NIST's Thurber from a box of starts: 93 of 1,024 fits ran out of steps,
 as scipy's trf does on such starts).  An estimate ``S`` of the second term is learnt
@@ -125,11 +125,12 @@ model has no square root to stack on ``J``, factorise the n×n model as for smal
 Near a zero- or small-residual fit ``S`` is small and the two models nearly agree.
 Measured: NIST still 54/54 runs at LRE >= 4, mean LRE 6.89 → 7.64 (Chwirut, large
 residuals: 6.0 → 8.2; ENSO, 9 parameters: 4.5 → 5.4); MGH 126 → 128 of 141 runs at the
-best cost; Thurber's 1,024 starts in ``fit_batch``: 122 → 34 steps a fit.  With bounds it is off unless
-``secant=True``: on ``benchmarks/bounds.py``'s fits (small residuals at the optimum)
-it took as many steps (9,122 against 8,692) and ended 2 of 480 fits at other local
-minima (3 of another 480); on PEtab problems, whose residuals stay large, it is what
-lets Boehm's multi-start leave its valleys (``fitfleet.petab``).
+best cost; Thurber's 1,024 starts in ``fit_batch``: 122 → 34 steps a fit.  With bounds
+it is off unless ``secant=True``: on ``benchmarks/bounds.py``'s fits (small residuals
+at the optimum) it took as many steps (9,122 against 8,692) and ended 2 of 480 fits at
+other local minima (3 of another 480); where the residuals stay large at the fit (a
+likelihood whose σ is estimated) it is what lets Boehm's multi-start leave its valleys
+(``fitfleet.petab`` turns it on there).
 
 Radius and acceptance (scipy's ``update_tr_radius``).  With ``ρ`` the ratio of the actual
 to the predicted reduction (the model's value at the step; 1 where both are 0), the
@@ -199,7 +200,7 @@ class _Inner(eqx.Module):
     scale_inv: Any  # 1/x_scale; for x_scale="jac" the running max of the column norms
     radius: Any
     damping: Any
-    # Where the secant model applies (``_with_secant``; else None, nothing carried):
+    # Where the secant model applies (``TrustRegionReflective.secant``; else None, nothing carried):
     secant: Any  # S, the structured secant estimate of Σ rᵢ∇²rᵢ (module docstring)
     augmented: Any  # whether the next step's model is JᵀJ + S (the last step it predicted better)
 
@@ -210,7 +211,7 @@ class TrustRegionReflective(eqx.Module):
     tol: Tolerances
     x_scale: Any  # (n,) array, or None for x_scale="jac"
     acceleration: bool = eqx.field(static=True, default=True)  # where it applies: no box, linear loss
-    secant: bool = eqx.field(static=True, default=True)  # as acceleration, and n <= UNROLL_MAX
+    secant: bool = eqx.field(static=True, default=True)  # set up by ``_setup.prepare``: linear loss only
     # ``vectorised``: a step without loops (every damping iteration unrolled, a fixed
     # number of Jacobi sweeps in the SVD).
     loop_free: bool = eqx.field(static=True, default=False)
@@ -222,9 +223,6 @@ class TrustRegionReflective(eqx.Module):
 
     def vectorised(self):  # the solvers' contract: no loop inside the step
         return dataclasses.replace(self, loop_free=True)
-
-    def _with_secant(self, x):
-        return self.secant
 
     def init(self, problem, x):
         lin = linearize(problem, x, exact_loss_curvature=True)
@@ -238,7 +236,7 @@ class TrustRegionReflective(eqx.Module):
         radius = jnp.linalg.norm(x * scale_inv / jnp.sqrt(v))
         radius = jnp.where((radius > 0) & jnp.isfinite(radius), radius, 1).astype(x.dtype)
         zero = jnp.zeros((), x.dtype)
-        secant, augmented = (jnp.zeros_like(lin.jtj), jnp.zeros((), bool)) if self._with_secant(x) else (None, None)
+        secant, augmented = (jnp.zeros_like(lin.jtj), jnp.zeros((), bool)) if self.secant else (None, None)
         inner = _Inner(lin.jtj, scale_inv, radius, zero, secant, augmented)
         g_norm = scaled_gradient_norm(x, lin.grad, problem.box())
         tol = self.tol.at_precision(x.dtype)
@@ -259,10 +257,9 @@ class TrustRegionReflective(eqx.Module):
         d = jnp.sqrt(jnp.where(dv != 0, v * s.scale_inv, v)) * scale
         g_h = d * g
         diag_h = g * dv * scale  # >= 0: dv has the sign of g where it is not 0
-        secant = self._with_secant(x)
         dd = d[:, None] * d[None, :]
         A_h = s.jtj * dd + jnp.diag(diag_h)  # the Gauss-Newton model
-        if secant:
+        if self.secant:
             curvature = s.secant * dd  # the secant term in the hat variables
             A_gn, A_h = A_h, jnp.where(s.augmented, A_h + curvature, A_h)
         theta = jnp.maximum(STEP_BACK, 1 - g_norm)
@@ -274,9 +271,9 @@ class TrustRegionReflective(eqx.Module):
             extra = jnp.maximum(jnp.diagonal(s.jtj) - jnp.sum(J_model**2, 0), 0) * d * d + diag_h
             damping, p_h, solve = trust_region_step_svd(
                 *jax.lax.stop_gradient((J_model * d, jnp.sqrt(extra), r_model, s.radius, s.damping)),
-                running & ~s.augmented if secant else running, JACOBI_FIXED_SWEEPS if self.loop_free else None,
+                running & ~s.augmented if self.secant else running, JACOBI_FIXED_SWEEPS if self.loop_free else None,
             )
-            if secant:  # JᵀJ + S has no square root to stack on J: its steps factorise the n×n model
+            if self.secant:  # JᵀJ + S has no square root to stack on J: its steps factorise the n×n model
                 damping_s, p_s, solve_s = trust_region_step(
                     *jax.lax.stop_gradient((A_h, g_h, s.radius, s.damping)), running & s.augmented, self.loop_free
                 )
@@ -321,8 +318,9 @@ class TrustRegionReflective(eqx.Module):
         radius = jnp.where(finite, radius, 0.25 * step_h_norm)
         damping = jnp.where(finite & (radius > 0), damping * s.radius / jnp.where(radius > 0, radius, 1), damping)
         accepted = finite & ((reduction > 0) | round_off)
-        if secant:
-            # NL2SOL's choice: the next step uses the model that predicted this one better.
+        if self.secant:
+            # NL2SOL's choice: the next step uses the model that predicted this one better,
+            # but not the augmented one just after it failed (module docstring).
             q_gn = quadratic(A_gn, g_h, step_h)
             q_aug = q_gn + 0.5 * step_h @ (curvature @ step_h)
             closer = jnp.abs(reduction + q_aug) < jnp.abs(reduction + q_gn)
@@ -355,7 +353,7 @@ class TrustRegionReflective(eqx.Module):
         ]):  # fmt: skip
             status = jnp.where(condition, jnp.int32(code), status)
         S = s.secant
-        if secant:
+        if self.secant:
             S = jnp.where(accepted, jax.lax.stop_gradient(_secant_update(S, params - x, lin.grad - g, lin.jtj)), S)
         inner = _Inner(lin.jtj, scale_inv, radius.astype(x.dtype), damping.astype(x.dtype), S, augmented)
         return advance(problem, state, params=params, lin=lin, n_jev=accepted, status=status, inner=inner)

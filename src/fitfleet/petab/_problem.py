@@ -52,8 +52,9 @@ FTOL = 1e-8
 # Σ rᵢ∇²rᵢ, which Gauss-Newton leaves out, is as large as JᵀJ in every direction that
 # involves σ, at any fit.  With σ fixed the fit is a weighted least-squares problem
 # whose residuals are small near a good fit, where Gauss-Newton's model is right.
-# Measured (the same 60 starts each; benchmarks/results/petab_summary.md): Boehm 361 → 82 s, Armistead
-# 101 → 62 s with the secant model; Bruno 31 → 47 s, Rahman 76 → 205 s (its σ is fixed).
+# Measured, the same 60 starts with it off → on (benchmarks/results/petab_summary.md):
+# Boehm 756 → 86 s, Armistead 156 → 69 s, Perelson 7.3 → 4.9 s; where σ is fixed it
+# cost steps (16 starts: Rahman 27.9 → 70.8 s, Bruno 11.4 → 15.7 s).
 
 
 def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, conditions="auto", lint=True, preequilibration=False, priors=False):
