@@ -3,9 +3,9 @@
 implementation and theory", Lecture Notes in Mathematics 630, 1978): the λ >= 0 and
 ``p = −(A + λI)⁻¹g`` that minimise ``gᵀp + ½pᵀAp`` within ``‖p‖ <= Δ``.  The method's
 docstring states the iteration; here it is written out twice, on the normal matrix
-(unrolled Cholesky factorisations, for n <= ``_linalg.UNROLL_MAX``) and on an SVD of the
-scaled Jacobian (scipy's way, for larger n; by ``_linalg.svd_jacobi`` up to
-``_linalg.JACOBI_MAX`` columns).
+(unrolled Cholesky factorisations for n <= ``_linalg.UNROLL_MAX``; also the secant
+model's steps for larger n, by LAPACK's) and on an SVD of the scaled Jacobian (scipy's
+way, for larger n; by ``_linalg.svd_jacobi`` up to ``_linalg.JACOBI_MAX`` columns).
 """
 
 import jax
