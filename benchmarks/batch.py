@@ -627,9 +627,8 @@ def section_trf(report, repeats, quick):
         "The last column runs scipy's own `least_squares(method=\"lm\")` (MINPACK) and `method=\"trf\"` (default "
         "`x_scale`, as fitfleet's trf) with the exact Jacobian on 200 of the same starts: where scipy's trf needs about "
         "twice MINPACK's evaluations, a trf that follows scipy's algorithm takes about twice lm's steps, whatever a "
-        "step costs. The last row replaces trf's default scaling by scipy's `x_scale=\"jac\"` (running maximum of the "
-        "Jacobian's column norms): in a measurement of the same starts its fits that find the optimum take 23 steps, as "
-        "lm's do, but 46-48 others (two runs) crawl to the 500-step budget (`x_scale=1`: 12), and the batch waits for them.",
+        "step costs. The last row replaces trf's default scaling (scipy's, `x_scale=1`) by scipy's `x_scale=\"jac\"` (running "
+        "maximum of the Jacobian's column norms) on the same starts.",
         "",
     )
 

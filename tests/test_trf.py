@@ -445,7 +445,9 @@ def test_vmap_and_fit_batch_equal_the_loop(dtype):
     one = [ff.least_squares(decay, jnp.asarray(x0[i]), (t, jnp.asarray(y[i])), **opts) for i in range(6)]
     vm = jax.jit(jax.vmap(lambda p, yy: ff.least_squares(decay, p, (t, yy), **opts)))(jnp.asarray(x0), jnp.asarray(y))
     fb = ff.fit_batch(decay, x0, (t, y), shared_args=(0,), **opts)
-    tol = 1e-4 if dtype == "float32" else 1e-10
+    # A float32 cost resolves the parameters to about √eps (3e-4): a fit that ends a
+    # round-off step sooner (ftol counts such a step as settled) moves that much.
+    tol = 1e-3 if dtype == "float32" else 1e-10
     for i, r in enumerate(one):
         assert r.success and r.params.dtype == jnp.dtype(dtype)
         for batch in (vm, fb):
@@ -802,3 +804,33 @@ def test_secant_model_falls_back_to_gauss_newton_after_a_failed_step():
         ref = scipy_trf(residual, np.clip(x0, 1e-10, None), (t, y), bounds=bounds)
         assert fit.success and ref.success
         np.testing.assert_allclose(float(fit.cost), ref.cost, rtol=1e-6)
+
+
+def test_a_walk_at_the_costs_round_off_stops_by_ftol(x64):
+    """From this start Rat43's trf fit runs into a flat valley (b3, b4 → −∞, a step
+    function) where the cost is constant to its round-off while the parameters keep
+    moving.  A step that small for the cost counts as settled (``_common``), so ftol ends
+    the fit where scipy's trf ends it (it used to walk along the valley until max_steps)."""
+    problem = nist.load("Rat43")
+    x0 = jnp.asarray([632.844222, 0.707074058, 10.8422615, 0.186058116])
+    args = (jnp.asarray(problem.x), jnp.asarray(problem.y))
+    res = ff.least_squares(problem.residual(), x0, args, method="trf")
+    ref = scipy_trf(problem.residual(), x0, args, method="trf")
+    assert ref.status == 2 and int(res.status) == ff.Status.FTOL and int(res.n_steps) < 100
+    np.testing.assert_allclose(float(res.cost), ref.cost, rtol=1e-8)
+
+
+@pytest.mark.parametrize("x0", [[14.784, 3.3496, 0.019723], [20.803, 3.8155, 0.0085052]])
+def test_secant_model_is_kept_along_a_curved_valley(x64, x0):
+    """From these starts Rat42's fit follows a long, narrow, curved valley (b2 from −12
+    to 2.6).  The augmented model predicts its steps to a few per cent, Gauss-Newton's
+    fails them; switching back after each good augmented step (the other model having
+    erred a little less on it) rejected every other step, and the fit ran out of steps
+    at cost ~2300 (scipy's trf, too, runs out of evaluations there).  NL2SOL's rule keeps
+    the model after a step that grew the radius, and switches only for a clearly better
+    prediction: the fit reaches NIST's certified values."""
+    problem = nist.load("Rat42")
+    res = ff.least_squares(problem.residual(), jnp.asarray(x0), (problem.x, problem.y), method="trf")
+    ref = scipy_trf(problem.residual(), x0, (problem.x, problem.y), method="trf")
+    assert res.success and int(res.n_steps) < 150
+    assert nist.lre(np.asarray(res.params), problem.certified) >= 6 and ref.cost > 100 * float(res.cost)
