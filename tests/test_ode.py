@@ -74,3 +74,35 @@ def test_multistart_on_an_ode_survives_starts_where_the_solver_fails(x64):
     assert np.sum(np.asarray(ms.results.success)) >= 8
     # Swapping k1 and k2 changes the amplitude k1/(k2 - k1): the best optimum is unique.
     np.testing.assert_allclose(ms.best.params, _reference(t, y), rtol=1e-6)
+
+
+def test_an_implicit_solver_steps_each_fit_alone_and_equals_the_loop(x64):
+    """An implicit solver's Newton iterations factorise a matrix inside the adaptive
+    solve's loop (``_xla.solves_in_loop``), so ``fit_batch`` runs its fits in blocks of
+    one (their ODE steps differ); an explicit solver's do not.  Either way a batch's fit
+    is the fit alone."""
+
+    def b_implicit(k, t):
+        def rates(_, y, k):
+            return jnp.stack([-k[0] * y[0], k[0] * y[0] - k[1] * y[1]])
+
+        solution = diffrax.diffeqsolve(
+            diffrax.ODETerm(rates), diffrax.Kvaerno3(), t0=0.0, t1=t[-1], dt0=0.05, y0=jnp.array([1.0, 0.0]), args=k,
+            saveat=diffrax.SaveAt(ts=t), stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10),
+            max_steps=2048, adjoint=diffrax.ForwardMode(), throw=False,
+        )  # fmt: skip
+        return solution.ys[:, 1]
+
+    t, y = _data()
+    implicit = lambda k, t, y: b_implicit(k, t) - y  # noqa: E731
+    explicit = lambda k, t, y: b_by_ode(k, t, diffrax.ForwardMode()) - y  # noqa: E731
+    for residual, loops in ((implicit, True), (explicit, False)):
+        spec = _problem.choose_jacobian(residual, _problem.check(residual, jnp.array([0.2, 0.1]), (t, y), "auto"))
+        assert spec.solves_in_loop is loops
+    starts = jnp.asarray([[0.2, 0.1], [2.0, 0.05], [0.05, 1.5], [0.9, 0.4]])
+    batch = ff.fit_batch(implicit, starts, (t, y), shared_args=True)
+    for i, x0 in enumerate(starts):
+        alone = ff.least_squares(implicit, x0, (t, y))
+        assert int(batch.n_steps[i]) == int(alone.n_steps) and int(batch.status[i]) == int(alone.status)
+        np.testing.assert_allclose(batch.params[i], alone.params, rtol=1e-10)
+    np.testing.assert_allclose(batch.params[0], _reference(t, y), rtol=1e-5)

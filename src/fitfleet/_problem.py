@@ -183,6 +183,7 @@ class Spec(eqx.Module):
     box: Any = eqx.field(static=True)  # None, or (lower, upper): tuples of floats, user scale
     log: Any = eqx.field(static=True)  # None, or a tuple of bools
     may_raise: bool = eqx.field(static=True, default=False)  # see Problem.may_raise
+    solves_in_loop: bool = eqx.field(static=True, default=False)  # _xla.solves_in_loop of the Jacobian (the engine's blocks)
 
 
 def check(
@@ -331,9 +332,9 @@ def choose_jacobian(fun, spec):
     traces = {}
     for mode in modes:
         traces[mode] = _traced(_jacobian_trace, fun, x0, args, mode)
-        error, raises = traces[mode]
+        error, raises, solves = traces[mode]
         if error is None:
-            return dataclasses.replace(spec, jac=mode, may_raise=raises)
+            return dataclasses.replace(spec, jac=mode, may_raise=raises, solves_in_loop=solves)
     errors = {mode: traces[mode][0] for mode in modes}
     how = {"fwd": "forward mode (jax.jacfwd)", "rev": "reverse mode (jax.jacrev)"}
     reasons = "; ".join(f"{how[mode]}: {type(e).__name__}: {str(e).splitlines()[0].rstrip('.')}" for mode, e in errors.items())
@@ -351,16 +352,18 @@ def choose_jacobian(fun, spec):
 
 
 def _jacobian_trace(fun, x0, args, mode):
-    """``(error, may_raise)``: the exception that tracing ``fun``'s Jacobian in ``mode``
-    raises (None if it traces), and whether it contains run-time checks that may raise
-    (``_xla.may_raise``: then the solvers evaluate it only at points whose residual is
-    finite, so a member of a batch that strays cannot raise for all of them)."""
+    """``(error, may_raise, solves_in_loop)``: the exception that tracing ``fun``'s
+    Jacobian in ``mode`` raises (None if it traces), whether it contains run-time checks
+    that may raise (``_xla.may_raise``: then the solvers evaluate it only at points whose
+    residual is finite, so a member of a batch that strays cannot raise for all of
+    them), and whether it factorises inside a data-dependent loop
+    (``_xla.solves_in_loop``: the batch engine then steps each fit alone)."""
     transform = jax.jacfwd if mode == "fwd" else jax.jacrev
     try:
         jaxpr = jax.make_jaxpr(lambda p, a: transform(lambda q: fun(q, *a))(p))(x0, args)
     except Exception as e:  # whatever JAX raises for an untransformable function
-        return e, False
-    return None, _xla.may_raise(jaxpr)
+        return e, False, False
+    return None, _xla.may_raise(jaxpr), _xla.solves_in_loop(jaxpr)
 
 
 _TRACED = {}

@@ -217,18 +217,36 @@ RAISING_PRIMITIVES = ("pure_callback", "io_callback", "linear_solve")
 def may_raise(closed_jaxpr):
     """Whether a jaxpr contains a host callback that may raise at run time (searched
     through every sub-jaxpr: cond branches, loop bodies, custom rules, calls)."""
-    stack = [closed_jaxpr]
+    return any(eqn.primitive.name in RAISING_PRIMITIVES for eqn, _ in _equations(closed_jaxpr))
+
+
+# Factorisations: inside a loop, what an implicit solver's Newton iterations run.
+FACTORISATIONS = ("lu", "cholesky", "linear_solve")
+
+
+def solves_in_loop(closed_jaxpr):
+    """Whether a jaxpr factorises a matrix inside a ``while`` loop, a loop whose trip
+    count depends on the data: an adaptive implicit ODE solver (diffrax's Kvaerno5), a
+    Newton root find with ``jnp.linalg.solve``.  (``fori_loop`` with fixed bounds is a
+    ``scan``, not a ``while``.)"""
+    return any(looped and eqn.primitive.name in FACTORISATIONS for eqn, looped in _equations(closed_jaxpr))
+
+
+def _equations(closed_jaxpr):
+    """Every equation of a jaxpr and of its sub-jaxprs, with whether it lies inside a
+    ``while`` loop."""
+    stack = [(closed_jaxpr, False)]
     while stack:
-        item = stack.pop()
+        item, looped = stack.pop()
         if isinstance(item, (list, tuple)):
-            stack.extend(item)
+            stack.extend((sub, looped) for sub in item)
             continue
         jaxpr = getattr(item, "jaxpr", item)  # a ClosedJaxpr holds a Jaxpr
         for eqn in getattr(jaxpr, "eqns", ()):
-            if eqn.primitive.name in RAISING_PRIMITIVES:
-                return True
-            stack.extend(v for v in eqn.params.values() if hasattr(v, "eqns") or hasattr(v, "jaxpr") or isinstance(v, (list, tuple)))
-    return False
+            yield eqn, looped
+            inner = looped or eqn.primitive.name == "while"
+            subs = (v for v in eqn.params.values() if hasattr(v, "eqns") or hasattr(v, "jaxpr") or isinstance(v, (list, tuple)))
+            stack.extend((sub, inner) for sub in subs)
 
 
 def raised_by_model(error):

@@ -22,6 +22,14 @@ batch axis).  Then one of two paths runs a chunk:
   finishes the fits.
   Parts call compiled executables, never ``jit``: tracing depends on thread-local
   configuration such as ``enable_x64``, which stays on the calling thread.
+  A model that factorises a matrix inside a data-dependent loop (``_xla.solves_in_loop``:
+  an adaptive implicit ODE solver, whose Newton iterations each solve a linear system)
+  runs in blocks of one fit: under ``vmap`` the loop runs every fit of a block for as many
+  trips as its slowest fit needs (ODE steps vary several-fold between parameter points),
+  and a batched factorisation of small matrices is no cheaper per fit than single ones.
+  Measured on PEtab problems (32 starts, a compiled second call, Kvaerno5): Boehm
+  53.8 s in blocks of 16 and 53.4 s of 4, 41.1 s of one; Bruno 26.3 → 17.1 s; Armistead
+  33.0 → 30.9 s (``benchmarks/results/petab_summary.md``).
   Blocks are narrowed (``NARROWING``) where that keeps a step's batched LAPACK calls too
   small for jaxlib to split them; failing that, parts run one after the other when a
   program makes a batched LAPACK call large enough for jaxlib to split it (trf's SVD for
@@ -279,6 +287,8 @@ class Engine:
             part = _coarse(-(-per_device // 8)) * 8 * unit
             return part, part, part
         largest = min(CPU_BLOCK, 2 ** int(math.log2(max(1, BLOCK_BYTES // (WORK_FACTOR * per_fit)))))
+        if self.statics[2].solves_in_loop:  # each fit alone (module docstring)
+            largest = 1
         block = min(largest, _next_power_of_two(math.ceil(per_device / self.n_parts)))
         n_parts = min(self.n_parts, math.ceil(per_device / block))
         # Blocks per part from a coarse ladder (..., 8, 9, ..., 15, 16, 18, ..., 30, 32, 36...):
