@@ -183,7 +183,7 @@ class Spec(eqx.Module):
     box: Any = eqx.field(static=True)  # None, or (lower, upper): tuples of floats, user scale
     log: Any = eqx.field(static=True)  # None, or a tuple of bools
     may_raise: bool = eqx.field(static=True, default=False)  # see Problem.may_raise
-    solves_in_loop: bool = eqx.field(static=True, default=False)  # _xla.solves_in_loop of the Jacobian (the engine's blocks)
+    solves_in_loop: bool = eqx.field(static=True, default=False)  # of the Jacobian (_xla; the engine blocks of one)
 
 
 def check(

@@ -111,20 +111,17 @@ from the steps: after an accepted step ``s`` with gradient change ``y``, with
     S ← τS,  τ = min(1, |sᵀy♯|/|sᵀSs|)              (NL2SOL's sizing),
     S ← S + (wyᵀ + ywᵀ)/yᵀs − (wᵀs) yyᵀ/(yᵀs)²,     w = y♯ − Ss,
 
-the symmetric update closest to ``S`` with ``Ss = y♯`` (only the sizing where ``yᵀs <= 0``).  The
-model of the next step is chosen as NL2SOL's ``assess`` and ``nl2itr`` choose it (``S``
-starts at 0, so the first steps are Gauss-Newton's): after a trial, the other model of
-``JᵀJ`` and ``JᵀJ + S`` takes over where its prediction of the trial's reduction erred
-``SWITCH_FACTOR`` (1.5) times less, unless the trial grew the radius (``ρ > ¾`` at the
-boundary: NL2SOL then tries a longer step with the same model).  Without that
-hysteresis the models alternated in Rat42's curved valleys, each augmented step with
-``ρ ≈ 1.03``, each Gauss-Newton step after it rejected, and 8 of ``benchmarks/batch.py``'s
-1,024 starts ran out of steps (none now; mean steps 23.3 → 19.2).  Unlike NL2SOL, a trial
-of ``JᵀJ + S`` that failed (``ρ < ¼``) hands the next step to Gauss-Newton: ``S`` is an
-estimate, and where it is wrong (learnt across a singularity: a Hill curve's ``K`` on
-its bound 0 gave entries of 1e15) the radius would otherwise shrink to nothing on its
-failed steps.  The augmented model may be indefinite; the
-damping search then settles on a λ above its most negative eigenvalue (a factorisation
+the symmetric update closest to ``S`` with ``Ss = y♯`` (only the sizing where ``yᵀs <= 0``).
+The next step's model is NL2SOL's choice (``S`` starts at 0, so the first steps are
+Gauss-Newton's): the other of ``JᵀJ`` and ``JᵀJ + S`` takes over where it predicted the
+trial's reduction ``SWITCH_FACTOR`` times better, unless the trial grew the radius (without
+this hysteresis the models alternated along Rat42's curved valleys, ``ρ ≈ 1.03`` then a
+rejected Gauss-Newton step, and 8 of ``benchmarks/batch.py``'s 1,024 starts ran out of
+steps; none now).  Unlike NL2SOL, a failed trial of ``JᵀJ + S`` (``ρ < ¼``) hands the next
+step to Gauss-Newton: ``S`` is an estimate, and where it is wrong (learnt across a
+singularity: a Hill curve's ``K`` on its bound 0 gave entries of 1e15) the radius would
+otherwise shrink to nothing.  The augmented model may be indefinite; the damping search
+then settles on a λ above its most negative eigenvalue (a factorisation
 of ``Â + λI`` fails below it, which raises the search's lower bound).  For
 ``n > UNROLL_MAX`` the Gauss-Newton steps keep the SVD, and the augmented ones, whose
 model has no square root to stack on ``J``, factorise the n×n model as for small n.
