@@ -100,8 +100,9 @@ in ~160 steps instead of ~995, Bennett5 in ~70 instead of ~650), MGH from 119 to
 Structured secant model (Dennis, Gay & Welsch 1981, NL2SOL; fitfleet's addition,
 ``secant``, with the linear loss; by default only without bounds, see below).  The
 cost's Hessian is ``JᵀJ + Σ rᵢ∇²rᵢ``; Gauss-Newton keeps the first term only, which is
-poor where the residuals are large, far from a fit.  There the model's valley is narrower than the
-cost's, the steps zig-zag across it with ρ just above ¼, the radius never grows, and
+poor where the residuals are large, far from a fit.  There the model's valley is
+narrower than the cost's, the steps zig-zag across it with ρ just above ¼, the radius
+never grows, and
 the fit crawls (NIST's Thurber from a box of starts: 93 of 1,024 fits ran out of steps,
 as scipy's trf does on such starts).  An estimate ``S`` of the second term is learnt
 from the steps: after an accepted step ``s`` with gradient change ``y``, with
@@ -121,8 +122,8 @@ steps; none now).  Unlike NL2SOL, a failed trial of ``JᵀJ + S`` (``ρ < ¼``) 
 step to Gauss-Newton: ``S`` is an estimate, and where it is wrong (learnt across a
 singularity: a Hill curve's ``K`` on its bound 0 gave entries of 1e15) the radius would
 otherwise shrink to nothing.  The augmented model may be indefinite; the damping search
-then settles on a λ above its most negative eigenvalue (a factorisation
-of ``Â + λI`` fails below it, which raises the search's lower bound).  For
+then settles on a λ above its most negative eigenvalue (a factorisation of ``Â + λI``
+fails below it, which raises the search's lower bound).  For
 ``n > UNROLL_MAX`` the Gauss-Newton steps keep the SVD, and the augmented ones, whose
 model has no square root to stack on ``J``, factorise the n×n model as for small n.
 Near a zero- or small-residual fit ``S`` is small and the two models nearly agree.
