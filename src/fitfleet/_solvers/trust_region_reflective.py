@@ -102,9 +102,8 @@ Structured secant model (Dennis, Gay & Welsch 1981, NL2SOL; fitfleet's addition,
 cost's Hessian is ``JᵀJ + Σ rᵢ∇²rᵢ``; Gauss-Newton keeps the first term only, which is
 poor where the residuals are large, far from a fit.  There the model's valley is
 narrower than the cost's, the steps zig-zag across it with ρ just above ¼, the radius
-never grows, and
-the fit crawls (NIST's Thurber from a box of starts: 93 of 1,024 fits ran out of steps,
-as scipy's trf does on such starts).  An estimate ``S`` of the second term is learnt
+never grows, and the fit crawls (NIST's Thurber from a box of starts: 93 of 1,024 fits
+ran out of steps, as scipy's trf does on such starts).  An estimate ``S`` of the second term is learnt
 from the steps: after an accepted step ``s`` with gradient change ``y``, with
 ``y♯ = y − J₊ᵀJ₊s`` (what the new ``JᵀJ`` does not explain; Dennis, Gay & Welsch use
 ``(J₊ − J)ᵀr₊``, which needs the old Jacobian; the two agree to first order),
