@@ -17,6 +17,7 @@ import pytest
 import scipy.optimize as so
 
 import fitfleet as ff
+import mgh
 import nist
 from conftest import count_compilations
 from fitfleet._solvers.trust_region_reflective import _secant_update
@@ -818,6 +819,20 @@ def test_a_walk_at_the_costs_round_off_stops_by_ftol(x64):
     ref = scipy_trf(problem.residual(), x0, args, method="trf")
     assert ref.status == 2 and int(res.status) == ff.Status.FTOL and int(res.n_steps) < 100
     np.testing.assert_allclose(float(res.cost), ref.cost, rtol=1e-8)
+
+
+@pytest.mark.parametrize("factor", [1, 100])
+def test_acceleration_below_round_off_keeps_quadratic_convergence(x64, factor):
+    """Brown's badly scaled function has a zero residual at (1e6, 2e-6).  Near it the
+    one-sided difference behind the acceleration is round-off; added to the step it
+    stopped the fit by xtol at cost ~1e-10.  Dropped there, the Gauss-Newton steps
+    converge quadratically to round-off, as scipy's trf does."""
+    problem = mgh.get("Brown badly scaled")
+    x0 = jnp.asarray(problem.start(factor))
+    res = ff.least_squares(problem.fun, x0, method="trf")
+    ref = so.least_squares(problem.fun, np.asarray(x0), jac=jax.jacfwd(problem.fun), method="trf")
+    assert res.success and ref.cost < 1e-20
+    assert float(res.cost) < 1e-20
 
 
 @pytest.mark.parametrize("x0", [[14.784, 3.3496, 0.019723], [20.803, 3.8155, 0.0085052]])

@@ -109,8 +109,8 @@ def least_squares(
         acceleration: ``"trf"``'s geodesic acceleration (Transtrum & Sethna 2012), for
             fits without bounds (``log_scale`` alone is fine) and with the linear loss:
             each step is corrected for the curvature of the residual along it, measured
-            by two more residual
-            evaluations (not counted in ``n_fev``, which counts trial points), so that
+            by one more residual evaluation (not counted in ``n_fev``, which counts
+            trial points) and the Jacobian, so that
             fits crossing a curved valley take long steps instead of crawling.
             ``False``, or bounds, or a robust loss: scipy's ``trf`` step for step
             (with ``secant=False``).  Other methods ignore it.

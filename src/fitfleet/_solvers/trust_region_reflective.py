@@ -78,13 +78,18 @@ evaluations.  The step is corrected to second order along the path
     â = −(Â + λI)⁻¹ (d ⊙ Jᵀr_pp),     step = p + ½ d ⊙ â,
 
 solved with the factorisation that gave ``p̂`` (its λ; ``_trust_region``).
-``r_pp`` is a central difference, ``(r(x + hp) − 2r(x) + r(x − hp))/h²`` with
-``h = ACCELERATION_STEP``: two more residual evaluations per step (not trial points: not
-counted in ``n_fev``), and a batch carries ``J`` from step to step.  The corrected step
+``r_pp`` is a one-sided difference along ``p`` with the Jacobian's directional derivative,
+``2(r(x + hp) − r(x) − hJp)/h²``, ``h = eps^⅙`` (``_acceleration_step``): one more
+residual evaluation per step (not a trial point: not counted in ``n_fev``), and a batch
+carries ``J`` from step to step.  (A central difference needs no ``J`` but two: a Rat43
+step then cost 1.6–1.8× Levenberg-Marquardt's, 1.3–1.5× with one.)  The corrected step
 is used where ``2‖â‖ <= α‖p̂‖`` (``ACCELERATION_MAX``; a larger correction means the
-second-order path is no longer trustworthy).  The model's value at ``p`` remains the
-predicted reduction and ``‖p̂‖`` sets the radius, so the ratio measures how well the
-path realises what the model promised.
+second-order path is no longer trustworthy) and where the difference stands above the
+residual's round-off (near a zero-residual fit it does not, and a correction made of
+round-off cost Gauss-Newton's quadratic convergence: MGH's Brown badly scaled stopped at
+cost 1e-10).  The model's value at ``p`` remains the predicted reduction and ``‖p̂‖``
+sets the radius, so the ratio measures how well the path realises what the model
+promised.
 
 It applies without bounds (``log_scale`` is part of the residual) and with the linear
 loss; otherwise the step is scipy's.  With a robust loss the cost is not a sum of
@@ -195,10 +200,6 @@ from ._trust_region import damped_step, positive, trust_region_step, trust_regio
 
 STEP_BACK = 0.995  # θ = max(STEP_BACK, 1 − ‖v·g‖∞): the least fraction of a step to a bound taken
 ACCELERATION_MAX = 0.75  # α: the acceleration is used where 2‖â‖ <= α‖p̂‖ (Transtrum & Sethna's)
-# h of the central difference r_pp ≈ (r(x + hp) − 2r(x) + r(x − hp))/h²: truncation O(h²)
-# (4e-4 relative), round-off O(eps/h²) (3e-4 in float32, 6e-13 in float64).  On NIST
-# h = 0.003 ... 0.1 all gave 54/54, 0.3 lost MGH10.
-ACCELERATION_STEP = 0.02
 SWITCH_FACTOR = 1.5  # NL2SOL's ``fuzz``: how much better the other model must have predicted a step
 
 
@@ -402,8 +403,27 @@ def _accelerated(problem, state, p_h, d, solve):
     """The step ``p = d·p̂`` with the geodesic acceleration added, where it is small
     (module docstring)."""
     x, p = state.params, d * p_h
-    h = ACCELERATION_STEP
-    r_pp = (problem.residual(x + h * p) - 2 * state.residual + problem.residual(x - h * p)) / h**2
-    a_h = -solve(d * (state.jac.T @ r_pp))
-    small = jnp.all(jnp.isfinite(a_h)) & (2 * jnp.linalg.norm(a_h) <= ACCELERATION_MAX * jnp.linalg.norm(p_h))
+    h = _acceleration_step(x.dtype)
+    r_h = problem.residual(x + h * p)
+    delta = r_h - state.residual - h * (state.jac @ p)  # ≈ ½h²r_pp
+    # Near a zero-residual fit δ sinks into the residuals' round-off, and a correction
+    # made of round-off would cost Gauss-Newton's quadratic convergence.  That round-off
+    # is at least what x's last bits move r by, |J|·|x|·eps (r = x₁ − 10⁶ has it at r = 0).
+    scale = jnp.linalg.norm(r_h) + jnp.linalg.norm(state.residual) + jnp.linalg.norm(jnp.abs(state.jac) @ jnp.abs(x))
+    round_off = jnp.finfo(x.dtype).eps * scale
+    resolved = jnp.linalg.norm(delta) > round_off
+    a_h = -solve(d * (state.jac.T @ (2 * delta / h**2)))
+    small = resolved & jnp.all(jnp.isfinite(a_h))
+    small &= 2 * jnp.linalg.norm(a_h) <= ACCELERATION_MAX * jnp.linalg.norm(p_h)
     return jnp.where(small, p + jax.lax.stop_gradient(0.5 * d * a_h), p)
+
+
+def _acceleration_step(dtype):
+    """``h`` of the one-sided difference for ``r_pp``: ``eps^⅙`` (2.5e-3 in float64, 0.07
+    in float32).  ``½h²r_pp`` must stand above the residual's round-off while the
+    truncation error grows as ``h``; ``eps^⅙`` balances the two for terms of ``r`` up to
+    ``eps^-½`` times its curvature, and a residual computed to rtol 1e-8 (an ODE solve)
+    still gives ``r_pp`` to ~2e-3.  Measured: NIST 54/54 runs at LRE >= 4 for eps^¼ ...
+    eps^0.15 (0.02 lost MGH10 to truncation, eps^⅓ three to round-off); the float32
+    2D-Gaussian batch of ``benchmarks/batch.py``: 3.09 steps a fit (eps^¼: 3.38; none: 3.44)."""
+    return float(jnp.finfo(dtype).eps) ** (1 / 6)
