@@ -49,7 +49,7 @@ def step_to_bound(x, s, lower, upper):
 
 def quadratic(A, g, s):
     """The model ``½ sᵀAs + gᵀs``."""
-    return 0.5 * s @ (A @ s) + g @ s
+    return jnp.sum(0.5 * A * jnp.outer(s, s)) + jnp.sum(g * s)
 
 
 def _minimize_1d(a, b, c, lo, hi):

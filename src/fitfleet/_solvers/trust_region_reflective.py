@@ -331,7 +331,7 @@ class TrustRegionReflective(eqx.Module):
             # where it predicted this step clearly better, unless this step grew the radius;
             # never the augmented one just after it failed.
             q_gn = quadratic(A_gn, g_h, step_h)
-            q_aug = q_gn + 0.5 * step_h @ (curvature @ step_h)
+            q_aug = q_gn + 0.5 * jnp.sum(curvature * jnp.outer(step_h, step_h))
             error_gn, error_aug = jnp.abs(reduction + q_gn), jnp.abs(reduction + q_aug)
             error, other = jnp.where(s.augmented, error_aug, error_gn), jnp.where(s.augmented, error_gn, error_aug)
             switch = (SWITCH_FACTOR * other < error) & ~(radius > s.radius)
@@ -378,14 +378,15 @@ def _secant_update(S, s, y, jtj):
     ``y♯ = y − J₊ᵀJ₊s`` is the part of ``y`` that ``J₊ᵀJ₊`` does not explain.  Where
     ``yᵀs <= 0`` (no curvature to learn from) or round-off made the update non-finite,
     ``τS`` only."""
-    y_sharp = y - jtj @ s
-    sSs = s @ S @ s
-    tau = jnp.where(sSs != 0, jnp.minimum(1, jnp.abs(s @ y_sharp) / jnp.where(sSs != 0, jnp.abs(sSs), 1)), 1)
+    y_sharp = y - _mv(jtj, s)
+    Ss = _mv(S, s)
+    sSs = jnp.sum(s * Ss)
+    tau = jnp.where(sSs != 0, jnp.minimum(1, jnp.abs(jnp.sum(s * y_sharp)) / jnp.where(sSs != 0, jnp.abs(sSs), 1)), 1)
     S = tau * S
-    w = y_sharp - S @ s
-    ys = y @ s
+    w = y_sharp - tau * Ss
+    ys = jnp.sum(y * s)
     safe = jnp.where(ys > 0, ys, 1)
-    new = S + (jnp.outer(w, y) + jnp.outer(y, w)) / safe - (w @ s) * jnp.outer(y, y) / safe**2
+    new = S + (jnp.outer(w, y) + jnp.outer(y, w)) / safe - jnp.sum(w * s) * jnp.outer(y, y) / safe**2
     return jnp.where((ys > 0) & jnp.all(jnp.isfinite(new)), new, S)
 
 
@@ -405,14 +406,15 @@ def _accelerated(problem, state, p_h, d, solve):
     x, p = state.params, d * p_h
     h = _acceleration_step(x.dtype)
     r_h = problem.residual(x + h * p)
-    delta = r_h - state.residual - h * (state.jac @ p)  # ≈ ½h²r_pp
+    delta = r_h - state.residual - h * _mv(state.jac, p)  # ≈ ½h²r_pp
     # Near a zero-residual fit δ sinks into the residuals' round-off, and a correction
     # made of round-off would cost Gauss-Newton's quadratic convergence.  That round-off
-    # is at least what x's last bits move r by, |J|·|x|·eps (r = x₁ − 10⁶ has it at r = 0).
-    scale = jnp.linalg.norm(r_h) + jnp.linalg.norm(state.residual) + jnp.linalg.norm(jnp.abs(state.jac) @ jnp.abs(x))
-    round_off = jnp.finfo(x.dtype).eps * scale
-    resolved = jnp.linalg.norm(delta) > round_off
-    a_h = -solve(d * (state.jac.T @ (2 * delta / h**2)))
+    # is at least what x's last bits move r by, |J|·|x|·eps (r = x₁ − 10⁶ has it at r = 0):
+    # bounded by Σⱼ|xⱼ|‖Jⱼ‖, with ‖r‖ = √(2F) (the linear loss).
+    column_norms = jnp.sqrt(jnp.maximum(jnp.diagonal(state.inner.jtj), 0))
+    scale = 2 * jnp.sqrt(2 * state.cost) + jnp.sum(jnp.abs(x) * column_norms)
+    resolved = jnp.sum(delta**2) > (jnp.finfo(x.dtype).eps * scale) ** 2
+    a_h = -solve(d * jnp.sum(state.jac * (2 * delta / h**2)[:, None], axis=0))
     small = resolved & jnp.all(jnp.isfinite(a_h))
     small &= 2 * jnp.linalg.norm(a_h) <= ACCELERATION_MAX * jnp.linalg.norm(p_h)
     return jnp.where(small, p + jax.lax.stop_gradient(0.5 * d * a_h), p)
@@ -427,3 +429,9 @@ def _acceleration_step(dtype):
     eps^0.15 (0.02 lost MGH10 to truncation, eps^⅓ three to round-off); the float32
     2D-Gaussian batch of ``benchmarks/batch.py``: 3.09 steps a fit (eps^¼: 3.38; none: 3.44)."""
     return float(jnp.finfo(dtype).eps) ** (1 / 6)
+
+
+def _mv(A, v):
+    """``A @ v`` as a product and a sum, which XLA fuses (a batched small ``dot`` is a
+    kernel of its own)."""
+    return jnp.sum(A * v, axis=-1)
