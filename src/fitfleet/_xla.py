@@ -5,8 +5,9 @@ With the options below (the level-1 LLVM pipeline without its expensive passes, 
 classic fusion emitters instead of the MLIR ones, and one LLVM module instead of
 several compiled on parallel threads, which on a few cores compete with each other and
 with fitfleet's other compilations) a fit compiles in about 60% of the time the
-defaults take, and its loops run as fast (measured in ``benchmarks/batch.py``).  They
-only tune compilation, per program: nothing global changes.
+defaults take, and its loops run as fast (measured in ``benchmarks/batch.py``); and
+XNNPACK runs only the programs' dots, not their small reductions.  They only tune
+compilation, per program: nothing global changes.
 
 An XLA that does not know one of them rejects the whole compilation, and options come
 and go between versions; so the ones this XLA knows are found once, by compiling a
@@ -18,8 +19,8 @@ the outer program's options hold (staging refuses options; the retrace without t
 hits JAX's tracing cache).
 
 The JAX interfaces fitfleet uses beyond the public API all live here, each with a
-fallback (tested): the names of compiler options an XLA does not know, read from its
-error message (unknown: compile with XLA's defaults); ``trace_context`` (unknown: the
+fallback (tested): the names of compiler options an XLA does not know (or whose value it
+refuses), read from its error message (unknown: compile with XLA's defaults); ``trace_context`` (unknown: the
 CPU engine's tail program is not traced in the background, the round's program
 finishes the fits).
 """
@@ -41,6 +42,10 @@ CPU_OPTIONS = {
     "xla_llvm_disable_expensive_passes": True,
     "xla_cpu_use_fusion_emitters": False,
     "xla_cpu_parallel_codegen_split_count": 1,
+    # XNNPACK's fusions for dots only, not for reductions: a fit's reductions are small,
+    # and as library calls each cost ~10 µs (a trf step on the 2D-Gaussian batch of
+    # ``benchmarks/batch.py``: 1.7-1.9x Levenberg-Marquardt's with them, 1.3-1.5x without).
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
 }
 
 
@@ -54,8 +59,8 @@ def cpu_options():
         try:
             lowered.compile(options)
             return options
-        except Exception as e:  # XlaRuntimeError: INVALID_ARGUMENT: No such compile option: 'name'
-            unknown = [name for name in options if f"'{name}'" in str(e)]
+        except Exception as e:  # INVALID_ARGUMENT: No such compile option: 'name' (or: While setting option name, ...)
+            unknown = [name for name in options if name in str(e)]
             if not unknown:
                 return {}  # something else is wrong: compile with the defaults
             for name in unknown:
