@@ -193,31 +193,24 @@ def test_caches_clear_and_background_compilation_can_be_turned_off(x64):
             pass
 
 
-def test_unknown_compiler_options_are_dropped(monkeypatch):
-    """XLA rejects a compilation with an option it does not know; cpu_options() drops
-    the ones this XLA names as unknown and keeps the others."""
-    monkeypatch.setattr(_xla, "CPU_OPTIONS", {**_xla.CPU_OPTIONS, "xla_fitfleet_no_such_option": True})
+@pytest.mark.parametrize(
+    "name, value",
+    [("xla_fitfleet_no_such_option", True), ("xla_backend_optimization_level", "high")],
+    ids=["unknown option", "refused value"],
+)
+def test_compiler_options_xla_rejects_are_dropped(monkeypatch, name, value):
+    """XLA rejects a compilation with an option it does not know, or with a value it
+    refuses (an enum renamed between versions); cpu_options() drops the option it names
+    and keeps the others."""
+    monkeypatch.setattr(_xla, "CPU_OPTIONS", {**_xla.CPU_OPTIONS, name: value})
     _xla.cpu_options.cache_clear()
     try:
         options = _xla.cpu_options()
     finally:
         _xla.cpu_options.cache_clear()
-    assert "xla_fitfleet_no_such_option" not in options
-    assert options == _xla.cpu_options()
+    assert name not in options
+    assert options == {k: v for k, v in _xla.cpu_options().items() if k != name} != {}
 
-
-
-def test_compiler_options_with_refused_values_are_dropped(monkeypatch):
-    """An option this XLA knows but whose value it refuses (an enum renamed between
-    versions) is dropped alone; the others are kept."""
-    monkeypatch.setattr(_xla, "CPU_OPTIONS", {**_xla.CPU_OPTIONS, "xla_backend_optimization_level": "high"})
-    _xla.cpu_options.cache_clear()
-    try:
-        options = _xla.cpu_options()
-    finally:
-        _xla.cpu_options.cache_clear()
-    assert "xla_backend_optimization_level" not in options
-    assert options == {k: v for k, v in _xla.cpu_options().items() if k != "xla_backend_optimization_level"} != {}
 
 def test_chunks_equal_one_chunk_and_progress(x64, capsys):
     pytest.importorskip("tqdm")

@@ -324,21 +324,6 @@ def test_fit_inside_jit_closing_over_its_inputs(x64):
     np.testing.assert_allclose(traced, eager, rtol=1e-10)
 
 
-def test_compiler_options_unknown_to_xla_are_left_out(monkeypatch):
-    """fitfleet's XLA:CPU options only tune compilation, and an XLA that does not know
-    one fails the whole compilation: such an option is dropped, the others are kept."""
-    from fitfleet import _xla
-
-    monkeypatch.setattr(_xla, "CPU_OPTIONS", {**_xla.CPU_OPTIONS, "xla_no_such_option": True})
-    _xla.cpu_options.cache_clear()
-    try:
-        options = _xla.cpu_options()
-    finally:
-        _xla.cpu_options.cache_clear()
-    assert "xla_no_such_option" not in options
-    assert options.get("xla_backend_optimization_level") == 1
-
-
 @pytest.mark.parametrize(
     "option, value",
     [
