@@ -20,9 +20,9 @@ hits JAX's tracing cache).
 
 The JAX interfaces fitfleet uses beyond the public API all live here, each with a
 fallback (tested): the names of compiler options an XLA does not know (or whose value it
-refuses), read from its error message (unknown: compile with XLA's defaults); ``trace_context`` (unknown: the
-CPU engine's tail program is not traced in the background, the round's program
-finishes the fits).
+refuses), read from its error message (unknown: compile with XLA's defaults);
+``trace_context`` (unknown: the CPU engine's tail program is not traced in the
+background, the round's program finishes the fits).
 """
 
 import contextlib
