@@ -44,7 +44,7 @@ def ode_steps(prob, x):
 
     def one(theta, y0, ts):
         s = m.settings
-        controller = diffrax.PIDController(rtol=s.rtol, atol=s.rtol * m.state_scales, pcoeff=0.3, icoeff=0.3)
+        controller = diffrax.PIDController(rtol=m.rtol, atol=m.rtol * m.state_scales, pcoeff=0.3, icoeff=0.3)
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(m._vector_field), s.solver, t0=0.0, t1=ts[-1], dt0=None, y0=y0, args=theta,
             saveat=diffrax.SaveAt(ts=ts), stepsize_controller=controller, max_steps=s.max_steps, throw=False,

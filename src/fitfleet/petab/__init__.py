@@ -19,8 +19,9 @@ The same path from the shell: ``python -m fitfleet.petab problem.yaml --starts 2
 The tables are read by ``petab``, the SBML model by ``python-libsbml`` and ``sbmlmath``
 into sympy (``_sbml``), the PEtab parameter mapping becomes index arrays (``_tables``),
 sympy becomes JAX by ``sympy.lambdify`` (``_codegen``), and diffrax solves the ODEs
-(``_model``, whose docstring has the likelihood and its sum-of-squares form) at
-tolerances set by a pilot solve (``_tolerances``).  Profiles (``_profiles``),
+(``_model``, whose docstring has the likelihood and its sum-of-squares form) with the
+Rosenbrock method ``Rodas5P`` (``_rosenbrock``) at tolerances set by pilot solves
+(``_tolerances``).  Profiles (``_profiles``),
 checkpoints (``_checkpoint``) and the report (``_output``) build on fitfleet's own
 ``profile``, ``fit_batch``, ``MultiStartResult`` and ``plot``.
 
@@ -30,5 +31,6 @@ tolerances need it; fitfleet does not switch it on for you.
 """
 
 from ._problem import Problem, load
+from ._rosenbrock import Rodas5P
 
-__all__ = ["Problem", "load"]
+__all__ = ["Problem", "Rodas5P", "load"]

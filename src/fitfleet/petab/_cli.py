@@ -45,8 +45,8 @@ def parser():
     p.add_argument("--no-checkpoint", action="store_true", help="no checkpoint: an interrupted run starts over")
     p.add_argument("--restart", action="store_true", help="delete an existing checkpoint first")
     p.add_argument("--no-plots", action="store_true", help="write no plots")
-    p.add_argument("--solver", default="Kvaerno5", help="diffrax ODE solver class (default Kvaerno5)")
-    p.add_argument("--rtol", type=float, default=1e-8, help="ODE relative tolerance (default 1e-8)")
+    p.add_argument("--solver", default="Rodas5P", help="ODE solver class: fitfleet.petab.Rodas5P (default) or a diffrax one (e.g. Kvaerno5)")
+    p.add_argument("--rtol", type=float, default=None, help="ODE relative tolerance (default: 1e-8, tightened by load's rule)")
     p.add_argument("--preequilibration", action="store_true", help="simulate pre-equilibration and time = inf measurements (load's option)")
     p.add_argument("--priors", action="store_true", help="add the objective priors, as pyPESTO does (load's option)")
     p.add_argument("--float32", action="store_true", help="single precision (default float64)")
@@ -65,11 +65,11 @@ def main(argv=None):
 
     import fitfleet as ff
 
-    from . import load
+    from . import Rodas5P, load
 
-    solver = getattr(diffrax, args.solver, None)
+    solver = Rodas5P if args.solver == "Rodas5P" else getattr(diffrax, args.solver, None)
     if not (isinstance(solver, type) and issubclass(solver, diffrax.AbstractSolver)):
-        parser().error(f"--solver {args.solver!r} is not a diffrax solver class (e.g. Kvaerno5, Tsit5)")
+        parser().error(f"--solver {args.solver!r} is neither Rodas5P nor a diffrax solver class (e.g. Kvaerno5, Tsit5)")
     if not args.no_cache:
         ff.enable_compilation_cache()
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))  # noqa: E731
@@ -103,7 +103,7 @@ def main(argv=None):
         ms = prob.multistart(args.starts, key=jax.random.key(args.seed), checkpoint=checkpoint,
                              checkpoint_every=args.checkpoint_every, progress=bars, **options)  # fmt: skip
         times["multi-start"] = time.perf_counter() - clock
-        info = dict(prob.describe(), seed=args.seed, options=options, solver=args.solver, rtol=args.rtol)
+        info = dict(prob.describe(), seed=args.seed, options=options, solver=args.solver, rtol=float(prob.model.rtol))
         ms.save(out / "results.npz", info=info)
         profiles = None
         if not args.no_profiles:

@@ -63,11 +63,10 @@ STEADY = 0.01  # pre-equilibration ends where the rates are below STEADY × the 
 
 
 class Settings(eqx.Module):
-    """The ODE solver, its relative tolerance and step budget, and whether the conditions
-    are solved one after another (``fitfleet.petab.load``, ``_tolerances``)."""
+    """The ODE solver, its step budget, and whether the conditions are solved one after
+    another (``fitfleet.petab.load``, ``_tolerances``)."""
 
     solver: diffrax.AbstractSolver
-    rtol: float
     max_steps: int
     sequential: bool = False
 
@@ -97,6 +96,7 @@ class Model(eqx.Module):
     theta_index: jax.Array
     initial_index: jax.Array
     times: jax.Array
+    rtol: jax.Array  # the solver's relative tolerance (data, so that ``_tolerances`` can try others)
     state_scales: jax.Array  # atol = rtol · state_scales (``_tolerances``)
     # Pre-equilibration (``_tables``): per experiment, which steady state it starts from
     # (-1: none), and the pre-equilibration conditions' parameters and initial states.
@@ -147,7 +147,7 @@ class Model(eqx.Module):
         return self._diffeqsolve(theta, y0, jnp.asarray(jnp.inf, y0.dtype), diffrax.SaveAt(t1=True), diffrax.Event(steady))[0]
 
     def _tolerances(self, dtype):
-        rtol = max(self.settings.rtol, 100 * float(jnp.finfo(dtype).eps))
+        rtol = jnp.maximum(jnp.asarray(self.rtol, dtype), 100 * float(jnp.finfo(dtype).eps))
         return rtol, rtol * self.state_scales.astype(dtype)
 
     def _diffeqsolve(self, theta, y0, t1, saveat, event=None):
@@ -291,7 +291,7 @@ def _jacobian_term(transformation, y):
     return jnp.zeros_like(y)
 
 
-def build_model(ode, layout, settings, state_scales):
+def build_model(ode, layout, settings, rtol, state_scales):
     """The :class:`Model` of an ``_sbml.OdeModel`` and a ``_tables.Layout``."""
     states = [symbol(s) for s in ode.states]
     params = [symbol(p) for p in layout.parameters]
@@ -324,6 +324,7 @@ def build_model(ode, layout, settings, state_scales):
         theta_index=layout.theta_index.astype(np.int32),
         initial_index=layout.initial_index.astype(np.int32),
         times=np.asarray(layout.times),
+        rtol=np.asarray(rtol, np.float64),
         state_scales=np.asarray(state_scales, np.float64),
         preequilibration=layout.preequilibration.astype(np.int32),
         preequilibration_theta_index=layout.preequilibration_theta_index.astype(np.int32),

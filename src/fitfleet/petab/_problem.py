@@ -19,6 +19,7 @@ from petab.v1 import C
 
 from .. import _multistart, _xla, fit_batch, least_squares
 from . import _checkpoint, _model, _output, _profiles, _sbml, _tables, _tolerances
+from ._rosenbrock import Rodas5P
 
 
 # The default method for PEtab problems: trust-region reflective.  Their parameters are
@@ -57,7 +58,7 @@ FTOL = 1e-8
 # cost steps (16 starts: Rahman 27.9 → 70.8 s, Bruno 11.4 → 15.7 s).
 
 
-def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, conditions="auto", lint=True, preequilibration=False, priors=False):
+def load(path, *, solver=None, rtol=None, state_scales=None, max_steps=10_000, conditions="auto", lint=True, preequilibration=False, priors=False):
     """Load a PEtab v1 problem (its yaml file, or the folder that holds exactly one).
 
     The SBML model is translated to JAX once, here; nothing compiles until the first
@@ -65,10 +66,15 @@ def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, c
 
     Args:
         path: the problem's yaml file or its folder.
-        solver: a diffrax solver; default ``diffrax.Kvaerno5()``, an L-stable implicit
-            Runge-Kutta method: the benchmark models are stiff somewhere inside their
-            bounds (Boehm's import rate reaches 1e5/min), and multi-starts go there.
+        solver: a diffrax solver; default ``fitfleet.petab.Rodas5P()``, an L-stable
+            Rosenbrock method (``fitfleet.petab._rosenbrock``): the benchmark models are
+            stiff somewhere inside their bounds (Boehm's import rate reaches 1e5/min),
+            and multi-starts go there.
         rtol: the relative tolerance of the ODE solver (raised to 100 ε in float32).
+            Default: 1e-8, tightened tenfold at a time (down to 1e-12) until the NLL
+            at the nominal parameters agrees with a solve 100 times tighter to within
+            the fits' stopping test, ``1e-8·(1 + |NLL|)``
+            (``fitfleet.petab._tolerances``).
         state_scales: per state (or one number), the magnitude below which a state's
             absolute error is controlled: ``atol_i = rtol · state_scales[i]``.  Default:
             by the rule of ``fitfleet.petab._tolerances`` (each state's largest value
@@ -122,14 +128,17 @@ def load(path, *, solver=None, rtol=1e-8, state_scales=None, max_steps=10_000, c
         raise ValueError(f"petab.lint_problem found errors in {str(path)!r} (logged above); pass lint=False to load it anyway.")
     ode = _sbml.load_sbml(problem.model.sbml_document)
     layout = _tables.build(problem, ode, preequilibration=preequilibration, priors=priors)
-    settings = _model.Settings(solver or diffrax.Kvaerno5(), float(rtol), int(max_steps), conditions == "sequential")
-    model = _model.build_model(ode, layout, settings, np.ones(len(ode.states)))
+    settings = _model.Settings(solver or Rodas5P(), int(max_steps), conditions == "sequential")
+    model = _model.build_model(ode, layout, settings, _tolerances.RTOL if rtol is None else float(rtol), np.ones(len(ode.states)))
     if state_scales is None:
         state_scales = _tolerances.state_scales(model, layout.nominal)
     state_scales = np.broadcast_to(np.asarray(state_scales, np.float64), (len(ode.states),))
     model = eqx.tree_at(lambda m: m.state_scales, model, np.array(state_scales))
     if conditions == "auto" and jax.default_backend() == "cpu" and _tolerances.sequential_conditions(model, layout.nominal):
         model = dataclasses.replace(model, settings=dataclasses.replace(settings, sequential=True))
+    if rtol is None:
+        rtol = _tolerances.resolved_rtol(model, layout.nominal, layout.measurements, FTOL)
+        model = eqx.tree_at(lambda m: m.rtol, model, np.array(rtol))
     return Problem(path, problem, ode, layout, model)
 
 
@@ -302,7 +311,7 @@ class Problem:
             digest.update(table.to_csv().encode())
         digest.update(p.model.to_sbml_str().encode())
         s = self.model.settings
-        return {"problem": digest.hexdigest(), "ode": f"{s.solver!r} rtol={s.rtol!r} max_steps={s.max_steps} sequential={s.sequential}", "state_scales": self.state_scales.tolist()}
+        return {"problem": digest.hexdigest(), "ode": f"{s.solver!r} rtol={float(self.model.rtol)!r} max_steps={s.max_steps} sequential={s.sequential}", "state_scales": self.state_scales.tolist()}
 
     def _options(self, options):
         options = dict(options)
