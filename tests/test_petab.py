@@ -15,6 +15,7 @@ pytest.importorskip("libsbml")
 pytest.importorskip("diffrax")
 pytest.importorskip("scipy")
 
+import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -172,6 +173,24 @@ def test_toy_simulation_and_nll_match_the_closed_form(toy_problem, x64):
         h, _ = toy.expected(_toy_linear(prob, x))
         np.testing.assert_allclose(prob.simulate(x).simulation, h, rtol=1e-5)
         assert float(prob.nll(x)) == pytest.approx(toy.reference_nll(_toy_linear(prob, x)), rel=1e-6)
+
+
+def test_the_rtol_rule_tightens_until_the_nll_is_resolved(toy_problem, x64):
+    """``_tolerances.resolved_rtol``: asked to resolve the NLL to a finer stopping test,
+    it tightens the solver, and the NLL at its choice is that close to the closed form;
+    at the test it already meets it keeps the tolerance it starts from."""
+    from fitfleet.petab import _tolerances
+
+    prob = toy_problem
+    model = eqx.tree_at(lambda m: m.rtol, prob.model, np.array(1e-6))
+    x, y = prob.nominal, prob.measurements
+    exact = toy.reference_nll(_toy_linear(prob, x))
+    error = lambda r: abs(float(_tolerances._nll(model, jnp.asarray(x), jnp.asarray(y), jnp.asarray(r))) - exact)  # noqa: E731
+    assert _tolerances.resolved_rtol(model, x, y, 1.0) == 1e-6
+    for ftol in (1e-9, 1e-12):
+        assert error(1e-6) > 10 * ftol * (1 + abs(exact))  # so there is something to tighten
+        rtol = _tolerances.resolved_rtol(model, x, y, ftol)
+        assert rtol < 1e-6 and error(rtol) <= 10 * ftol * (1 + abs(exact))
 
 
 def test_conditions_one_after_another_or_side_by_side_agree(toy_problem, tmp_path, x64):
