@@ -187,7 +187,7 @@ def test_the_rtol_rule_tightens_until_the_nll_is_resolved(toy_problem, x64):
     exact = toy.reference_nll(_toy_linear(prob, x))
     error = lambda r: abs(float(_tolerances._nll(model, jnp.asarray(x), jnp.asarray(y), jnp.asarray(r))) - exact)  # noqa: E731
     assert _tolerances.resolved_rtol(model, x, y, 1.0) == 1e-6
-    for ftol in (1e-9, 1e-12):
+    for ftol in (1e-11, 1e-12):  # the toy at rtol 1e-6 is already 1.6e-8 off (measured)
         assert error(1e-6) > 10 * ftol * (1 + abs(exact))  # so there is something to tighten
         rtol = _tolerances.resolved_rtol(model, x, y, ftol)
         assert rtol < 1e-6 and error(rtol) <= 10 * ftol * (1 + abs(exact))

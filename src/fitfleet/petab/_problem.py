@@ -9,7 +9,6 @@ import math
 import statistics
 from pathlib import Path
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
