@@ -106,8 +106,11 @@ def test_vmap_equals_the_loop(x64):
     np.testing.assert_allclose(batched, 1 / (1 + rates * 4), rtol=1e-8)
 
 
-def test_float32():
-    single = _solve(_riccati, jnp.array([1.0], jnp.float32), jnp.float32(1.0), 2.0, rtol=1e-5).ys[-1, 0]
+@pytest.mark.parametrize("x64_on", [False, True])
+def test_float32(x64_on):
+    """A float32 state stays float32 (with x64 on too) and is solved to float32's accuracy."""
+    with jax.enable_x64(x64_on):
+        single = _solve(_riccati, jnp.array([1.0], jnp.float32), jnp.float32(1.0), jnp.float32(2.0), rtol=1e-5).ys[-1, 0]
     assert single.dtype == jnp.float32 and abs(float(single) - 0.2) < 1e-5
 
 

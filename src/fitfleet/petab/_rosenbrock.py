@@ -136,14 +136,15 @@ class Rodas5P(diffrax.AbstractAdaptiveSolver):
                 fi = f0
             else:
                 if i <= 5:
-                    y = y0 + sum(A[i, j] * u[j] for j in range(i))
+                    y = y0 + sum(float(A[i, j]) * u[j] for j in range(i))
                 else:
                     y = y + u[-1]
-                fi = f(t0 + STAGE_C[i] * h, y)
-            rhs = fi + sum((C[i, j] / h) * u[j] for j in range(i)) + (STAGE_D[i] * h) * f_t
+                fi = f(t0 + float(STAGE_C[i]) * h, y)
+            # Python floats, weakly typed: a float32 state stays float32 with x64 on.
+            rhs = fi + sum((float(C[i, j]) / h) * u[j] for j in range(i)) + (float(STAGE_D[i]) * h) * f_t
             u.append(solve(rhs.reshape(-1)).reshape(y0.shape))
         y1 = y + u[-1]
-        q = jnp.stack([sum(H[k, j] * u[j] for j in range(8)) for k in range(3)])
+        q = jnp.stack([sum(float(H[k, j]) * u[j] for j in range(8)) for k in range(3)])
         dense_info = dict(y0=y0, y1=y1, q=q)
         return y1, u[-1], dense_info, None, diffrax.RESULTS.successful
 
