@@ -136,16 +136,13 @@ def resolved_rtol(model, nominal, measurements, ftol):
     x = jnp.asarray(nominal, jnp.result_type(float))
     y = jnp.asarray(measurements, x.dtype)
     floor = max(RTOL_MIN, 100 * float(jnp.finfo(x.dtype).eps))
-    cache = {}
 
     def nll(rtol):
-        if rtol not in cache:
-            cache[rtol] = float(_nll(model, x, y, jnp.asarray(rtol, x.dtype)))
-        return cache[rtol]
+        return float(_nll(model, x, y, jnp.asarray(rtol, x.dtype)))
 
     rtol = float(model.rtol)
     while rtol > floor * (1 + 1e-9):
-        coarse, fine = nll(rtol), nll(max(rtol / FINER, floor / FINER))
+        coarse, fine = nll(rtol), nll(rtol / FINER)
         if not (np.isfinite(coarse) and np.isfinite(fine)) or abs(coarse - fine) <= ftol * (1 + abs(fine)):
             break
         rtol = max(float("%.6g" % (rtol / 10)), floor)
