@@ -175,22 +175,33 @@ def test_toy_simulation_and_nll_match_the_closed_form(toy_problem, x64):
         assert float(prob.nll(x)) == pytest.approx(toy.reference_nll(_toy_linear(prob, x)), rel=1e-6)
 
 
-def test_the_rtol_rule_tightens_until_the_nll_is_resolved(toy_problem, x64):
-    """``_tolerances.resolved_rtol``: asked to resolve the NLL to a finer stopping test,
-    it tightens the solver, and the NLL at its choice is that close to the closed form;
-    at the test it already meets it keeps the tolerance it starts from."""
+def test_the_tolerance_rule_tightens_until_the_nll_is_resolved(toy_problem, x64):
+    """``_tolerances.resolved_tolerances``: asked to resolve the NLL to a finer stopping
+    test, it tightens the absolute tolerances (the state scales) first and ``rtol`` only
+    once they are at ``SCALE_MIN`` of their own, and the NLL at its choice is that close
+    to the closed form; at a test it already meets it keeps what it starts from; with
+    the scales held it tightens ``rtol`` alone."""
     from fitfleet.petab import _tolerances
 
     prob = toy_problem
     model = eqx.tree_at(lambda m: m.rtol, prob.model, np.array(1e-6))
+    scales = np.asarray(model.state_scales)
     x, y = prob.nominal, prob.measurements
     exact = toy.reference_nll(_toy_linear(prob, x))
-    error = lambda r: abs(float(_tolerances._nll(model, jnp.asarray(x), jnp.asarray(y), jnp.asarray(r))) - exact)  # noqa: E731
-    assert _tolerances.resolved_rtol(model, x, y, 1.0) == 1e-6
+
+    def error(rtol, s):
+        return abs(float(_tolerances._nll(model, jnp.asarray(x), jnp.asarray(y), jnp.asarray(rtol), jnp.asarray(s))) - exact)
+
+    rtol, s = _tolerances.resolved_tolerances(model, x, y, 1.0)
+    assert rtol == 1e-6 and np.array_equal(s, scales)
     for ftol in (1e-11, 1e-12):  # the toy at rtol 1e-6 is already 1.6e-8 off (measured)
-        assert error(1e-6) > 10 * ftol * (1 + abs(exact))  # so there is something to tighten
-        rtol = _tolerances.resolved_rtol(model, x, y, ftol)
-        assert rtol < 1e-6 and error(rtol) <= 10 * ftol * (1 + abs(exact))
+        assert error(1e-6, scales) > 10 * ftol * (1 + abs(exact))  # so there is something to tighten
+        for free in (True, False):
+            rtol, s = _tolerances.resolved_tolerances(model, x, y, ftol, scales=free)
+            assert error(rtol, s) <= 10 * ftol * (1 + abs(exact))
+            assert rtol <= 1e-6 and np.all(s <= scales) and (rtol < 1e-6 or np.any(s < scales))
+            if rtol < 1e-6:  # rtol moves only once the scales cannot
+                np.testing.assert_allclose(s, scales * (_tolerances.SCALE_MIN if free else 1), rtol=1e-12)
 
 
 def test_conditions_one_after_another_or_side_by_side_agree(toy_problem, tmp_path, x64):

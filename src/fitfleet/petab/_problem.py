@@ -70,14 +70,17 @@ def load(path, *, solver=None, rtol=None, state_scales=None, max_steps=10_000, c
             stiff somewhere inside their bounds (Boehm's import rate reaches 1e5/min),
             and multi-starts go there.
         rtol: the relative tolerance of the ODE solver (raised to 100 ε in float32).
-            Default: 1e-8, tightened tenfold at a time (down to 1e-12) until the NLL
-            at the nominal parameters agrees with a solve 100 times tighter to within
-            the fits' stopping test, ``1e-8·(1 + |NLL|)``
-            (``fitfleet.petab._tolerances``).
+            Default: by the rule of ``fitfleet.petab._tolerances``: 1e-8, with the
+            absolute tolerances (``state_scales``, if not given) and then ``rtol``
+            tightened tenfold at a time until the NLL at the nominal parameters agrees
+            with a solve 100 times tighter to within the fits' stopping test,
+            ``1e-8·(1 + |NLL|)``.  An ``rtol`` given is used as it is, with the
+            ``state_scales`` given or found.
         state_scales: per state (or one number), the magnitude below which a state's
             absolute error is controlled: ``atol_i = rtol · state_scales[i]``.  Default:
             by the rule of ``fitfleet.petab._tolerances`` (each state's largest value
-            at the nominal parameters, from a pilot solve with ``solver``).
+            at the nominal parameters, from a pilot solve with ``solver``, made smaller
+            where the rule above needs it); ``Problem.state_scales`` holds them.
         max_steps: the ODE solver's step budget per condition; a solve that needs more
             fails (NaN residuals, which a fit treats as a rejected point).
         conditions: how a problem with several simulation conditions solves them:
@@ -129,15 +132,16 @@ def load(path, *, solver=None, rtol=None, state_scales=None, max_steps=10_000, c
     layout = _tables.build(problem, ode, preequilibration=preequilibration, priors=priors)
     settings = _model.Settings(solver or Rodas5P(), int(max_steps), conditions == "sequential")
     model = _model.build_model(ode, layout, settings, _tolerances.RTOL if rtol is None else float(rtol), np.ones(len(ode.states)))
-    if state_scales is None:
+    scales_given = state_scales is not None
+    if not scales_given:
         state_scales = _tolerances.state_scales(model, layout.nominal)
     state_scales = np.broadcast_to(np.asarray(state_scales, np.float64), (len(ode.states),))
     model = eqx.tree_at(lambda m: m.state_scales, model, np.array(state_scales))
     if conditions == "auto" and jax.default_backend() == "cpu" and _tolerances.sequential_conditions(model, layout.nominal):
         model = dataclasses.replace(model, settings=dataclasses.replace(settings, sequential=True))
     if rtol is None:
-        rtol = _tolerances.resolved_rtol(model, layout.nominal, layout.measurements, FTOL)
-        model = eqx.tree_at(lambda m: m.rtol, model, np.array(rtol))
+        rtol, state_scales = _tolerances.resolved_tolerances(model, layout.nominal, layout.measurements, FTOL, scales=not scales_given)
+        model = eqx.tree_at(lambda m: (m.rtol, m.state_scales), model, (np.array(rtol), np.array(state_scales)))
     return Problem(path, problem, ode, layout, model)
 
 

@@ -1,20 +1,27 @@
 """The ODE solver's settings, by one rule for every problem: the tolerances, and whether
 the conditions are solved one after another.
 
-Relative tolerance ``rtol`` (``resolved_rtol``).  It starts at 1e-8, the reference tool
-chain's (raised to 100 ε in low precision), and is tightened tenfold at a time, down to
-``RTOL_MIN`` = 1e-12, while the NLL at the nominal parameters differs from the NLL
-solved ``FINER`` = 100 times tighter by more than the fits' stopping test on the NLL,
-``FTOL·(1 + |NLL|)`` (``_problem.FTOL`` = 1e-8): a fit should not stop on, or be
-steered by, the solver's error.  Most problems keep 1e-8; a problem whose solution
-amplifies the solver's error gets what it needs.  Crauste_CellSystems2017's pathogen
-collapses between days 8 and 13, and an error there grows ~10⁶-fold: at 1e-8 Rodas5P's
-NLL at the nominal parameters is 0.033 off the accurate 190.963978 (Kvaerno5's 3e-5,
-AMICI's 1e-3), at 1e-10 2e-6, and at 1e-11, the rule's choice, it is 190.9639776.  The
-five other test problems keep 1e-8 (Boehm's NLL there is 8e-8 off a Kvaerno5 solve at
-1e-12).  The rule costs one more compiled program at load (the NLL with the tolerance
-as data: ~2 s) and a few solves.  An explicit ``rtol`` given to ``load`` is used as it
-is.
+The tolerances (``resolved_tolerances``).  They start at ``rtol`` = 1e-8, the reference
+tool chain's (raised to 100 ε in low precision), and ``atol_i = rtol · s_i`` with the
+state scales ``s_i`` below, and are tightened tenfold at a time while the NLL at the
+nominal parameters differs from the NLL solved with both ``FINER`` = 100 times tighter
+by more than the fits' stopping test on the NLL, ``FTOL·(1 + |NLL|)`` (``_problem.FTOL``
+= 1e-8): a fit should not stop on, or be steered by, the solver's error.  The absolute
+tolerances are tightened first, the scales down to ``SCALE_MIN`` = 1e-3 of their own
+(a small value's error only costs steps while some state is small), then ``rtol``, down
+to ``RTOL_MIN`` = 1e-12 (every step costs).  Most problems keep the start; a problem
+whose solution amplifies the solver's error gets what it needs.
+Crauste_CellSystems2017's effector and memory cells start at zero and grow 10⁴- to
+10⁵-fold, and an error made while they are small grows with them: at the start its NLL
+at the nominal parameters is 0.033 off the accurate 190.963978.  With the scales ÷1000
+it is 9.4e-7 off in 362 solver steps; by ``rtol`` alone it took 1e-11 (4e-8 off, 776
+steps), and its forward-mode Jacobian cost 1.5× as much over five points
+(``benchmarks/results/petab_summary.md``, session 13).  The synthetic all-features
+problem gets ``rtol`` 1e-9 and the scales ÷1000; the five other test problems keep the
+start (Boehm's NLL there is 8e-8 off a Kvaerno5 solve at 1e-12).  The rule costs one
+more compiled program at load (the NLL with the tolerances as data: ~2 s) and a few
+solves.  An ``rtol`` given to ``load`` is used as it is; ``state_scales`` given are
+not tightened.
 
 Absolute tolerance per state ``atol_i = rtol · s_i``, with ``s_i``
 the state's scale: the largest ``|x_i(t)|`` over ``[0, last measurement time]`` of every
@@ -91,8 +98,9 @@ from ._model import finite_times
 
 FLOOR = 1e-3
 PILOT_RTOLS = (1e-4, 1e-6)
-RTOL = 1e-8  # where ``resolved_rtol`` starts: the reference tool chain's (CVODES in AMICI)
+RTOL = 1e-8  # where ``resolved_tolerances`` starts: the reference tool chain's (CVODES in AMICI)
 RTOL_MIN = 1e-12
+SCALE_MIN = FLOOR  # the rule tightens atol_i down to rtol · SCALE_MIN · s_i before it tightens rtol
 FINER = 100  # the reference solve of the rtol rule: this much tighter
 PILOT_STEPS = 4096
 USEFUL_MIN = 0.8
@@ -128,30 +136,35 @@ def sequential_conditions(model, nominal):
     return bool(steps.sum() / (steps.size * steps.max()) < USEFUL_MIN)
 
 
-def resolved_rtol(model, nominal, measurements, ftol):
-    """The solver's relative tolerance by the rule of the module docstring: the loosest
-    of ``model.rtol, model.rtol/10, ..., RTOL_MIN`` whose NLL at ``nominal`` is within
-    ``ftol·(1 + |NLL|)`` of the NLL solved ``FINER`` times tighter.  The last one tried
-    where an NLL is not finite (nothing to compare)."""
+def resolved_tolerances(model, nominal, measurements, ftol, scales=True):
+    """The solver's tolerances by the rule of the module docstring: ``(rtol, state
+    scales)``, the first pair of the ladder (the scales ÷10 down to ``SCALE_MIN`` of
+    ``model.state_scales``, if ``scales``; then ``rtol`` ÷10 down to ``RTOL_MIN``) whose
+    NLL at ``nominal`` is within ``ftol·(1 + |NLL|)`` of the NLL solved with both
+    ``FINER`` times tighter.  The last pair tried where an NLL is not finite."""
     x = jnp.asarray(nominal, jnp.result_type(float))
     y = jnp.asarray(measurements, x.dtype)
     floor = max(RTOL_MIN, 100 * float(jnp.finfo(x.dtype).eps))
 
-    def nll(rtol):
-        return float(_nll(model, x, y, jnp.asarray(rtol, x.dtype)))
+    def nll(rtol, scale):
+        return float(_nll(model, x, y, jnp.asarray(rtol, x.dtype), jnp.asarray(scale, x.dtype)))
 
-    rtol = float(model.rtol)
-    while rtol > floor * (1 + 1e-9):
-        coarse, fine = nll(rtol), nll(rtol / FINER)
+    rtol, scale = float(model.rtol), np.asarray(model.state_scales, np.float64)
+    factor, factor_min = 1.0, SCALE_MIN if scales else 1.0
+    while rtol > floor * (1 + 1e-9) or factor > factor_min * (1 + 1e-9):
+        coarse, fine = nll(rtol, factor * scale), nll(rtol / FINER, factor * scale / FINER)
         if not (np.isfinite(coarse) and np.isfinite(fine)) or abs(coarse - fine) <= ftol * (1 + abs(fine)):
             break
-        rtol = max(float("%.6g" % (rtol / 10)), floor)
-    return rtol
+        if factor > factor_min * (1 + 1e-9):
+            factor = float("%.6g" % (factor / 10))
+        else:
+            rtol = max(float("%.6g" % (rtol / 10)), floor)
+    return rtol, factor * scale
 
 
 @eqx.filter_jit
-def _nll(model, x, y, rtol):
-    return eqx.tree_at(lambda m: m.rtol, model, rtol).nll(x, y)
+def _nll(model, x, y, rtol, scales):
+    return eqx.tree_at(lambda m: (m.rtol, m.state_scales), model, (rtol, scales)).nll(x, y)
 
 
 def _resolving_growth(scale, start):
