@@ -26,7 +26,8 @@ batch axis).  Then one of two paths runs a chunk:
   an adaptive implicit ODE solver, whose Newton iterations each solve a linear system)
   runs in blocks of one fit: under ``vmap`` the loop runs every fit of a block for as many
   trips as its slowest fit needs (ODE steps vary several-fold between parameter points),
-  and a batched factorisation of small matrices is no cheaper per fit than single ones.
+  and a batched factorisation of small matrices is no cheaper per fit than single ones;
+  a block of one steps without ``vmap`` (``programs.batched_step``).
   Measured on PEtab problems (32 starts, a compiled second call, Kvaerno5): Boehm
   53.8 s in blocks of 16 and 53.4 s of 4, 41.1 s of one; Bruno 26.3 → 17.1 s; Armistead
   33.0 → 30.9 s (``benchmarks/results/petab_summary.md``).
