@@ -266,6 +266,12 @@ def test_toy_in_float32(toy_problem):
     assert sim.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(sim), h, rtol=2e-4)
     assert float(prob.nll(x)) == pytest.approx(toy.reference_nll(_toy_linear(prob, x)), rel=1e-4)
+    # The tolerance rule tightens nothing in float32: its solves are at their floor, and
+    # no tolerance resolves the NLL to 1e-8 relative there.
+    from fitfleet.petab import _tolerances
+
+    rtol, scales = _tolerances.resolved_tolerances(prob.model, x, prob.measurements, 1e-8)
+    assert rtol == float(prob.model.rtol) and np.array_equal(scales, prob.model.state_scales)
 
 
 def test_toy_sum_of_squares_is_the_nll_and_stays_finite(toy_problem, x64):

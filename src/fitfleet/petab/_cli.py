@@ -103,7 +103,7 @@ def main(argv=None):
         ms = prob.multistart(args.starts, key=jax.random.key(args.seed), checkpoint=checkpoint,
                              checkpoint_every=args.checkpoint_every, progress=bars, **options)  # fmt: skip
         times["multi-start"] = time.perf_counter() - clock
-        info = dict(prob.describe(), seed=args.seed, options=options, solver=args.solver, rtol=float(prob.model.rtol))
+        info = dict(prob.describe(), seed=args.seed, options=options, solver=args.solver, rtol=float(prob.model.rtol), state_scales=prob.state_scales.tolist())
         ms.save(out / "results.npz", info=info)
         profiles = None
         if not args.no_profiles:

@@ -8,9 +8,11 @@ nominal parameters differs from the NLL solved with both ``FINER`` = 100 times t
 by more than the fits' stopping test on the NLL, ``FTOL·(1 + |NLL|)`` (``_problem.FTOL``
 = 1e-8): a fit should not stop on, or be steered by, the solver's error.  The absolute
 tolerances are tightened first, the scales down to ``SCALE_MIN`` = 1e-3 of their own
-(a small value's error only costs steps while some state is small), then ``rtol``, down
-to ``RTOL_MIN`` = 1e-12 (every step costs).  Most problems keep the start; a problem
-whose solution amplifies the solver's error gets what it needs.
+(a tighter absolute tolerance costs steps only while some state is small), then
+``rtol``, down to ``RTOL_MIN`` = 1e-12 (a tighter one costs at every step).  In low
+precision, where 1e-8 is already below the floor of 100 ε, nothing is tightened.  Most
+problems keep the start; a problem whose solution amplifies the solver's error gets
+what it needs.
 Crauste_CellSystems2017's effector and memory cells start at zero and grow 10⁴- to
 10⁵-fold, and an error made while they are small grows with them: at the start its NLL
 at the nominal parameters is 0.033 off the accurate 190.963978.  With the scales ÷1000
@@ -150,6 +152,8 @@ def resolved_tolerances(model, nominal, measurements, ftol, scales=True):
         return float(_nll(model, x, y, jnp.asarray(rtol, x.dtype), jnp.asarray(scale, x.dtype)))
 
     rtol, scale = float(model.rtol), np.asarray(model.state_scales, np.float64)
+    if rtol <= floor * (1 + 1e-9):  # low precision: the solves are at their floor, the NLL at its round-off
+        return rtol, scale
     factor, factor_min = 1.0, SCALE_MIN if scales else 1.0
     while rtol > floor * (1 + 1e-9) or factor > factor_min * (1 + 1e-9):
         coarse, fine = nll(rtol, factor * scale), nll(rtol / FINER, factor * scale / FINER)
