@@ -11,7 +11,8 @@ the solvers, summed over the nominal parameters and ``--points - 1`` starts draw
 the nominal parameters: the NLL's distance from a Kvaerno5 solve at rtol 1e-12, and
 the Jacobian's largest column error relative to the column's norm, against the same
 solve.  Rows: Kvaerno5 at rtol 1e-8 (the earlier default), Rodas5P at 1e-8, and
-Rodas5P at the tolerances ``load``'s rule chooses (``rtol`` and the state scales) (``fitfleet.petab._tolerances``).
+Rodas5P at the tolerances ``load``'s rule chooses, ``rtol`` and the state scales
+(``fitfleet.petab._tolerances``).
 """
 
 import argparse
