@@ -289,7 +289,40 @@ def test_toy_sum_of_squares_is_the_nll_and_stays_finite(toy_problem, x64):
         r = prob.residual(x)
         J = jac(jnp.asarray(x), *prob.args)
         assert np.all(np.isfinite(r)) and np.all(np.isfinite(J)), x
-        assert np.all(r[len(toy.ROWS) :] >= math.sqrt(2) - 1e-12)  # the σ terms
+        n_sigma = sum(o.variable_sigma * len(o.rows) for o in prob.model.observables)
+        sigma_terms, fisher_rows = r[len(toy.ROWS) :][:n_sigma], r[len(toy.ROWS) :][n_sigma:]
+        assert np.all(sigma_terms >= math.sqrt(2) - 1e-12) and np.all(fisher_rows == 0)
+
+
+def test_fisher_rows_make_gauss_newton_the_fisher_information(toy_problem, x64):
+    """``JᵀJ`` of the residual is the Fisher information of the data in expectation
+    (``_model``'s module docstring), for σ ∝ a state: averaged over the data sets with
+    every r = +1 and every r = −1 (E r = 0, E r² = 1 exactly), it is
+    ``Σ ∇τ(h)∇τ(h)ᵀ/σ² + 2 Σ ∇ln σ ∇ln σᵀ``, plus the σ terms' own ``∇ln σ ∇ln σᵀ/s²``.
+    Without the Fisher rows the σ block holds half of it."""
+    prob, model = toy_problem, toy_problem.model
+    x = jnp.asarray(prob.nominal) + jnp.array([0.3, 0.4, -0.5, 0.2])
+    tau = {"lin": lambda v: v, "log": jnp.log, "log10": jnp.log10}
+
+    def per_observable(x):
+        return [(tau[o.transformation](h), jnp.log(jnp.abs(sigma))) for o, (h, sigma) in zip(model.observables, model.predict(x))]
+
+    parts, slopes = per_observable(x), jax.jacfwd(per_observable)(x)
+    expected = jnp.zeros((x.size, x.size))
+    for o, (t_h, log_sigma), (dt_h, dlog_sigma) in zip(model.observables, parts, slopes):
+        expected += (dt_h / jnp.exp(log_sigma)[:, None]).T @ (dt_h / jnp.exp(log_sigma)[:, None])
+        if o.variable_sigma:
+            s2 = 2 * log_sigma - jnp.log(jnp.finfo(x.dtype).tiny) + 2
+            expected += dlog_sigma.T @ (dlog_sigma * (2 + 1 / s2)[:, None])
+    jtj = []
+    for sign in (1, -1):
+        y = np.zeros(len(toy.ROWS))
+        for o, (t_h, log_sigma) in zip(model.observables, parts):
+            t_y = t_h + sign * jnp.exp(log_sigma)  # r = (τ(y) − τ(h))/σ = ±1
+            y[np.asarray(o.rows)] = {"lin": t_y, "log": jnp.exp(t_y), "log10": 10**t_y}[o.transformation]
+        J = jax.jacfwd(prob.fun)(x, jnp.asarray(y))
+        jtj.append(J.T @ J)
+    np.testing.assert_allclose(0.5 * (jtj[0] + jtj[1]), expected, rtol=1e-9, atol=1e-9 * float(jnp.max(jnp.abs(expected))))
 
 
 def test_toy_nll_gradient_and_no_recompilation(toy_problem, x64):
