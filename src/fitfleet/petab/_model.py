@@ -45,11 +45,11 @@ also gives a Fisher row ``f_i = ℓ_i − stop_gradient(ℓ_i)``: its value is 0
 squares and its gradient ``Jᵀρ`` are unchanged), its Jacobian row ``∇ℓ_i``, which adds the
 missing ``∇ℓ∇ℓᵀ``: ``JᵀJ`` is then the Fisher information in expectation, up to the
 ``1/s_i² ≤ ½`` (≈ 1/(2K) in practice).  (So ``jax.jacfwd(prob.fun)`` is not the
-difference quotient of ``prob.fun`` in those rows, by design.)  Measured on the
-multi-starts of ``benchmarks/petab.py`` (300 starts, seeds 0-2; then seeds 3-5), the
-successes without → with them: Perelson 109 → 133 (Fides 131), 115 → 146; Armistead
-293 → 297 (Fides 297); Boehm 13 → 8 (Fides 9), 9 → 8.  Steps fell on every run
-(Perelson 8,549 → 5,889, Armistead 27,757 → 24,953, Boehm 13,777 → 12,606).
+difference quotient of ``prob.fun`` in those rows, by design.)  Measured, 300 starts
+of ``benchmarks/petab.py`` without → with them (``benchmarks/results/petab.md`` →
+``petab_fisher.md``; Fides in brackets): Perelson 109 → 135 successes (131) in 18.2 →
+12.3 s, Armistead 293 → 297 (297) in 150.9 → 139.0 s, Boehm 13 → 8 (9) in 104.3 →
+91.7 s; on another 300 starts each (seeds 3-5), Perelson 115 → 146, Boehm 9 → 8.
 
 Objective priors (pyPESTO's negative log-posterior)
 add one residual each after these and their constants to the offset
