@@ -125,14 +125,30 @@ def test_acceleration_with_log_scale_alone(x64):
     assert int(on.n_steps) < int(off.n_steps)
 
 
-@pytest.mark.parametrize("options", [dict(bounds=(-10.0, 10.0)), dict(loss="soft_l1")], ids=["bounds", "loss"])
-def test_acceleration_is_off_with_bounds_or_a_robust_loss(x64, options):
-    """With bounds or a robust loss the step is scipy's whatever ``acceleration`` and
-    ``secant`` say (the trust-region reflective module docstring says why)."""
+@pytest.mark.parametrize(
+    "options", [dict(bounds=(-10.0, 10.0)), dict(loss="soft_l1", acceleration=True, secant=True)], ids=["bounds", "loss"]
+)
+def test_acceleration_is_off_with_bounds_by_default_and_with_a_robust_loss(x64, options):
+    """With bounds (unless asked for) or a robust loss (even when asked for) the step is
+    scipy's (the trust-region reflective module docstring says why)."""
     fit = lambda **o: ff.least_squares(fun_rosenbrock, jnp.array([-2.0, 1.0]), method="trf", history=True, **o)  # noqa: E731
-    on, off = fit(**options), fit(acceleration=False, secant=False, **options)
+    on, off = fit(**options), fit(**{**options, "acceleration": False, "secant": False})
     assert int(on.n_steps) == int(off.n_steps)
     np.testing.assert_array_equal(on.history.params, off.history.params)
+
+
+def test_acceleration_with_bounds_when_asked(x64):
+    """``acceleration=True`` with bounds corrects the steps that stay inside the box: MGH17
+    from start 1 inside a box that does not bind at the optimum crosses its curved valley
+    to the certified values, where scipy's step (the default with bounds) runs out of
+    budget."""
+    problem = nist.load("MGH17")
+    box = (np.full(5, -1e3), np.full(5, 1e3))
+    fit = lambda **o: ff.least_squares(problem.residual(), jnp.asarray(problem.start1), (problem.x, problem.y), method="trf", bounds=box, secant=False, **o)  # noqa: E731
+    plain, fast = fit(), fit(acceleration=True)
+    assert plain.status == ff.Status.MAX_STEPS
+    assert fast.success and nist.lre(np.asarray(fast.params), problem.certified) >= 4
+    assert int(fast.n_steps) < int(plain.n_steps) // 2
 
 
 @pytest.mark.parametrize("tols", [(1e-8, 0, 0), (0, 1e-8, 0), (0, 0, 1e-8)], ids=["ftol", "xtol", "gtol"])
@@ -519,7 +535,7 @@ def test_status_codes(x64):
         (dict(method="adam", x_scale=np.ones(3)), ValueError, "applies to methods"),
         (dict(method="trf", max_nfev=0), ValueError, "`max_nfev` must be between 1"),
         (dict(method="trf", max_nfev=5, max_steps=4), ValueError, "not both"),
-        (dict(method="trf", acceleration=1), TypeError, "`acceleration` must be True or False"),
+        (dict(method="trf", acceleration=1), TypeError, "`acceleration` must be True, False or None"),
         (dict(method="trf", secant="yes"), TypeError, "`secant` must be True, False or None"),
     ],
 )

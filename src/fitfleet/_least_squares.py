@@ -28,7 +28,7 @@ def least_squares(
     f_scale=1.0,
     learning_rate=None,
     initial_damping=1e-3,
-    acceleration=True,
+    acceleration=None,
     secant=None,
     adjoint="implicit",
     grad_on_failure="nan",
@@ -106,14 +106,16 @@ def least_squares(
         initial_damping: Levenberg-Marquardt's first guess of the damping (relative to
             the unit diagonal of the scaled JᵀJ) where its trust-region search starts; it
             affects only how fast that search converges, not the steps taken.
-        acceleration: ``"trf"``'s geodesic acceleration (Transtrum & Sethna 2012), for
-            fits without bounds (``log_scale`` alone is fine) and with the linear loss:
-            each step is corrected for the curvature of the residual along it, measured
-            by one more residual evaluation (not counted in ``n_fev``, which counts
-            trial points) and the Jacobian, so that
-            fits crossing a curved valley take long steps instead of crawling.
-            ``False``, or bounds, or a robust loss: scipy's ``trf`` step for step
-            (with ``secant=False``).  Other methods ignore it.
+        acceleration: ``"trf"``'s geodesic acceleration (Transtrum & Sethna 2012),
+            with the linear loss: each step is corrected for the curvature of the
+            residual along it, measured by one more residual evaluation (not counted in
+            ``n_fev``, which counts trial points) and the Jacobian, so that fits crossing
+            a curved valley take long steps instead of crawling.  ``None`` (default): on
+            without bounds (``log_scale`` alone is fine), off with bounds (on
+            ``benchmarks/bounds.py``'s fits it sent 6 of 480 to other local minima).
+            ``True``: with bounds too, for the steps that stay inside the box.
+            ``False``, or a robust loss: scipy's ``trf`` step for step (with
+            ``secant=False``).  Other methods ignore it.
         secant: ``"trf"``'s structured secant model (NL2SOL's, Dennis, Gay & Welsch
             1981), with the linear loss: the Gauss-Newton model ``JᵀJ`` gains a secant
             estimate of the residuals' own curvature ``Σ rᵢ∇²rᵢ``, used for a step where

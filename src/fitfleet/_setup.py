@@ -40,7 +40,7 @@ DEFAULTS = dict(
     f_scale=1.0,
     learning_rate=None,
     initial_damping=1e-3,
-    acceleration=True,
+    acceleration=None,
     secant=None,
     adjoint="implicit",
     grad_on_failure="nan",
@@ -80,7 +80,8 @@ def check_options(options):
         o["max_steps"] = _validate.integer("max_steps", o["max_steps"])
     o["max_steps"] = _validate.steps_from_nfev(o["max_steps"], o.pop("max_nfev"))
     _validate.real("initial_damping", o["initial_damping"])
-    o["acceleration"] = _validate.boolean("acceleration", o["acceleration"])
+    if o["acceleration"] is not None:
+        o["acceleration"] = _validate.boolean("acceleration", o["acceleration"], "True, False or None")
     if o["secant"] is not None:
         o["secant"] = _validate.boolean("secant", o["secant"], "True, False or None")
     if o["learning_rate"] is not None:
@@ -117,7 +118,7 @@ def prepare(fun, x0, args, options):
     solver = make_solver(
         method, ftol=o["ftol"], xtol=o["xtol"], gtol=o["gtol"], settle=o["settle"], fatol=o["fatol"], max_steps=max_steps, learning_rate=learning_rate,
         initial_damping=o["initial_damping"], x_scale=x_scale,
-        acceleration=o["acceleration"] and free, secant=(free if o["secant"] is None else o["secant"]) and o["loss"] == "linear", differentiable=adjoint.kind == "unroll",
+        acceleration=(free if o["acceleration"] is None else o["acceleration"]) and o["loss"] == "linear", secant=(free if o["secant"] is None else o["secant"]) and o["loss"] == "linear", differentiable=adjoint.kind == "unroll",
     )  # fmt: skip
     history = o["history"]
     if history is True:

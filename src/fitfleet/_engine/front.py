@@ -37,7 +37,7 @@ def fit_batch(
     f_scale=1.0,
     learning_rate=None,
     initial_damping=1e-3,
-    acceleration=True,
+    acceleration=None,
     secant=None,
     adjoint="implicit",
     grad_on_failure="nan",
