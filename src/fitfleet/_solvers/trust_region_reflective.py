@@ -105,9 +105,9 @@ in the box ±1e3 takes 294 steps to the certified values, where scipy's step run
 its 600.  On ``benchmarks/petab.py``'s multi-starts (300 starts each) it cut Crauste's
 steps by a third (42,724 → 28,547, the same 4 successes) but cost the others steps
 (Perelson +27%, Boehm +14%, Armistead +23%) or successes (Bruno 191 → 182), so
-``fitfleet.petab`` leaves it off.  Measured without bounds: NIST from 52 to 54/54 runs at LRE >= 4 (MGH17 start 1
-in ~160 steps instead of ~995, Bennett5 in ~70 instead of ~650), MGH from 119 to 126 of
-141 runs at the best cost (``benchmarks/results/mgh.md``).
+``fitfleet.petab`` leaves it off.  Measured without bounds: NIST from 52 to 54/54 runs
+at LRE >= 4 (MGH17 start 1 in ~160 steps instead of ~995, Bennett5 in ~70 instead of
+~650), MGH from 119 to 126 of 141 runs at the best cost (``benchmarks/results/mgh.md``).
 
 Structured secant model (Dennis, Gay & Welsch 1981, NL2SOL; fitfleet's addition,
 ``secant``, with the linear loss; by default only without bounds, see below).  The

@@ -156,9 +156,9 @@ class Problem:
         measurements: the measurement table's values, in its row order.
         fun, args: the residual ``fun(x, *args)`` for fitfleet (module docstring of
             ``fitfleet.petab._model``: ``nll(x) = ½‖fun(x, *args)‖² + offset``).  Where
-            σ is estimated its last rows are 0 with a non-zero Jacobian (the Fisher
-            rows: ``JᵀJ`` is then the Fisher information); so the Hessian of the NLL
-            is ``jax.hessian(nll)``, not that of ``½‖fun‖²``.
+            σ is estimated, the rows after the σ terms are 0 with a non-zero Jacobian
+            (the Fisher rows: ``JᵀJ`` is then the Fisher information); so the Hessian
+            of the NLL is ``jax.hessian(nll)``, not that of ``½‖fun‖²``.
         petab_problem: the ``petab.v1.Problem`` it was loaded from.
     """
 
