@@ -73,7 +73,7 @@ import fitfleet as ff
 import fitfleet.petab as fp
 
 # fit_batch options on top of the PEtab problem's own (``Problem._options``: method="trf",
-# bounds=(prob.lower, prob.upper), jac="fwd", ftol and settle=False as pyPESTO stops); {} means fitfleet's defaults for PEtab, what
+# bounds=(prob.lower, prob.upper), jac="fwd", ftol, settle=False and max_steps=1000 as pyPESTO stops); {} means fitfleet's defaults for PEtab, what
 # ``prob.multistart`` runs.  Change them here (they are printed in the results).
 FITFLEET_OPTIONS = {}
 
@@ -308,7 +308,7 @@ Machine: {machine()}; {started.strftime('%Y-%m-%d %H:%M')} UTC.
 Load average at start: {load_start[0]:.2f}, at end: {os.getloadavg()[0]:.2f} (other processes share the cores: times are upper bounds).  
 Versions: {versions}.  
 {reuse}Starts: {args.starts} per seed × seeds {seeds} = {args.starts * len(seeds)} per problem, `prob.sample_starts` (uniform on the estimation scale within the bounds), the same matrix for every method.  {subset_note}
-fitfleet options: `fit_batch(..., **prob._options({FITFLEET_OPTIONS!r}))`, i.e. what `prob.multistart` runs (method="trf", bounds=(prob.lower, prob.upper), jac="fwd", ftol and settle=False as pyPESTO stops, unless given), float64.
+fitfleet options: `fit_batch(..., **prob._options({FITFLEET_OPTIONS!r}))`, i.e. what `prob.multistart` runs (method="trf", bounds=(prob.lower, prob.upper), jac="fwd", ftol, settle=False and max_steps=1000 as pyPESTO stops, unless given), float64.
 
 Success: final NLL within {THRESHOLD} of the best known (tests/data/petab/README.md); the interval is Wilson's 95%.
 "compile": fitfleet's and scipy's first call minus a second (the run);

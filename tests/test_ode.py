@@ -11,6 +11,7 @@ import pytest
 
 import fitfleet as ff
 from fitfleet import _problem
+from fitfleet._engine import host
 
 diffrax = pytest.importorskip("diffrax")
 
@@ -76,10 +77,11 @@ def test_multistart_on_an_ode_survives_starts_where_the_solver_fails(x64):
     np.testing.assert_allclose(ms.best.params, _reference(t, y), rtol=1e-6)
 
 
-def test_an_implicit_solver_steps_each_fit_alone_and_equals_the_loop(x64):
+def test_an_implicit_solver_steps_each_fit_alone_and_equals_the_loop(x64, monkeypatch):
     """An implicit solver's Newton iterations factorise a matrix inside the adaptive
     solve's loop (``_xla.solves_in_loop``), so ``fit_batch`` runs its fits in blocks of
-    one (their ODE steps differ); an explicit solver's do not.  Either way a batch's fit
+    one (their ODE steps differ), in parts that the threads take in turn (so that one
+    slow fit holds up no other); an explicit solver's do not.  Either way a batch's fit
     is the fit alone."""
 
     def b_implicit(k, t):
@@ -100,7 +102,10 @@ def test_an_implicit_solver_steps_each_fit_alone_and_equals_the_loop(x64):
         spec = _problem.choose_jacobian(residual, _problem.check(residual, jnp.array([0.2, 0.1]), (t, y), "auto"))
         assert spec.solves_in_loop is loops
     starts = jnp.asarray([[0.2, 0.1], [2.0, 0.05], [0.05, 1.5], [0.9, 0.4]])
+    parts, run_part = [], host.Engine._run_part
+    monkeypatch.setattr(host.Engine, "_run_part", lambda self, *a: parts.append(a[2]) or run_part(self, *a))
     batch = ff.fit_batch(implicit, starts, (t, y), shared_args=True)
+    assert parts == [1, 1, 1, 1]  # fits per part (one part per thread would be [2, 2] on two cores)
     for i, x0 in enumerate(starts):
         alone = ff.least_squares(implicit, x0, (t, y))
         assert int(batch.n_steps[i]) == int(alone.n_steps) and int(batch.status[i]) == int(alone.status)

@@ -237,12 +237,16 @@ def test_conditions_rule_on_cpu(x64):
 def test_toy_stops_as_pypesto_does(toy_problem, x64):
     """The default stopping test is pyPESTO's on the NLL, |ΔNLL| < 1e-8·(1 + |NLL|)
     (NLL at the nominal parameters), as fitfleet's absolute ``fatol``; settle off;
-    overridable.  A fit stops by it where the NLL falls by less in a step."""
+    Fides's budget of 1,000 iterations, whatever the number of parameters (fitfleet's
+    own is 100·(n + 1)); overridable.  A fit stops by it where the NLL falls by less in
+    a step."""
     prob = toy_problem
     nll = float(prob.nll(jnp.asarray(prob.nominal)))
     options = prob._options({})
     assert options["settle"] is False and options["ftol"] == 0 and options["fatol"] == pytest.approx(1e-8 * (1 + abs(nll)))
-    assert prob._options({"ftol": 1e-6, "fatol": 0.0, "settle": True}) == {**options, "ftol": 1e-6, "fatol": 0.0, "settle": True}
+    assert options["max_steps"] == 1000 != 100 * (len(prob.names) + 1)
+    given = {"ftol": 1e-6, "fatol": 0.0, "settle": True, "max_steps": 50}
+    assert prob._options(given) == {**options, **given}
     res = prob.fit(prob.nominal + 0.3, history=True)
     assert int(res.status) == ff.Status.FTOL
     nlls = np.asarray(res.history.cost[: int(res.history.length)]) + prob.offset

@@ -27,7 +27,10 @@ batch axis).  Then one of two paths runs a chunk:
   runs in blocks of one fit: under ``vmap`` the loop runs every fit of a block for as many
   trips as its slowest fit needs (ODE steps vary several-fold between parameter points),
   and a batched factorisation of small matrices is no cheaper per fit than single ones;
-  a block of one steps without ``vmap`` (``programs.batched_step``).
+  a block of one steps without ``vmap`` (``programs.batched_step``).  Such fits are
+  split into many small parts (``PARTS_PER_THREAD``) that the threads take in turn, as
+  each finishes its last: they take seconds each and their steps vary tenfold between
+  starts, so one equal part per thread left a core idle while the other finished.
   Measured on PEtab problems (32 starts, a compiled second call, Kvaerno5): Boehm
   53.8 s in blocks of 16 and 53.4 s of 4, 41.1 s of one; Bruno 26.3 → 17.1 s; Armistead
   33.0 → 30.9 s (``benchmarks/results/petab_summary.md``).
@@ -66,6 +69,11 @@ TAILS = (16, 4)  # the last few running fits run in blocks of these sizes
 # of 4 as of 64 (Bruno's and Armistead's Jacobians: within 15%), a cheap model's more,
 # which two parts at once repay up to about that factor.
 NARROWING, NARROWEST = 4, 4
+# Fits in blocks of one run in about this many parts per thread, taken in turn (module
+# docstring).  Crauste's 300 PEtab starts (1 to 1,300 steps a fit), counted in steps: in
+# two equal parts the busier thread had 11% more than the mean of the two; in 100 parts
+# of three, taken in turn, it would have had 0.02% more (a launch or two per part).
+PARTS_PER_THREAD = 64
 MEMORY_BUDGET = 2**30  # bytes of state and data per device for one chunk
 # Parts are split, and chunks joined, on the host below this many bytes (a helper program
 # would cost more to compile than the copy), on the device above.  One chunk's parts are
@@ -97,7 +105,7 @@ class Engine:
         # Compiled executables serve the default device: they carry no tracing state, so
         # worker threads may call them.  Elsewhere the jitted programs run on this thread.
         self.precompiled = self.device is None
-        self.n_parts = runtime.cores() if self.cpu and self.precompiled and self.path == "cpu" else 1
+        self.threads = runtime.cores() if self.cpu and self.precompiled and self.path == "cpu" else 1
         self.x64 = jnp.result_type(float) == jnp.float64  # the caller's (thread-local) enable_x64 mode
 
     def run(self, data, size, chunk_size, progress):
@@ -119,7 +127,7 @@ class Engine:
             return results[0]
         if len(results) == 1 and (self.mesh is not None or self.path == "accelerator"):
             return runtime.launch(take, results[0], np.arange(size))  # stays on the device (and sharded)
-        if size == chunk:  # one chunk's parts (see LARGE)
+        if size == chunk and len(results) <= self.threads:  # one chunk's parts, one per thread (see LARGE)
             return runtime.launch(concatenate_on_device, results, size)
         return _concatenate(results, size)
 
@@ -255,7 +263,7 @@ class Engine:
         """On a first call, while the batch's programs compile: compile what runs after
         them, the join of the parts' results and whatever the caller set in
         ``runtime.AFTER_BATCH`` (multi-start's sorting), from one part's ``result`` (shapes)."""
-        if n_parts > 1:
+        if 1 < n_parts <= self.threads:  # the join ``run`` makes on the device
             runtime.compile_soon(concatenate_on_device.lower([result] * n_parts, size))
         hook = runtime.AFTER_BATCH.get()
         if hook is not None:
@@ -290,13 +298,13 @@ class Engine:
         largest = min(CPU_BLOCK, 2 ** int(math.log2(max(1, BLOCK_BYTES // (WORK_FACTOR * per_fit)))))
         if self.statics[2].solves_in_loop:  # each fit alone (module docstring)
             largest = 1
-        block = min(largest, _next_power_of_two(math.ceil(per_device / self.n_parts)))
-        n_parts = min(self.n_parts, math.ceil(per_device / block))
+        block = min(largest, _next_power_of_two(math.ceil(per_device / self.threads)))
+        n_parts = min(self.threads * (PARTS_PER_THREAD if block == 1 else 1), math.ceil(per_device / block))
         # Blocks per part from a coarse ladder (..., 8, 9, ..., 15, 16, 18, ..., 30, 32, 36...):
         # batches of nearby sizes share one compiled program; the padding starts finished
         # and costs no steps.
-        part = _coarse(math.ceil(per_device / n_parts / block)) * block * unit
-        return part * n_parts, part, block
+        part = _coarse(math.ceil(per_device / n_parts / block)) * block
+        return part * math.ceil(per_device / part) * unit, part * unit, block
 
 
 def _unsplit_block(block, ratio):
