@@ -267,6 +267,29 @@ def checked_decay_and_start(p, t, y):
     return eqx.error_if(checked_decay(p, t, y), jnp.any(jnp.isnan(p)), "NaN parameters")
 
 
+@pytest.mark.parametrize("method", ["trf", "lm", "gn"])
+def test_a_model_that_may_raise_is_evaluated_once_per_trial_point(x64, method):
+    """A model that may raise (``Problem.may_raise``) is checked at a point before its
+    Jacobian is taken there; at an accepted trial point that check reuses the trial's
+    residual, so such a fit evaluates the model as often as an unchecked one, plus the
+    check of its start (three or four more evaluations on this fit before)."""
+    x0, y, _ = decay_data(1, seed=2)
+    args = (jnp.asarray(T), jnp.asarray(y[0]))
+    counts = []
+    for model in (decay, checked_decay):
+        calls = []
+
+        def counted(p, t, y, model=model):
+            jax.debug.callback(lambda: calls.append(1))
+            return model(p, t, y)
+
+        res = ff.least_squares(counted, jnp.asarray(x0[0]), args, method=method)
+        jax.effects_barrier()
+        assert res.success and int(res.n_jev) >= 3
+        counts.append(len(calls))
+    assert counts[1] == counts[0] + 1
+
+
 @pytest.mark.parametrize("model", [checked_decay, checked_decay_and_start], ids=["data", "data-and-nan"])
 @pytest.mark.parametrize("path", ["cpu", "accelerator"])
 def test_a_raising_member_is_isolated(x64, path, model):

@@ -238,14 +238,15 @@ def test_toy_stops_as_pypesto_does(toy_problem, x64):
     """The default stopping test is pyPESTO's on the NLL, |ΔNLL| < 1e-8·(1 + |NLL|)
     (NLL at the nominal parameters), as fitfleet's absolute ``fatol``; settle off;
     Fides's budget of 1,000 iterations, whatever the number of parameters (fitfleet's
-    own is 100·(n + 1)); overridable.  A fit stops by it where the NLL falls by less in
-    a step."""
+    own is 100·(n + 1)), trf's acceleration from step 100 on; overridable.  A fit stops
+    by it where the NLL falls by less in a step."""
     prob = toy_problem
     nll = float(prob.nll(jnp.asarray(prob.nominal)))
     options = prob._options({})
     assert options["settle"] is False and options["ftol"] == 0 and options["fatol"] == pytest.approx(1e-8 * (1 + abs(nll)))
     assert options["max_steps"] == 1000 != 100 * (len(prob.names) + 1)
-    given = {"ftol": 1e-6, "fatol": 0.0, "settle": True, "max_steps": 50}
+    assert options["acceleration"] == 100  # trf's, from a tenth of the budget on
+    given = {"ftol": 1e-6, "fatol": 0.0, "settle": True, "max_steps": 50, "acceleration": False}
     assert prob._options(given) == {**options, **given}
     res = prob.fit(prob.nominal + 0.3, history=True)
     assert int(res.status) == ff.Status.FTOL

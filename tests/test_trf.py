@@ -151,6 +151,23 @@ def test_acceleration_with_bounds_when_asked(x64):
     assert int(fast.n_steps) < int(plain.n_steps) // 2
 
 
+def test_acceleration_from_a_step(x64):
+    """``acceleration=k`` leaves the first k steps scipy's and corrects the later ones:
+    MGH17 in the box of the test above takes the plain steps to step k, then crosses its
+    valley; ``acceleration=0`` is ``True``."""
+    problem = nist.load("MGH17")
+    box = (np.full(5, -1e3), np.full(5, 1e3))
+    fit = lambda a: ff.least_squares(problem.residual(), jnp.asarray(problem.start1), (problem.x, problem.y), method="trf", bounds=box, secant=False, acceleration=a, history=True)  # noqa: E731
+    plain, late, zero, on = fit(False), fit(40), fit(0), fit(True)
+    rows = lambda res, k: np.asarray(res.history.params)[:k]  # noqa: E731
+    np.testing.assert_array_equal(rows(late, 41), rows(plain, 41))
+    assert not np.array_equal(rows(late, 60), rows(plain, 60))
+    assert late.success and nist.lre(np.asarray(late.params), problem.certified) >= 4
+    assert int(late.n_steps) < int(plain.n_steps) // 2
+    np.testing.assert_array_equal(np.asarray(zero.params), np.asarray(on.params))
+    assert int(zero.n_steps) == int(on.n_steps)
+
+
 @pytest.mark.parametrize("tols", [(1e-8, 0, 0), (0, 1e-8, 0), (0, 0, 1e-8)], ids=["ftol", "xtol", "gtol"])
 def test_convergence_with_only_one_tolerance_enabled(x64, tols):
     ftol, xtol, gtol = tols
@@ -535,7 +552,8 @@ def test_status_codes(x64):
         (dict(method="adam", x_scale=np.ones(3)), ValueError, "applies to methods"),
         (dict(method="trf", max_nfev=0), ValueError, "`max_nfev` must be between 1"),
         (dict(method="trf", max_nfev=5, max_steps=4), ValueError, "not both"),
-        (dict(method="trf", acceleration=1), TypeError, "`acceleration` must be True, False or None"),
+        (dict(method="trf", acceleration=1.5), TypeError, "`acceleration` must be True, False, None or the step"),
+        (dict(method="trf", acceleration=-1), ValueError, "`acceleration` must be between 0"),
         (dict(method="trf", secant="yes"), TypeError, "`secant` must be True, False or None"),
     ],
 )

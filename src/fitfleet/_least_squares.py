@@ -113,9 +113,12 @@ def least_squares(
             a curved valley take long steps instead of crawling.  ``None`` (default): on
             without bounds (``log_scale`` alone is fine), off with bounds (on
             ``benchmarks/bounds.py``'s fits it sent 6 of 480 to other local minima).
-            ``True``: with bounds too, for the steps that stay inside the box.
-            ``False``, or a robust loss: scipy's ``trf`` step for step (with
-            ``secant=False``).  Other methods ignore it.
+            ``True``: with bounds too, for the steps that stay inside the box.  A whole
+            number k: as ``True`` from step k on, for the fits that have not converged
+            by then (``fitfleet.petab`` uses a tenth of its step budget: crawling fits
+            take long steps, quick fits are not touched).  ``False``, or a robust loss:
+            scipy's ``trf`` step for step (with ``secant=False``).  Other methods
+            ignore it.
         secant: ``"trf"``'s structured secant model (NL2SOL's, Dennis, Gay & Welsch
             1981), with the linear loss: the Gauss-Newton model ``JᵀJ`` gains a secant
             estimate of the residuals' own curvature ``Σ rᵢ∇²rᵢ``, used for a step where

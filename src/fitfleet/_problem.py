@@ -79,7 +79,7 @@ class Problem(eqx.Module):
         r = self.fun(self.unravel(self.to_params(u)), *self.args)
         return self.whiten(jnp.ravel(r).astype(u.dtype))
 
-    def residual_and_jac(self, p, fallback=None):
+    def residual_and_jac(self, p, fallback=None, residual=None):
         """``(r, J)`` at the flat parameters ``p`` of a problem without bounds (with
         bounds, ``_common.linearize`` maps ``J`` to the internal variables); with
         autodiff the residual comes for free with ``J``.
@@ -88,10 +88,13 @@ class Problem(eqx.Module):
         linear solves refuse non-finite input, and under ``vmap`` one member's refusal
         raises for all), the residual is evaluated first, and where it is not finite the
         Jacobian is evaluated at ``fallback`` (default 0: any point known to be safe)
-        and reported as NaN: the point is rejected as it would be anyway."""
+        and reported as NaN: the point is rejected as it would be anyway.  ``residual``:
+        ``r(p)`` where the caller has it already (a trial point's), so that this check
+        costs no evaluation (outside ``vmap`` XLA does not merge the two: the Jacobian
+        is evaluated in a ``cond`` branch; a third of a Boehm step's time)."""
         if not self.may_raise:
             return self._residual_and_jac(p)
-        r = self.residual(p)
+        r = self.residual(p) if residual is None else residual
         ok = jnp.all(jnp.isfinite(r))
         safe = jnp.zeros_like(p) if fallback is None else fallback
         r_safe, J = self._residual_and_jac(jnp.where(ok, p, safe))

@@ -80,8 +80,10 @@ def check_options(options):
         o["max_steps"] = _validate.integer("max_steps", o["max_steps"])
     o["max_steps"] = _validate.steps_from_nfev(o["max_steps"], o.pop("max_nfev"))
     _validate.real("initial_damping", o["initial_damping"])
-    if o["acceleration"] is not None:
-        o["acceleration"] = _validate.boolean("acceleration", o["acceleration"], "True, False or None")
+    if o["acceleration"] is not None and not isinstance(o["acceleration"], (bool, np.bool_)):
+        if not isinstance(o["acceleration"], (int, np.integer)):
+            raise TypeError(f"`acceleration` must be True, False, None or the step from which it is on; got {o['acceleration']!r}.")
+        o["acceleration"] = _validate.integer("acceleration", o["acceleration"])
     if o["secant"] is not None:
         o["secant"] = _validate.boolean("secant", o["secant"], "True, False or None")
     if o["learning_rate"] is not None:
@@ -93,6 +95,16 @@ def check_options(options):
     if o["verbose"] not in (0, 1, 2) or isinstance(o["verbose"], bool):
         raise ValueError(f"`verbose` must be 0 (silent), 1 (a final report) or 2 (a line per step); got {o['verbose']!r}.")
     return o
+
+
+def _acceleration(value, free):
+    """``(on, first step corrected)`` from the ``acceleration`` option: None (on where
+    ``free``), True, False, or the step from which it is on."""
+    if value is None:
+        return free, 0
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value), 0
+    return True, value
 
 
 def prepare(fun, x0, args, options):
@@ -118,7 +130,8 @@ def prepare(fun, x0, args, options):
     solver = make_solver(
         method, ftol=o["ftol"], xtol=o["xtol"], gtol=o["gtol"], settle=o["settle"], fatol=o["fatol"], max_steps=max_steps, learning_rate=learning_rate,
         initial_damping=o["initial_damping"], x_scale=x_scale,
-        acceleration=(free if o["acceleration"] is None else o["acceleration"]) and o["loss"] == "linear", secant=(free if o["secant"] is None else o["secant"]) and o["loss"] == "linear", differentiable=adjoint.kind == "unroll",
+        acceleration=_acceleration(o["acceleration"], free)[0] and o["loss"] == "linear",
+        acceleration_from=_acceleration(o["acceleration"], free)[1], secant=(free if o["secant"] is None else o["secant"]) and o["loss"] == "linear", differentiable=adjoint.kind == "unroll",
     )  # fmt: skip
     history = o["history"]
     if history is True:

@@ -53,13 +53,15 @@ NEWTON_METHODS = ("lm", "gn", "trf")
 
 def make_solver(
     method, *, ftol, xtol, gtol, max_steps, settle=True, fatol=0.0, learning_rate, initial_damping, acceleration=True, secant=True,
-    x_scale="jac",
+    x_scale="jac", acceleration_from=0,
     differentiable=False,
 ):  # fmt: skip
     """Build the solver from checked options (``_setup.prepare``); hyper-parameters
     become arrays, so a new value, or a vmapped one, never recompiles.
 
     ``x_scale``: ``"jac"`` or positive numbers (``_validate.x_scale``).
+
+    ``acceleration_from``: trf's first step that the acceleration corrects.
 
     ``differentiable``: the steps themselves carry gradients (``adjoint="unroll"``).
     """
@@ -81,7 +83,8 @@ def make_solver(
         return GaussNewton(tol=tol, x_scale=scale)
     if method == "trf":
         return TrustRegionReflective(
-            tol=tol, x_scale=scale, acceleration=acceleration, secant=secant, differentiable=differentiable
+            tol=tol, x_scale=scale, acceleration=acceleration, acceleration_from=acceleration_from, secant=secant,
+            differentiable=differentiable,
         )
     if isinstance(method, optax.GradientTransformation):
         return OptaxSolver(tol=tol, learning_rate=None, name="optax", transform=method)

@@ -169,7 +169,7 @@ class Linearization(eqx.Module):
     col_norm_sq: Any
 
 
-def linearize(problem, u, exact_loss_curvature=False, fallback=None):
+def linearize(problem, u, exact_loss_curvature=False, fallback=None, residual=None):
     """The Gauss-Newton model of the cost at the internal point ``u``.
 
     With a robust loss (``_losses``) the gradient is exact, ``J̃ᵀr̃ = Jᵀ(ρ'·r)``; the
@@ -193,10 +193,11 @@ def linearize(problem, u, exact_loss_curvature=False, fallback=None):
     ``J_u`` alone.
 
     ``fallback``: where to evaluate a Jacobian that may raise if ``u``'s residual is not
-    finite (``Problem.residual_and_jac``).
+    finite; ``residual``: ``u``'s residual, where the caller has it (both
+    ``Problem.residual_and_jac``).
     """
     if problem.bounds is None:
-        r, J = problem.residual_and_jac(u, fallback)
+        r, J = problem.residual_and_jac(u, fallback, residual)
         rm, Jm = problem.model(r, J)
         grad = Jm.T @ rm
         if problem.loss == "linear" or not exact_loss_curvature:
@@ -210,7 +211,7 @@ def linearize(problem, u, exact_loss_curvature=False, fallback=None):
         cosine = gradient_cosine(grad, col_norm_sq, jnp.sum(rm * rm))
         return Linearization(r, J, grad, jtj, cosine, jnp.all(jnp.isfinite(col_norm_sq)), col_norm_sq)
     fallback = None if fallback is None else problem.to_params(fallback)
-    lin = linearize(problem.without_bounds(), problem.to_params(u), exact_loss_curvature, fallback)
+    lin = linearize(problem.without_bounds(), problem.to_params(u), exact_loss_curvature, fallback, residual)
     dp, d2p = problem.bounds.derivatives(u)
     grad = dp * lin.grad
     jtj = lin.jtj * (dp[:, None] * dp[None, :])

@@ -127,7 +127,8 @@ class GaussNewton(eqx.Module):
         s = state.inner
         step = s.step_length * s.direction
         trial = problem.move(state.params, step)
-        trial_cost = problem.cost(problem.residual(trial))
+        trial_residual = problem.residual(trial)
+        trial_cost = problem.cost(trial_residual)
         reduction = state.cost - trial_cost
         slope = state.grad @ step  # < 0 for a descent direction
         predicted = -slope - 0.5 * step @ (s.jtj @ step)  # Gauss-Newton model reduction
@@ -138,7 +139,7 @@ class GaussNewton(eqx.Module):
         params = jnp.where(accepted, trial, state.params)
 
         def at_new_point():  # at trial (= params where accepted): see levenberg_marquardt
-            lin = linearize_like(problem, trial, state)
+            lin = linearize_like(problem, trial, state, residual=trial_residual)
             return lin, *_direction(problem, trial, lin)
 
         lin, direction, usable = jax.lax.cond(

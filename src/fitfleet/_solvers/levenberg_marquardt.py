@@ -216,7 +216,9 @@ class LevenbergMarquardt(eqx.Module):
         # residual is not finite).
         lin = jax.lax.cond(
             accepted,
-            lambda: linearize_like(problem, trial, state, exact_loss_curvature=True, fallback=state.params),
+            lambda: linearize_like(
+                problem, trial, state, exact_loss_curvature=True, fallback=state.params, residual=trial_residual
+            ),
             lambda: keep_linearization(state, s.jtj),
         )
         scale = s.scale if self.x_scale is not None else jnp.maximum(s.scale, jnp.sqrt(lin.col_norm_sq))
