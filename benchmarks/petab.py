@@ -297,7 +297,10 @@ def write_report(args, results, references, notes, load_start, started, seeds):
         saved = json.loads(Path(args.reference_json).read_text())
         ends = [f"{v['load_average_end'][0]:.2f}" for v in saved["problems"].values() if "load_average_end" in v]
         ends = f", after each problem {', '.join(ends)}" if ends else ""
-        reuse = f"Reference rows reused from `{args.reference_json}` (run {saved['created']}, load average then {saved['load_average'][0]:.2f}{ends}; `{saved['command']}`).  \n"
+        runs = "; ".join(  # one run, or several merged (``runs``: petab_reference_fides_same_machine.json)
+            f"run {r['created']}, load average then {r['load_average'][0]:.2f}, `{r['command']}`" for r in saved.get("runs", [saved])
+        )
+        reuse = f"Reference rows reused from `{args.reference_json}` ({runs}{ends}).  \n"
     if os.environ.get("EQX_ON_ERROR"):
         reuse += f"Run with `EQX_ON_ERROR={os.environ['EQX_ON_ERROR']}` (equinox's run-time checks, e.g. lineax's on a singular Newton matrix, give NaN instead of raising: no bisection reruns of the batch).  \n"
     subset_note = "" if args.subset is None else f"**Subset: fitfleet and scipy fit only the first {args.subset} starts of each seed; the reference rows are cut to those starts, their run time pro-rated by the number of starts.**  \n"
