@@ -109,9 +109,10 @@ fits converge in a few dozen steps; Crauste's steps are spent by the fits that c
 along a curved valley for hundreds (radius cycling 2e-4 → 8e-4 in log10 units).  So
 ``acceleration=k`` corrects the steps from step ``k`` on only, and ``fitfleet.petab``
 sets ``k`` to a tenth of its step budget (``ACCELERATION_FROM``).  A step it does not
-correct evaluates nothing more (a ``cond``; under ``vmap`` both branches run).  Measured without bounds: NIST from 52 to 54/54 runs
-at LRE >= 4 (MGH17 start 1 in ~160 steps instead of ~995, Bennett5 in ~70 instead of
-~650), MGH from 119 to 126 of 141 runs at the best cost (``benchmarks/results/mgh.md``).
+correct evaluates nothing more (a ``cond``; under ``vmap`` both branches run).
+Measured without bounds: NIST from 52 to 54/54 runs at LRE >= 4 (MGH17 start 1 in ~160
+steps instead of ~995, Bennett5 in ~70 instead of ~650), MGH from 119 to 126 of 141 runs
+at the best cost (``benchmarks/results/mgh.md``).
 
 Structured secant model (Dennis, Gay & Welsch 1981, NL2SOL; fitfleet's addition,
 ``secant``, with the linear loss; by default only without bounds, see below).  The
