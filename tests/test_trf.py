@@ -20,7 +20,7 @@ import fitfleet as ff
 import mgh
 import nist
 from conftest import count_compilations
-from fitfleet._solvers.trust_region_reflective import _secant_update
+from fitfleet._solvers._curvature import secant_update as _secant_update
 
 # scipy's first-order optimality for trf: ‖v·g‖∞, v the distance to the bound the
 # negative gradient points at (1 where that bound is infinite or g = 0).

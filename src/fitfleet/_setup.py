@@ -127,11 +127,11 @@ def prepare(fun, x0, args, options):
     if learning_rate is None and method in ("adam", "sgd"):
         learning_rate = DEFAULT_LEARNING_RATE
     free = o["bounds"] is None and o["loss"] == "linear"  # where trf's additions to scipy's step apply
+    accelerated, acceleration_from = _acceleration(o["acceleration"], free)
     solver = make_solver(
         method, ftol=o["ftol"], xtol=o["xtol"], gtol=o["gtol"], settle=o["settle"], fatol=o["fatol"], max_steps=max_steps, learning_rate=learning_rate,
         initial_damping=o["initial_damping"], x_scale=x_scale,
-        acceleration=_acceleration(o["acceleration"], free)[0] and o["loss"] == "linear",
-        acceleration_from=_acceleration(o["acceleration"], free)[1], secant=(free if o["secant"] is None else o["secant"]) and o["loss"] == "linear", differentiable=adjoint.kind == "unroll",
+        acceleration=accelerated and o["loss"] == "linear", acceleration_from=acceleration_from, secant=(free if o["secant"] is None else o["secant"]) and o["loss"] == "linear", differentiable=adjoint.kind == "unroll",
     )  # fmt: skip
     history = o["history"]
     if history is True:

@@ -59,7 +59,7 @@ MAX_STEPS = 1000
 # successes (from the first step: Boehm +14% steps, Bruno 191 → 182 successes of 300);
 # the fits that run on crawl along a curved valley, the radius cycling at 1e-3 decades,
 # and there it takes long steps (Crauste's 83 starts that ran 100 steps or more:
-# 31,138 → 22,233 steps, 328 → 255 s, the same successes; trust_region_reflective).
+# 31,138 → 22,233 steps, 328 → 255 s, the same successes; ``_solvers._curvature``).
 ACCELERATION_FROM = MAX_STEPS // 10
 
 # trf's structured secant model (``secant``, off by default with bounds) is on where some
