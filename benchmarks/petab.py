@@ -19,10 +19,11 @@ same start matrix; the reference maps its columns to its own parameter order by 
 
 Methods, each a row per problem:
 
-* fitfleet: ``fitfleet.fit_batch(prob.fun, starts, prob.args, shared_args=True,
-  **prob._options(FITFLEET_OPTIONS))`` in float64, all starts in one call: what
-  ``prob.multistart`` runs (trf, the PEtab bounds, forward-mode Jacobians, pyPESTO's
-  stopping test: ``Problem._options``).  The call
+* fitfleet: ``prob._fit_starts(starts, prob._options(FITFLEET_OPTIONS), check=True)``
+  in float64, all starts in one call: what ``prob.multistart`` runs (``fit_batch`` with
+  trf, the PEtab bounds, forward-mode Jacobians, pyPESTO's stopping test:
+  ``Problem._options``; then each stop checked against a finer ODE solve and continued
+  where it fails, ``fitfleet.petab._verify``; ``--no-check`` leaves that out).  The call
   is made twice: "run" is the second call's wall time, "compile" the first's minus it
   (as for scipy).  Until the third session of 2026-12-05, fitfleet's rows were
   Levenberg-Marquardt's (``fit_batch`` was given only the bounds and ``jac="fwd"``), and
@@ -76,6 +77,7 @@ import fitfleet.petab as fp
 # bounds=(prob.lower, prob.upper), jac="fwd", ftol, settle=False and max_steps=1000 as pyPESTO stops); {} means fitfleet's defaults for PEtab, what
 # ``prob.multistart`` runs.  Change them here (they are printed in the results).
 FITFLEET_OPTIONS = {}
+CHECK = True  # --no-check: no end-point check (``fitfleet.petab._verify``)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "petab"
@@ -107,11 +109,10 @@ def wilson(k, n, z=1.959964):
 def run_fitfleet(prob, starts):
     options = prob._options(FITFLEET_OPTIONS)  # what prob.multistart runs (with --fitfleet-options)
     x0 = jnp.asarray(starts, jnp.float64)
-    args = tuple(jnp.asarray(a, jnp.float64) for a in prob.args)
     walls = []
     for first in (True, False):  # the first call compiles (and runs); the second only runs
         t = time.perf_counter()
-        res = ff.fit_batch(prob.fun, x0, args, shared_args=True, **options)
+        res = prob._fit_starts(x0, options, check=CHECK)
         jax.block_until_ready(res.cost)
         if first:  # the tail program compiles in the background: not into the second call
             ff.wait_for_compilation()
@@ -229,6 +230,7 @@ def machine():
 
 
 def main():
+    global CHECK
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problems", default=",".join(PROBLEMS), help="comma-separated problem ids (default: all six)")
     parser.add_argument("--starts", type=int, default=100, help="starts per seed (default 100)")
@@ -244,8 +246,10 @@ def main():
     parser.add_argument("--out", default=str(RESULTS / "petab.md"))
     parser.add_argument("--fitfleet-options", default="{}", metavar="JSON", help='options for fitfleet on top of prob.multistart\'s, e.g. \'{"secant": false}\'')
     parser.add_argument("--subset", type=int, default=None, metavar="K", help="fit only the first K starts of each seed; the reference rows are cut to the same starts (their run time pro-rated)")
+    parser.add_argument("--no-check", action="store_true", help="fitfleet without its end-point check (fitfleet.petab._verify)")
     args = parser.parse_args()
     FITFLEET_OPTIONS.update(json.loads(args.fitfleet_options))
+    CHECK = not args.no_check
     names = [p for p in args.problems.split(",") if p]
     unknown = [p for p in names if p not in BEST_NLL]
     if unknown:
@@ -311,7 +315,7 @@ Machine: {machine()}; {started.strftime('%Y-%m-%d %H:%M')} UTC.
 Load average at start: {load_start[0]:.2f}, at end: {os.getloadavg()[0]:.2f} (other processes share the cores: times are upper bounds).  
 Versions: {versions}.  
 {reuse}Starts: {args.starts} per seed × seeds {seeds} = {args.starts * len(seeds)} per problem, `prob.sample_starts` (uniform on the estimation scale within the bounds), the same matrix for every method.  {subset_note}
-fitfleet options: `fit_batch(..., **prob._options({FITFLEET_OPTIONS!r}))`, i.e. what `prob.multistart` runs (method="trf", bounds=(prob.lower, prob.upper), jac="fwd", ftol, settle=False and max_steps=1000 as pyPESTO stops, unless given), float64.
+fitfleet options: `prob._fit_starts(starts, prob._options({FITFLEET_OPTIONS!r}), check={CHECK})`, i.e. what `prob.multistart` runs (`fit_batch` with method="trf", bounds=(prob.lower, prob.upper), jac="fwd", ftol, settle=False and max_steps=1000 as pyPESTO stops, unless given; with `check=True` each stop is checked against a finer ODE solve and continued where it fails), float64.
 
 Success: final NLL within {THRESHOLD} of the best known (tests/data/petab/README.md); the interval is Wilson's 95%.
 "compile": fitfleet's and scipy's first call minus a second (the run);

@@ -175,10 +175,12 @@ def test_toy_checkpoint_resumes_an_interrupted_multistart(run, problem, x64, tmp
     fit_batch = fp._problem.fit_batch
     monkeypatch.setattr(fp._problem, "fit_batch", lambda fun, x0, *a, **k: sizes.append(len(x0)) or fit_batch(fun, x0, *a, **k))
     ms = problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, checkpoint_every=EVERY, method="trf")
-    assert sizes == [STARTS - EVERY]
+    # The rest, and (``_verify``) any of them continued at tighter tolerances.
+    assert sizes[0] == STARTS - EVERY and all(size <= sizes[0] for size in sizes[1:])
     assert_same(jax.tree_util.tree_map(np.asarray, ms), ff.MultiStartResult.load(run[1] / "results.npz"))
+    fitted = list(sizes)
     assert problem.multistart(STARTS, key=jax.random.key(SEED), checkpoint=path, checkpoint_every=EVERY, method="trf").n_starts == STARTS
-    assert sizes == [STARTS - EVERY]  # complete: nothing fitted again
+    assert sizes == fitted  # complete: nothing fitted again
     with pytest.raises(ValueError, match="starts"):
         problem.multistart(STARTS, key=jax.random.key(SEED + 1), checkpoint=path, method="trf")
     with pytest.raises(ValueError, match="options"):

@@ -31,6 +31,7 @@ class Status(enum.IntEnum):
     STEP_FAILED = 7
     MODEL_RAISED = 8
     DIVERGED = 9
+    MODEL_INACCURATE = 10
 
     @property
     def message(self) -> str:
@@ -64,6 +65,11 @@ MESSAGES = {
     Status.DIVERGED: (
         "a stopping test held at a cost above the starting cost: the iteration diverged "
         "(a first-order method's learning rate too large?)"
+    ),
+    Status.MODEL_INACCURATE: (
+        "a tolerance was met, but the model's own numerical error at the end point exceeds "
+        "the stopping test (an ODE solve with tighter tolerances changes the cost by more), "
+        "also after continuing the fit with tighter ones: the stop is not trustworthy"
     ),
 }
 

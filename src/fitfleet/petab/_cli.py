@@ -38,6 +38,7 @@ def parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the starts (default 0)")
     p.add_argument("--method", default=None, help="fitfleet method (default: fitfleet.petab's, trf)")
     p.add_argument("--max-steps", type=int, default=None, help="step budget per fit (default: fitfleet's)")
+    p.add_argument("--no-check", action="store_true", help="do not check each fit's end against a finer ODE solve (multistart's check)")
     p.add_argument("--no-profiles", action="store_true", help="skip the profile likelihoods")
     p.add_argument("--profile", action="append", metavar="NAME", help="profile only this parameter (repeatable; default all)")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint file (default OUT/checkpoint.npz)")
@@ -101,9 +102,9 @@ def main(argv=None):
             options["max_steps"] = args.max_steps
         clock = time.perf_counter()
         ms = prob.multistart(args.starts, key=jax.random.key(args.seed), checkpoint=checkpoint,
-                             checkpoint_every=args.checkpoint_every, progress=bars, **options)  # fmt: skip
+                             checkpoint_every=args.checkpoint_every, progress=bars, check=not args.no_check, **options)  # fmt: skip
         times["multi-start"] = time.perf_counter() - clock
-        info = dict(prob.describe(), seed=args.seed, options=options, solver=args.solver, rtol=float(prob.model.rtol), state_scales=prob.state_scales.tolist())
+        info = dict(prob.describe(), seed=args.seed, options=options, check=not args.no_check, solver=args.solver, rtol=float(prob.model.rtol), state_scales=prob.state_scales.tolist())
         ms.save(out / "results.npz", info=info)
         profiles = None
         if not args.no_profiles:

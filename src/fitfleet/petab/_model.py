@@ -126,6 +126,11 @@ class Model(eqx.Module):
     priors: tuple = eqx.field(static=True, default=())  # ``_tables.Prior``s of the objective
     prior_offset: float = eqx.field(static=True, default=0.0)
 
+    def with_tolerances(self, rtol, state_scales):
+        """This model solving at ``rtol`` and ``atol = rtol · state_scales`` (arrays,
+        traced or not)."""
+        return eqx.tree_at(lambda m: (m.rtol, m.state_scales), self, (rtol, state_scales))
+
     def pool(self, x):
         x_lin = x
         log, log10 = self.scale_groups

@@ -16,8 +16,8 @@ import numpy as np
 import petab.v1 as petab
 from petab.v1 import C
 
-from .. import _multistart, _xla, fit_batch, least_squares
-from . import _checkpoint, _model, _output, _profiles, _sbml, _tables, _tolerances
+from .. import _multistart, _validate, _xla, fit_batch, least_squares
+from . import _checkpoint, _model, _output, _profiles, _sbml, _tables, _tolerances, _verify
 from ._rosenbrock import Rodas5P
 
 
@@ -152,12 +152,12 @@ def load(path, *, solver=None, rtol=None, state_scales=None, max_steps=10_000, c
     if not scales_given:
         state_scales = _tolerances.state_scales(model, layout.nominal)
     state_scales = np.broadcast_to(np.asarray(state_scales, np.float64), (len(ode.states),))
-    model = eqx.tree_at(lambda m: m.state_scales, model, np.array(state_scales))
+    model = model.with_tolerances(model.rtol, np.array(state_scales))
     if conditions == "auto" and jax.default_backend() == "cpu" and _tolerances.sequential_conditions(model, layout.nominal):
         model = dataclasses.replace(model, settings=dataclasses.replace(settings, sequential=True))
     if rtol is None:
         rtol, state_scales = _tolerances.resolved_tolerances(model, layout.nominal, layout.measurements, FTOL, scales=not scales_given)
-        model = eqx.tree_at(lambda m: (m.rtol, m.state_scales), model, (np.array(rtol), np.array(state_scales)))
+        model = model.with_tolerances(np.array(rtol), np.array(state_scales))
     return Problem(path, problem, ode, layout, model)
 
 
@@ -171,7 +171,10 @@ class Problem:
         lower, upper, nominal: their bounds and nominal values on the estimation scale.
         measurements: the measurement table's values, in its row order.
         fun, args: the residual ``fun(x, *args)`` for fitfleet (module docstring of
-            ``fitfleet.petab._model``: ``nll(x) = ½‖fun(x, *args)‖² + offset``).  Where
+            ``fitfleet.petab._model``: ``nll(x) = ½‖fun(x, *args)‖² + offset``), with
+            ``args = (measurements, rtol, state_scales)``: the ODE solver's tolerances
+            are data, so a fit continued at tighter ones (``_verify``) reuses the
+            compiled program.  Where
             σ is estimated, the rows after the σ terms are 0 with a non-zero Jacobian
             (the Fisher rows: ``JᵀJ`` is then the Fisher information); so the Hessian
             of the NLL is ``jax.hessian(nll)``, not that of ``½‖fun‖²``.
@@ -184,7 +187,8 @@ class Problem:
         self.lower, self.upper, self.nominal = layout.lower, layout.upper, layout.nominal
         self.measurements = layout.measurements
         self.state_scales = np.asarray(model.state_scales)
-        self.fun, self.args = _Residual(model, json.dumps(self._fingerprint(), sort_keys=True)), (layout.measurements,)
+        self.fun = _Residual(model, json.dumps(self._fingerprint(tolerances=False), sort_keys=True))
+        self.args = (layout.measurements, np.asarray(model.rtol, np.float64), self.state_scales)
         self._nll = _xla.filter_jit(_nll_with_gradient(model))
         self._simulation = _xla.filter_jit(model.simulation)
         self._residual = _xla.filter_jit(model.residual)
@@ -225,7 +229,7 @@ class Problem:
         table[C.SIMULATION] = np.asarray(self._simulation(self._x(x)), np.float64)
         return table
 
-    def fit(self, x0=None, **options):
+    def fit(self, x0=None, *, check=True, **options):
         """``fitfleet.least_squares`` on the problem from ``x0`` (default: the nominal
         parameters), with the parameter table's bounds and forward-mode Jacobians, by
         trust-region reflective unless ``method`` says otherwise (``METHOD``), stopping as
@@ -234,14 +238,25 @@ class Problem:
         estimated unless ``secant`` says otherwise, and its acceleration from step
         ``ACCELERATION_FROM`` on unless ``acceleration`` says otherwise (the comments at
         the top of this module).
+        ``check``: where the fit stops with a success status, check its NLL against an
+        ODE solve 100 times tighter and, if they disagree by more than the stopping
+        test, continue at tighter tolerances (``fitfleet.petab._verify``).
         ``options`` go to ``least_squares``.  The NLL at the result: ``res.cost +
         self.offset`` (or ``self.nll(res.params)``)."""
         x0 = self._x(self.nominal if x0 is None else x0, "x0")
         if x0.ndim != 1:
             raise ValueError(f"`x0` must be one point of shape ({len(self.names)},); use multistart for many.")
-        return self._named(least_squares(self.fun, x0, self._data(x0), **self._options(options)))
+        options, check = self._options(options), _validate.boolean("check", check)
+        res = self._named(least_squares(self.fun, x0, self._data(x0), **options))
+        if not check:
+            return res
+        one = lambda r: jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], r)  # noqa: E731
+        refit = lambda x, data: one(least_squares(self.fun, x[0], data, **options))  # noqa: E731
+        batched = one(res)
+        checked = _verify.checked(self, batched, refit, x0.dtype)
+        return res if checked is batched else jax.tree_util.tree_map(lambda a: a[0], checked)
 
-    def multistart(self, n_starts, key=None, *, checkpoint=None, checkpoint_every=None, progress=False, rtol=1e-3, threshold=None, dtype=None, **options):
+    def multistart(self, n_starts, key=None, *, checkpoint=None, checkpoint_every=None, progress=False, rtol=1e-3, threshold=None, dtype=None, check=True, **options):
         """``n_starts`` fits from starts drawn by :meth:`sample_starts`, by
         ``fitfleet.fit_batch``, summarised as a ``fitfleet.MultiStartResult`` (its
         costs are ``nll − offset``; its Results carry the parameter names and bounds).
@@ -251,8 +266,9 @@ class Problem:
         ``checkpoint``: a file that the finished starts are committed to, chunk by chunk
         (``checkpoint_every`` starts, default a tenth, at least 32); an interrupted run
         called again with it skips them (``fitfleet.petab._checkpoint``).  ``progress``
-        shows a bar (needs tqdm).  ``rtol``: the grouping of optima; ``options`` go to
-        ``fit_batch`` (``method``, ``max_steps``, ``ftol``, ...).
+        shows a bar (needs tqdm).  ``rtol``: the grouping of optima.  ``check``: each
+        fit's stop checked against a finer ODE solve, as in :meth:`fit`.  ``options`` go
+        to ``fit_batch`` (``method``, ``max_steps``, ``ftol``, ...).
         """
         if isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
             raise ValueError(f"`n_starts` must be a positive integer; got {n_starts!r}.")
@@ -260,14 +276,12 @@ class Problem:
         x0 = self.sample_starts(n_starts, key).astype(dtype)
         options = self._options(options)
         _multistart.success_threshold(0.0, 0.0, rtol, threshold, True)  # checks before any compilation
-
-        def fit(starts):
-            return self._named(fit_batch(self.fun, starts, self._data(starts), shared_args=True, progress=progress and checkpoint is None, **options))
-
+        check = _validate.boolean("check", check)
+        fit = functools.partial(self._fit_starts, options=options, check=check)
         if checkpoint is None:
-            results = fit(x0)
+            results = fit(x0, progress=progress)
         else:
-            fingerprint = dict(self._fingerprint(), options=_canonical(options), dtype=np.dtype(dtype).name)
+            fingerprint = dict(self._fingerprint(), options=_canonical(options), check=check, dtype=np.dtype(dtype).name)
             results = _checkpoint.run(fit, x0, Path(checkpoint), fingerprint, checkpoint_every, progress)
         return _multistart.summarise(results, x0, rtol, threshold, absolute_sigma=True)
 
@@ -320,22 +334,36 @@ class Problem:
         ]
         return np.clip(np.stack(columns, axis=1), self.lower, self.upper) if columns else np.zeros((int(n_starts), 0))
 
-    def _data(self, x0):
-        return (jnp.asarray(self.measurements, x0.dtype),)
+    def _fit_starts(self, x0, options, check, progress=False):
+        """The fits from the rows of ``x0`` by ``fit_batch`` with the completed
+        ``options`` (``_options``), checked by ``_verify`` if ``check``: what
+        :meth:`multistart` runs."""
+
+        def fit(x0, data, progress=False):
+            return self._named(fit_batch(self.fun, x0, data, shared_args=True, progress=progress, **options))
+
+        results = fit(x0, self._data(x0), progress)
+        return _verify.checked(self, results, fit, x0.dtype) if check else results
+
+    def _data(self, x0, tolerances=None):
+        """``args`` in ``x0``'s dtype, with the tolerances ``(rtol, state_scales)`` if given."""
+        return tuple(jnp.asarray(a, x0.dtype) for a in (self.measurements, *(tolerances or self.args[1:])))
 
     def _named(self, res):
         return dataclasses.replace(res, names=tuple(self.names))
 
-    def _fingerprint(self):
+    def _fingerprint(self, tolerances=True):
         """The problem's identity for checkpoints: its tables and model by content, and
-        the ODE settings."""
+        the ODE settings (without the tolerances: the residual's identity, which takes
+        them as data)."""
         p = self.petab_problem
         digest = hashlib.sha256()
         for table in (p.measurement_df, p.condition_df, p.observable_df, p.parameter_df):
             digest.update(table.to_csv().encode())
         digest.update(p.model.to_sbml_str().encode())
         s = self.model.settings
-        return {"problem": digest.hexdigest(), "ode": f"{s.solver!r} rtol={float(self.model.rtol)!r} max_steps={s.max_steps} sequential={s.sequential}", "state_scales": self.state_scales.tolist()}
+        identity = {"problem": digest.hexdigest(), "ode": f"{s.solver!r} max_steps={s.max_steps} sequential={s.sequential}"}
+        return {**identity, "rtol": float(self.model.rtol), "state_scales": self.state_scales.tolist()} if tolerances else identity
 
     def _options(self, options):
         options = dict(options)
@@ -359,16 +387,18 @@ class Problem:
 
 
 class _Residual:
-    """``fun(x, y)``, the model's residual, equal (and hashing equal) for problems of the
-    same content (``Problem._fingerprint``): fitfleet keys its compiled programs on
-    ``fun``, so loading a problem again reuses them.  (A plain object, not the Model's
-    bound method, whose arrays equinox would warn about as a static field.)"""
+    """``fun(x, y, rtol, state_scales)``, the model's residual at those tolerances, equal
+    (and hashing equal) for problems of the same content and ODE settings but the
+    tolerances (``Problem._fingerprint``): fitfleet keys its compiled programs on
+    ``fun``, so loading a problem again, or at other tolerances, reuses them.  (A plain
+    object, not the Model's bound method, whose arrays equinox would warn about as a
+    static field.)"""
 
     def __init__(self, model, key):
         self.model, self.key = model, key
 
-    def __call__(self, x, y):
-        return self.model.residual(x, y)
+    def __call__(self, x, y, rtol, state_scales):
+        return self.model.with_tolerances(rtol, state_scales).residual(x, y)
 
     def __eq__(self, other):
         return type(other) is type(self) and other.key == self.key

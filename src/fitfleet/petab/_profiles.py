@@ -86,7 +86,7 @@ def _one_fit(prob, fit):
 
 
 def _unit_box_residual(prob):
-    """``r(z, perm, lower, width, y) = prob.fun(lower + width · log z[perm], y)``."""
+    """``r(z, perm, lower, width, *data) = prob.fun(lower + width · log z[perm], *data)``."""
     return _UnitBox(prob.fun)
 
 

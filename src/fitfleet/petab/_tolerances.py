@@ -149,7 +149,7 @@ def resolved_tolerances(model, nominal, measurements, ftol, scales=True):
     floor = max(RTOL_MIN, 100 * float(jnp.finfo(x.dtype).eps))
 
     def nll(rtol, scale):
-        return float(_nll(model, x, y, jnp.asarray(rtol, x.dtype), jnp.asarray(scale, x.dtype)))
+        return float(nll_at(model, x, y, jnp.asarray(rtol, x.dtype), jnp.asarray(scale, x.dtype)))
 
     rtol, scale = float(model.rtol), np.asarray(model.state_scales, np.float64)
     if rtol <= floor * (1 + 1e-9):  # low precision: the solves are at their floor, the NLL at its round-off
@@ -167,8 +167,10 @@ def resolved_tolerances(model, nominal, measurements, ftol, scales=True):
 
 
 @eqx.filter_jit
-def _nll(model, x, y, rtol, scales):
-    return eqx.tree_at(lambda m: (m.rtol, m.state_scales), model, (rtol, scales)).nll(x, y)
+def nll_at(model, x, y, rtol, scales):
+    """The NLL at ``x`` solved at ``rtol`` and ``atol = rtol · scales`` (one program for
+    all tolerances: they are traced)."""
+    return model.with_tolerances(rtol, scales).nll(x, y)
 
 
 def _resolving_growth(scale, start):
