@@ -276,6 +276,15 @@ def test_a_stop_on_the_solvers_error_is_checked_and_continued(toy_problem, x64, 
     assert checked.success and abs(error(checked)) <= loose._fatol
     assert int(checked.n_steps) > int(plain.n_steps)
     assert "_solve" not in compiled  # least_squares's program, reused at the tighter tolerances
+    # The finer NLLs side by side (an accelerator's way, padded to a power of two) and one
+    # at a time (CPU's) agree with each other and with the closed form.
+    x = np.stack([np.asarray(plain.params), loose.nominal, x0])
+    nlls = {}
+    for side_by_side in (True, False):
+        monkeypatch.setattr(_verify, "SIDE_BY_SIDE", side_by_side)
+        nlls[side_by_side] = _verify._nlls(loose, x, p.args[1:], jnp.float64)
+    np.testing.assert_allclose(nlls[True], nlls[False], rtol=1e-9)
+    np.testing.assert_allclose(nlls[True], [toy.reference_nll(_toy_linear(loose, xi)) for xi in x], rtol=1e-7)
     monkeypatch.setattr(_verify, "ROUNDS", 0)
     inaccurate = loose.fit(x0)
     assert int(inaccurate.status) == ff.Status.MODEL_INACCURATE and not inaccurate.success

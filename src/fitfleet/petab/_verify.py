@@ -20,8 +20,9 @@ its end at the tighter tolerances, with a step budget of its own.  It reuses the
 program, because the tolerances are the residual's data.  Its new end is checked the same
 way, up to ``ROUNDS`` continuations.  A fit gets ``Status.MODEL_INACCURATE``, not a
 success, where its last check still fails, or where the finer solve fails (there is
-nothing to continue from).  The finer NLL comes from ``_tolerances.nll_at``, the
-program the rule compiled at load, one point at a time.  Its steps and evaluations are summed over
+nothing to continue from).  On CPU the finer NLLs come from ``_tolerances.nll_at``,
+the program the rule compiled at load, one point at a time; on an accelerator side by
+side (``_nlls``).  Its steps and evaluations are summed over
 the stages; its ``history`` (``history=``) is its first stage's.  In low precision, where ``rtol`` is already at its floor of 100 ε, nothing
 tighter exists, so no check is made (as in ``_tolerances``).
 
@@ -41,10 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _xla
 from .._status import Status
 from ._tolerances import FINER, RTOL_MIN, nll_at
 
 ROUNDS = 1  # continuations at most (module docstring)
+SIDE_BY_SIDE = None  # the finer NLLs vmapped (True), one at a time (False), or by the backend (``_nlls``)
 _COUNTERS = ("n_steps", "n_fev", "n_jev")
 _REPLACED = ("params", "cost", "residual", "jac", "grad", "status")
 
@@ -61,13 +64,14 @@ def checked(problem, results, refit, dtype):
     if rtol <= floor * (1 + 1e-9):
         return results
     pending = np.flatnonzero(np.asarray(results.success))
-    for round in range(ROUNDS + 1):
+    for stage in range(ROUNDS + 1):
+        if pending.size == 0:
+            break
         finer = (max(rtol / FINER, floor), scales / FINER)
         x = np.asarray(results.params)[pending]
-        y, *tolerances = problem._data(jnp.asarray(x, dtype), finer)
-        fine = np.array([float(nll_at(problem.model, jnp.asarray(xi, dtype), y, *tolerances)) for xi in x])
+        fine = _nlls(problem, x, finer, dtype)
         off = ~(np.abs(np.asarray(results.cost)[pending] + problem.offset - fine) <= problem._fatol)
-        go_on = off & np.isfinite(fine) & (round < ROUNDS)  # a failed finer solve: nothing to continue from
+        go_on = off & np.isfinite(fine) & (stage < ROUNDS)  # a failed finer solve: nothing to continue from
         results = _marked(results, pending[off & ~go_on])
         pending = pending[go_on]
         if pending.size == 0:
@@ -77,6 +81,25 @@ def checked(problem, results, refit, dtype):
         pending = pending[np.asarray(results.success)[pending]]
         rtol, scales = finer
     return results if results is given else jax.tree_util.tree_map(jnp.asarray, results)
+
+
+def _nlls(problem, x, tolerances, dtype):
+    """The NLL at each row of ``x`` at ``tolerances``.  On CPU one point at a time, by the
+    program the tolerance rule compiled at load (side by side, an adaptive solve steps
+    as often as the slowest row needs); on an accelerator side by side, in widths of a
+    power of two (few compiled programs), where a point alone would cost its kernel
+    launches at every solver step."""
+    y, rtol, scales = problem._data(jnp.asarray(x, dtype), tolerances)
+    if SIDE_BY_SIDE is False or (SIDE_BY_SIDE is None and jax.default_backend() == "cpu"):
+        return np.array([float(nll_at(problem.model, jnp.asarray(xi, dtype), y, rtol, scales)) for xi in x])
+    width = 1 << (len(x) - 1).bit_length()
+    padded = np.concatenate([x, np.repeat(x[-1:], width - len(x), axis=0)])
+    return np.asarray(_side_by_side(problem.model, jnp.asarray(padded, dtype), y, rtol, scales))[: len(x)]
+
+
+@_xla.filter_jit
+def _side_by_side(model, x, y, rtol, scales):
+    return jax.vmap(model.with_tolerances(rtol, scales).nll, in_axes=(0, None))(x, y)
 
 
 def _marked(results, rows):
