@@ -10,6 +10,7 @@ minimised by scipy), a checkpoint that survives SIGKILL, and Boehm's identifiabi
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -222,6 +223,7 @@ def test_help_documents_the_command_line():
     text = parser().format_help()
     for option in ("--starts", "--out", "--seed", "--method", "--no-profiles", "--checkpoint", "--restart", "results.npz", "summary.txt", "waterfall.png"):
         assert option in text
+    assert re.search(r"--no-check(?!point)", text)  # the end-point check (fitfleet.petab._verify)
 
 
 def test_petab_runs_without_scipy(tmp_path):

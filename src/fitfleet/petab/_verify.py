@@ -10,7 +10,8 @@ rejected on noise, and a fit can stop at a point that is not stationary.  An exa
 Crauste_CellSystems2017's start 104 (300 starts, seeds 0-2).  It stopped by ``xtol`` at
 NLL 1706.72.  The accurate NLL there is 1805.01, and the computed gradient points
 uphill, so every step from that point had been rejected.  Of the 210 Crauste fits with a
-success status, 29 had an NLL off the finer solve's by more than the test.
+success status (session 16's run), 29 had an NLL off the finer solve's by more than the
+test.
 
 So the rule is applied again at each fit's end.  For every fit with a success status,
 the NLL is solved again with both tolerances ``FINER`` times tighter (``rtol`` not below
@@ -20,16 +21,18 @@ its end at the tighter tolerances, with a step budget of its own.  It reuses the
 program, because the tolerances are the residual's data.  Its new end is checked the same
 way, up to ``ROUNDS`` continuations.  A fit gets ``Status.MODEL_INACCURATE``, not a
 success, where its last check still fails, or where the finer solve fails (there is
-nothing to continue from).  On CPU the finer NLLs come from ``_tolerances.nll_at``,
-the program the rule compiled at load, one point at a time; on an accelerator side by
-side (``_nlls``).  Its steps and evaluations are summed over
-the stages; its ``history`` (``history=``) is its first stage's.  In low precision, where ``rtol`` is already at its floor of 100 ε, nothing
-tighter exists, so no check is made (as in ``_tolerances``).
+nothing to continue from).  A continued fit's steps and evaluations are summed over its
+stages; its ``history`` (``history=``) is its first stage's.  On CPU the finer NLLs come
+from ``_tolerances.nll_at``, the program the rule compiled at load, one point at a time;
+on an accelerator side by side (``_nlls``).  In low precision, where ``rtol`` is already
+at its floor of 100 ε, nothing tighter exists, so no check is made (as in
+``_tolerances``).
 
 Measured on Crauste's 300 starts (a probe, seeds 0-2): 32 fits were continued, in 44 s
 against the fits' 346 s.  Start 104 went on to 190.966, a success, in 423 steps; 149,
-already within the success threshold, to 191.020; the others moved by 1e-4 to 290 in 2
-to 239 steps, and 12 of them failed their second check.  A second continuation at rtol
+already within the success threshold, to 191.020; the others took 2 to 239 steps (and
+moved by 1e-4 to 290 over both continuations below), and 12 of them failed their second
+check.  A second continuation at rtol
 1e-12 (``ROUNDS = 2``) took 46 s more and left those 12 no better off: 11 stopped by
 ``xtol`` again after 4 to 29 steps.  So there is one continuation.  In
 ``benchmarks/results/petab.md`` the check costs no time that stands out from the noise
