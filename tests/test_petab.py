@@ -276,6 +276,9 @@ def test_a_stop_on_the_solvers_error_is_checked_and_continued(toy_problem, x64, 
     assert checked.success and abs(error(checked)) <= loose._fatol
     assert int(checked.n_steps) > int(plain.n_steps)
     assert "_solve" not in compiled  # least_squares's program, reused at the tighter tolerances
+    # A fit whose own stopping test is looser than the solver's error is not continued.
+    looser = {"fatol": 100 * abs(error(plain))}
+    assert int(loose.fit(x0, **looser).n_steps) == int(loose.fit(x0, check=False, **looser).n_steps)
     # The finer NLLs side by side (an accelerator's way, padded to a power of two) and one
     # at a time (CPU's) agree with each other and with the closed form.
     x = np.stack([np.asarray(plain.params), loose.nominal, x0])
@@ -316,7 +319,7 @@ def test_toy_in_float32(toy_problem):
     assert rtol == float(prob.model.rtol) and np.array_equal(scales, prob.model.state_scales)
     # Nor is a fit's end checked against a finer solve: none exists (``_verify``).
     results = object()
-    assert _verify.checked(prob, results, None, jnp.float32) is results
+    assert _verify.checked(prob, results, None, jnp.float32, {}) is results
 
 
 def test_toy_sum_of_squares_is_the_nll_and_stays_finite(toy_problem, x64):

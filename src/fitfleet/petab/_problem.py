@@ -252,7 +252,7 @@ class Problem:
         one = lambda r: jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], r)  # noqa: E731
         refit = lambda x, data: one(least_squares(self.fun, x[0], data, **options))  # noqa: E731
         batched = one(res)
-        checked = _verify.checked(self, batched, refit, x0.dtype)
+        checked = _verify.checked(self, batched, refit, x0.dtype, options)
         return res if checked is batched else jax.tree_util.tree_map(lambda a: a[0], checked)
 
     def multistart(self, n_starts, key=None, *, checkpoint=None, checkpoint_every=None, progress=False, rtol=1e-3, threshold=None, dtype=None, check=True, **options):
@@ -342,7 +342,7 @@ class Problem:
             return self._named(fit_batch(self.fun, x0, data, shared_args=True, progress=progress, **options))
 
         results = fit(x0, self._data(x0), progress)
-        return _verify.checked(self, results, fit, x0.dtype) if check else results
+        return _verify.checked(self, results, fit, x0.dtype, options) if check else results
 
     def _data(self, x0, tolerances=None):
         """``args`` in ``x0``'s dtype, with the tolerances ``(rtol, state_scales)`` if given."""

@@ -16,7 +16,8 @@ test.
 So the rule is applied again at each fit's end.  For every fit with a success status,
 the NLL is solved again with both tolerances ``FINER`` times tighter (``rtol`` not below
 ``_tolerances.RTOL_MIN``): one more solve per fit.  Where the two NLLs differ by more than
-``FTOL·(1 + |NLL|)`` at the nominal parameters (``Problem._fatol``), the fit continues from
+``FTOL·(1 + |NLL|)`` at the nominal parameters (``Problem._fatol``; or the fit's own
+stopping test on the cost, where that is looser), the fit continues from
 its end at the tighter tolerances, with a step budget of its own.  It reuses the compiled
 program, because the tolerances are the residual's data.  Its new end is checked the same
 way, up to ``ROUNDS`` continuations.  A fit gets ``Status.MODEL_INACCURATE``, not a
@@ -55,12 +56,13 @@ _COUNTERS = ("n_steps", "n_fev", "n_jev")
 _REPLACED = ("params", "cost", "residual", "jac", "grad", "status")
 
 
-def checked(problem, results, refit, dtype):
-    """``results`` (a batched Result, fitted at ``problem``'s tolerances), each fit with a
-    success status checked as in the module docstring.  ``refit(x0, data)`` fits the
-    rows ``x0`` with the residual's data ``data`` (``problem._data`` at other
-    tolerances) and returns a batched Result.  Returns ``results`` itself where every
-    check passed, else a Result of jax arrays."""
+def checked(problem, results, refit, dtype, options):
+    """``results`` (a batched Result, fitted at ``problem``'s tolerances with ``options``),
+    each fit with a success status checked as in the module docstring, against the
+    rule's test or, where looser, the fit's own (``ftol·F + fatol`` in ``options``).
+    ``refit(x0, data)`` fits the rows ``x0`` with the residual's data ``data``
+    (``problem._data`` at other tolerances) and returns a batched Result.  Returns
+    ``results`` itself where every check passed, else a Result of jax arrays."""
     rtol, scales = float(problem.args[1]), np.asarray(problem.args[2], np.float64)
     given = results
     floor = max(RTOL_MIN, 100 * float(jnp.finfo(dtype).eps))
@@ -73,7 +75,9 @@ def checked(problem, results, refit, dtype):
         finer = (max(rtol / FINER, floor), scales / FINER)
         x = np.asarray(results.params)[pending]
         fine = _nlls(problem, x, finer, dtype)
-        off = ~(np.abs(np.asarray(results.cost)[pending] + problem.offset - fine) <= problem._fatol)
+        cost = np.asarray(results.cost)[pending]
+        test = np.maximum(problem._fatol, float(options.get("ftol") or 0) * np.abs(cost) + float(options.get("fatol") or 0))
+        off = ~(np.abs(cost + problem.offset - fine) <= test)
         go_on = off & np.isfinite(fine) & (stage < ROUNDS)  # a failed finer solve: nothing to continue from
         results = _marked(results, pending[off & ~go_on])
         pending = pending[go_on]
