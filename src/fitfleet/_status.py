@@ -68,8 +68,9 @@ MESSAGES = {
     ),
     Status.MODEL_INACCURATE: (
         "a tolerance was met, but the model's own numerical error at the end point exceeds "
-        "the stopping test (an ODE solve with tighter tolerances changes the cost by more), "
-        "also after continuing the fit with tighter ones: the stop is not trustworthy"
+        "the stopping test (an ODE solve with tighter tolerances changes the cost by more, "
+        "or fails), also after continuing the fit with tighter ones where that was possible: "
+        "the stop is not trustworthy"
     ),
 }
 

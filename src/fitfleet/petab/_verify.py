@@ -17,10 +17,10 @@ So the rule is applied again at each fit's end.  For every fit with a success st
 the NLL is solved again with both tolerances ``FINER`` times tighter (``rtol`` not below
 ``_tolerances.RTOL_MIN``): one more solve per fit.  Where the two NLLs differ by more than
 ``FTOL·(1 + |NLL|)`` at the nominal parameters (``Problem._fatol``; or the fit's own
-stopping test on the cost, where that is looser), the fit continues from
-its end at the tighter tolerances, with a step budget of its own.  It reuses the compiled
-program, because the tolerances are the residual's data.  Its new end is checked the same
-way, up to ``ROUNDS`` continuations.  A fit gets ``Status.MODEL_INACCURATE``, not a
+stopping test on the cost, where that is looser), the fit continues from its end at the
+tighter tolerances, with a step budget of its own.  It reuses the compiled program,
+because the tolerances are the residual's data.  Its new end is checked the same way,
+up to ``ROUNDS`` continuations.  A fit gets ``Status.MODEL_INACCURATE``, not a
 success, where its last check still fails, or where the finer solve fails (there is
 nothing to continue from).  A continued fit's steps and evaluations are summed over its
 stages; its ``history`` (``history=``) is its first stage's.  On CPU the finer NLLs come
@@ -33,9 +33,9 @@ Measured on Crauste's 300 starts (a probe, seeds 0-2): 32 fits were continued, i
 against the fits' 346 s.  Start 104 went on to 190.966, a success, in 423 steps; 149,
 already within the success threshold, to 191.020; the others took 2 to 239 steps (and
 moved by 1e-4 to 290 over both continuations below), and 12 of them failed their second
-check.  A second continuation at rtol
-1e-12 (``ROUNDS = 2``) took 46 s more and left those 12 no better off: 11 stopped by
-``xtol`` again after 4 to 29 steps.  So there is one continuation.  In
+check.  A second continuation at rtol 1e-12 (``ROUNDS = 2``) took 46 s more and left
+those 12 no better off: 11 stopped by ``xtol`` again after 4 to 29 steps.  So there is
+one continuation.  In
 ``benchmarks/results/petab.md`` the check costs no time that stands out from the noise
 on any of the six problems, and Crauste gains its fifth success (Fides's count).
 """
