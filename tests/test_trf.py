@@ -883,3 +883,69 @@ def test_secant_model_is_kept_along_a_curved_valley(x64, x0):
     ref = scipy_trf(problem.residual(), x0, (problem.x, problem.y), method="trf")
     assert res.success and int(res.n_steps) < 150
     assert nist.lre(np.asarray(res.params), problem.certified) >= 6 and ref.cost > 100 * float(res.cost)
+
+
+# ------------------------------------------- the two-dimensional subspace step
+
+
+@pytest.mark.parametrize("n,indefinite", [(3, False), (6, False), (12, False), (6, True)])
+def test_subspace_step_is_the_planes_boundary_minimum(n, indefinite):
+    """``subspace_step`` against brute force: the model's minimum over a fine grid of the
+    circle of radius Δ in span{Newton step, g}, with the plane built by numpy; the Newton
+    step where it fits (the full step passed through)."""
+    from fitfleet._solvers._trust_region import subspace_step
+
+    rng = np.random.default_rng(n + 10 * indefinite)
+    with jax.enable_x64(True):
+        for _ in range(5):
+            J = rng.normal(size=(n + 4, n)) * np.logspace(0, 3, n)
+            A = J.T @ J + (np.diag(rng.normal(size=n)) * 50 if indefinite else 0)
+            g = rng.normal(size=n) * 10
+            newton = -np.linalg.lstsq(A, g, rcond=None)[0] if not indefinite else None
+            if indefinite:  # the Newton step of A's positive definite part, as solve_semidefinite takes it
+                from fitfleet._linalg import solve_semidefinite
+
+                s = np.sqrt(np.abs(np.diag(A)))
+                newton = np.asarray(solve_semidefinite(jnp.asarray(A / np.outer(s, s)), jnp.asarray(-g / s))) / s
+            radius = 0.3 * np.linalg.norm(newton)
+            marker = jnp.full(n, 7.0)
+            p = np.asarray(subspace_step(jnp.asarray(A), jnp.asarray(g), jnp.asarray(radius), marker))
+            u = newton / np.linalg.norm(newton)
+            w = g - u * (u @ g)
+            S = np.stack([u, w / np.linalg.norm(w)], axis=1)
+            t = np.linspace(0, 2 * np.pi, 200_001)
+            candidates = radius * (S @ np.stack([np.cos(t), np.sin(t)]))
+            values = g @ candidates + 0.5 * np.einsum("it,ij,jt->t", candidates, A, candidates)
+            model = g @ p + 0.5 * p @ A @ p
+            assert np.linalg.norm(p) == pytest.approx(radius, rel=1e-10)
+            assert model <= values.min() + 1e-9 * abs(values.min())
+            assert np.linalg.norm(p - S @ (S.T @ p)) <= 1e-9 * radius  # in the plane
+            inside = subspace_step(jnp.asarray(A), jnp.asarray(g), jnp.asarray(2 * np.linalg.norm(newton)), marker)
+            np.testing.assert_array_equal(inside, marker)  # the full step (here a marker) where Newton's fits
+
+
+@pytest.mark.parametrize("name,start", FAST, ids=[f"{n}-start{s}" for n, s in FAST])
+def test_nist_with_the_subspace_step(x64, name, start):
+    problem = nist.load(name)
+    x0 = jnp.asarray(problem.start1 if start == 1 else problem.start2)
+    res = ff.least_squares(problem.residual(), x0, (problem.x, problem.y), method="trf", subspace="2d")
+    assert res.success and nist.lre(np.asarray(res.params), problem.certified) >= 4
+
+
+def test_subspace_step_with_bounds_batch_equals_loop(x64):
+    """With bounds (the reflective step on top of the plane's), in a batch as one by one,
+    to the same bounded minimum as the full subproblem."""
+    x0 = jnp.array([[-2.0, 0.2], [1.2, 0.4], [-1.5, -0.5], [0.8, -0.9]])
+    bounds = (jnp.array([-3.0, -1.0]), jnp.array([1.5, 0.5]))
+    fit = lambda x, **k: ff.least_squares(lambda p: fun_rosenbrock(p), x, bounds=bounds, method="trf", subspace="2d", **k)  # noqa: E731
+    batch = ff.fit_batch(lambda p: fun_rosenbrock(p), x0, bounds=bounds, method="trf", subspace="2d")
+    for i, x in enumerate(x0):
+        one, full = fit(x), ff.least_squares(lambda p: fun_rosenbrock(p), x, bounds=bounds, method="trf")
+        assert one.success and int(one.n_steps) == int(batch.n_steps[i])
+        np.testing.assert_allclose(batch.params[i], one.params, rtol=1e-12)
+        np.testing.assert_allclose(one.params, full.params, rtol=1e-6)
+
+
+def test_subspace_must_be_full_or_2d():
+    with pytest.raises(ValueError, match="subspace"):
+        ff.least_squares(fun_rosenbrock, jnp.array([1.0, 2.0]), method="trf", subspace="3d")

@@ -105,7 +105,8 @@ def curve_fit(
             ``f_scale``, ``x_scale`` (as ``least_squares``: numbers for ``"trf"``,
             ``"jac"`` for all Newton-type methods); ``diff_step``, ``epsfcn`` and
             ``verbose`` are ignored; fitfleet's ``log_scale``, ``max_steps``,
-            ``initial_damping``, ``acceleration``, ``secant``, ``settle``, ``learning_rate``.
+            ``initial_damping``, ``acceleration``, ``secant``, ``subspace``, ``settle``,
+            ``learning_rate``.
 
     Returns:
         ``(popt, pcov)``, or ``(popt, pcov, infodict, mesg, ier)`` with ``full_output``;

@@ -30,6 +30,7 @@ def least_squares(
     initial_damping=1e-3,
     acceleration=None,
     secant=None,
+    subspace="full",
     adjoint="implicit",
     grad_on_failure="nan",
     history=False,
@@ -130,6 +131,13 @@ def least_squares(
             a 60-start Boehm multi-start ran 8.8x faster).  ``True``: on with bounds
             too.  ``False``: the Gauss-Newton model alone, as scipy's ``trf``.  Other
             methods ignore it.
+        subspace: how ``"trf"`` solves its trust-region subproblem where the
+            Gauss-Newton step leaves the region: ``"full"`` (default) exactly, as scipy
+            does; ``"2d"`` in the plane of the Gauss-Newton step and the gradient
+            (Coleman & Li's two-dimensional subspace, Fides's default), which turns
+            towards the gradient sooner far from a fit.  On multi-starts it changes
+            which local optimum a start reaches: ``fitfleet.petab`` uses ``"2d"``
+            (``benchmarks/results/petab_summary.md``).  Other methods ignore it.
         adjoint: how ``jax.grad``/``jvp``/``vmap``-ed derivatives of the Result with
             respect to ``args``, ``sigma``, ``f_scale`` (any floating array the fit
             depends on) are computed.  ``"implicit"`` (default) differentiates the

@@ -14,7 +14,7 @@ from ._status import Status
 IGNORED = ("diff_step", "epsfcn", "verbose")  # finite-difference and printing options
 PASSED = (
     "ftol", "xtol", "gtol", "loss", "f_scale", "log_scale", "max_steps", "initial_damping", "acceleration", "secant",
-    "learning_rate", "x_scale",
+    "subspace", "learning_rate", "x_scale",
 )  # fmt: skip
 
 

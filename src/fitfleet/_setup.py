@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from . import _driver, _implicit, _problem, _validate
-from ._solvers import METHODS, NEWTON_METHODS, make_solver
+from ._solvers import METHODS, NEWTON_METHODS, SUBSPACES, make_solver
 
 # The public signatures of least_squares and fit_batch spell these out (a test checks
 # that they agree).
@@ -42,6 +42,7 @@ DEFAULTS = dict(
     initial_damping=1e-3,
     acceleration=None,
     secant=None,
+    subspace="full",
     adjoint="implicit",
     grad_on_failure="nan",
     history=False,
@@ -86,6 +87,7 @@ def check_options(options):
         o["acceleration"] = _validate.integer("acceleration", o["acceleration"])
     if o["secant"] is not None:
         o["secant"] = _validate.boolean("secant", o["secant"], "True, False or None")
+    _validate.choice("subspace", o["subspace"], SUBSPACES)
     if o["learning_rate"] is not None:
         _validate.real("learning_rate", o["learning_rate"], positive=True)
     _validate.choice("adjoint", o["adjoint"], _implicit.ADJOINTS)
@@ -131,7 +133,7 @@ def prepare(fun, x0, args, options):
     solver = make_solver(
         method, ftol=o["ftol"], xtol=o["xtol"], gtol=o["gtol"], settle=o["settle"], fatol=o["fatol"], max_steps=max_steps, learning_rate=learning_rate,
         initial_damping=o["initial_damping"], x_scale=x_scale,
-        acceleration=accelerated and o["loss"] == "linear", acceleration_from=acceleration_from, secant=(free if o["secant"] is None else o["secant"]) and o["loss"] == "linear", differentiable=adjoint.kind == "unroll",
+        acceleration=accelerated and o["loss"] == "linear", acceleration_from=acceleration_from, secant=(free if o["secant"] is None else o["secant"]) and o["loss"] == "linear", two_dimensional=o["subspace"] == "2d", differentiable=adjoint.kind == "unroll",
     )  # fmt: skip
     history = o["history"]
     if history is True:

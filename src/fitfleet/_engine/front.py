@@ -39,6 +39,7 @@ def fit_batch(
     initial_damping=1e-3,
     acceleration=None,
     secant=None,
+    subspace="full",
     adjoint="implicit",
     grad_on_failure="nan",
     history=False,
@@ -77,7 +78,7 @@ def fit_batch(
             (``Result.history``, with the batch axis); off by default.
         verbose: 1 prints the batch's Result (statuses counted) at the end.
         method, jac, ftol, xtol, gtol, settle, fatol, max_steps, max_nfev, x_scale, bounds, log_scale,
-            loss, f_scale, learning_rate, initial_damping, acceleration, secant, adjoint, grad_on_failure: as for
+            loss, f_scale, learning_rate, initial_damping, acceleration, secant, subspace, adjoint, grad_on_failure: as for
             :func:`least_squares`, the same for every fit (bounds are shared).  Under
             ``jax.grad``/``jit``/``vmap`` the batch runs as ``vmap(least_squares)``, whose
             derivatives these options define.

@@ -49,11 +49,12 @@ from .trust_region_reflective import TrustRegionReflective
 
 METHODS = ("lm", "gn", "trf", "adam", "sgd")
 NEWTON_METHODS = ("lm", "gn", "trf")
+SUBSPACES = ("full", "2d")  # trf's trust-region subproblem: exactly, or in Coleman & Li's plane
 
 
 def make_solver(
     method, *, ftol, xtol, gtol, max_steps, settle=True, fatol=0.0, learning_rate, initial_damping, acceleration=True, secant=True,
-    x_scale="jac", acceleration_from=0,
+    x_scale="jac", acceleration_from=0, two_dimensional=False,
     differentiable=False,
 ):  # fmt: skip
     """Build the solver from checked options (``_setup.prepare``); hyper-parameters
@@ -62,6 +63,9 @@ def make_solver(
     ``x_scale``: ``"jac"`` or positive numbers (``_validate.x_scale``).
 
     ``acceleration_from``: trf's first step that the acceleration corrects.
+
+    ``two_dimensional``: trf's steps in Coleman & Li's two-dimensional subspace
+    (``subspace="2d"``).
 
     ``differentiable``: the steps themselves carry gradients (``adjoint="unroll"``).
     """
@@ -84,7 +88,7 @@ def make_solver(
     if method == "trf":
         return TrustRegionReflective(
             tol=tol, x_scale=scale, acceleration=acceleration, acceleration_from=acceleration_from, secant=secant,
-            differentiable=differentiable,
+            two_dimensional=two_dimensional, differentiable=differentiable,
         )
     if isinstance(method, optax.GradientTransformation):
         return OptaxSolver(tol=tol, learning_rate=None, name="optax", transform=method)

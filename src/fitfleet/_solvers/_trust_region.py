@@ -6,6 +6,16 @@ docstring states the iteration; here it is written out twice, on the normal matr
 (unrolled Cholesky factorisations for n <= ``_linalg.UNROLL_MAX``; also the secant
 model's steps for larger n, by LAPACK's) and on an SVD of the scaled Jacobian (scipy's
 way, for larger n; by ``_linalg.svd_jacobi`` up to ``_linalg.JACOBI_MAX`` columns).
+
+``subspace_step`` is the other way to the step (``subspace="2d"``): Coleman & Li's
+two-dimensional subspace, Fides's default (Branch, Coleman & Li 1999, §2; Fröhlich &
+Sorger 2022).  Where the Newton step ``n = −A⁺g`` leaves the ball, the step is the model's
+minimum on the ball's boundary within ``span{n, g}`` (with ``S`` an orthonormal basis of
+that plane, ``p = Δ·S(cos t, sin t)`` at the best angle ``t``: ``m(t) = Δ·bᵀu(t) +
+½Δ²·u(t)ᵀHu(t)``, ``b = Sᵀg``, ``H = SᵀAS``, found on a grid of ``ANGLES`` angles and then
+polished by Newton's iteration on ``m'(t) = 0``).  Far from a fit it turns towards the
+gradient sooner than the exact solution: its path from the Newton step at ``Δ = ‖n‖`` to
+steepest descent as ``Δ → 0`` is a dogleg's, not the curve of ``(A + λI)⁻¹g``.
 """
 
 import jax
@@ -13,6 +23,8 @@ import jax.numpy as jnp
 
 from .._linalg import JACOBI_MAX, cholesky, solve_lower, solve_semidefinite, solve_upper_transposed, svd_jacobi
 
+ANGLES = 32  # the grid on which ``subspace_step`` looks for the best angle, then polished
+POLISH = 4  # Newton iterations on m'(t) = 0 from the grid's best angle
 RADIUS_RTOL = 0.01  # the damping search ends at |‖p‖ − Δ| < RADIUS_RTOL·Δ (scipy's rtol)
 # scipy iterates up to 10 times; here a block of fits iterates as long as its slowest
 # search (on CPU; the accelerator path unrolls every iteration).
@@ -29,11 +41,17 @@ def positive(scale):
     return jnp.where(scale > 0, scale, 1)
 
 
+def _newton(A, b):
+    """``−A⁺b`` in the directions where ``A`` is positive definite (``solve_semidefinite``
+    on ``A`` scaled to unit diagonal)."""
+    scale = positive(jnp.sqrt(jnp.diagonal(A)))
+    return solve_semidefinite(A / (scale[:, None] * scale[None, :]), -b / scale) / scale
+
+
 def damped_step(A, b, damping, radius):
     """``p = −(A + λI)⁻¹b``, scaled to length ``radius`` where ``λ > 0``, differentiably."""
     n = b.shape[-1]
-    scale = positive(jnp.sqrt(jnp.diagonal(A)))
-    newton = solve_semidefinite(A / (scale[:, None] * scale[None, :]), -b / scale) / scale
+    newton = _newton(A, b)
     L = cholesky(A + jnp.where(damping > 0, damping, 1) * jnp.eye(n, dtype=A.dtype))
     damped = -solve_upper_transposed(L, solve_lower(L, b))
     damped = damped * (radius / jnp.linalg.norm(damped))
@@ -119,6 +137,44 @@ def trust_region_step(A, b, radius, damping, search=True, fixed=False):
         return jnp.where(newton_fits, solve_upper_transposed(L0, solve_lower(L0, c / scale)) / scale, damped)
 
     return jnp.where(newton_fits, 0, found).astype(A.dtype), p, solve
+
+
+def subspace_step(A, b, radius, p):
+    """The two-dimensional subspace step (module docstring) for ``min bᵀp + ½pᵀAp``
+    within ``‖p‖ <= radius``: ``p`` itself (the full step) where the Newton step fits,
+    else the boundary minimum over span{Newton step, b}.  Loop-free (under vmap, every
+    fit of a block takes the same operations)."""
+    newton = _newton(A, b)
+    newton_norm = jnp.linalg.norm(newton)
+    first = newton / positive(newton_norm)
+    across = b - first * (first @ b)  # the gradient's part orthogonal to the Newton step
+    across_norm = jnp.linalg.norm(across)
+    # Where b is parallel to the Newton step the plane is a line: its second vector is 0.
+    second = jnp.where(across_norm > 100 * jnp.finfo(A.dtype).eps * jnp.linalg.norm(b), across / positive(across_norm), 0)
+    S = jnp.stack([first, second], axis=1)
+    H, c = S.T @ A @ S, S.T @ b
+    a, o = (H[0, 0] - H[1, 1]) / 2, H[0, 1]
+
+    # m(t)/Δ = c₀cos t + c₁sin t + (Δ/2)(tr H/2 + a·cos 2t + o·sin 2t), less its constant,
+    # and its derivatives.
+    def model(t):
+        return c[0] * jnp.cos(t) + c[1] * jnp.sin(t) + radius / 2 * (a * jnp.cos(2 * t) + o * jnp.sin(2 * t))
+
+    def slopes(t):
+        d1 = -c[0] * jnp.sin(t) + c[1] * jnp.cos(t) + radius * (-a * jnp.sin(2 * t) + o * jnp.cos(2 * t))
+        d2 = -c[0] * jnp.cos(t) - c[1] * jnp.sin(t) - 2 * radius * (a * jnp.cos(2 * t) + o * jnp.sin(2 * t))
+        return d1, d2
+
+    grid = jnp.arange(ANGLES, dtype=A.dtype) * (2 * jnp.pi / ANGLES)
+    t = grid[jnp.argmin(model(grid))]
+    for _ in range(POLISH):  # only where it is a descent to a minimum (m'' > 0)
+        d1, d2 = slopes(t)
+        polished = t - d1 / positive(d2)
+        better = (d2 > 0) & (model(polished) <= model(t))
+        t = jnp.where(better, polished, t)
+    boundary = radius * (S @ jnp.stack([jnp.cos(t), jnp.sin(t)]))
+    fits = jnp.isfinite(newton_norm) & (newton_norm <= radius)
+    return jnp.where(fits | ~jnp.all(jnp.isfinite(boundary)), p, boundary)
 
 
 def trust_region_step_svd(J, rows, r, radius, damping, search=True, sweeps=None):

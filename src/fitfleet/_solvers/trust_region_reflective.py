@@ -50,7 +50,10 @@ has converged (near a solution most steps are Newton steps and need none: the
 2D-Gaussian batch of ``benchmarks/batch.py`` took 2.1× Levenberg-Marquardt's time with
 all five unrolled, 1.5× this way), and the accelerator path (``vectorised``) unrolls
 all five, a step without a loop.  A damped solve that fails (round-off) falls back to
-the steepest-descent step of length Δ.
+the steepest-descent step of length Δ.  With ``subspace="2d"`` (``two_dimensional``) a
+step on the region's edge is instead the model's best there within the plane of the
+Newton step and ``ĝ`` (Coleman & Li's two-dimensional subspace, as Fides solves it:
+``_trust_region.subspace_step``); λ is still searched, for the acceleration's solve.
 
 The reflective step (scipy's ``select_step``).  If ``x + p`` (``p = d ⊙ p̂``) stays in the
 box it is the step.  Otherwise three candidates are compared by the model ``m``:
@@ -127,7 +130,7 @@ from ._common import (
 )  # fmt: skip
 from ._curvature import accelerated, secant_update
 from ._reflective import coleman_li, quadratic, scaled_gradient_norm, select_step, strictly_feasible
-from ._trust_region import damped_step, positive, trust_region_step, trust_region_step_svd
+from ._trust_region import damped_step, positive, subspace_step, trust_region_step, trust_region_step_svd
 
 STEP_BACK = 0.995  # θ = max(STEP_BACK, 1 − ‖v·g‖∞): the least fraction of a step to a bound taken
 SWITCH_FACTOR = 1.5  # NL2SOL's ``fuzz``: how much better the other model must have predicted a step
@@ -151,6 +154,7 @@ class TrustRegionReflective(eqx.Module):
     acceleration: bool = eqx.field(static=True, default=True)  # where it applies: no box, linear loss
     acceleration_from: int = eqx.field(static=True, default=0)  # the first step it corrects
     secant: bool = eqx.field(static=True, default=True)  # set up by ``_setup.prepare``: linear loss only
+    two_dimensional: bool = eqx.field(static=True, default=False)  # ``subspace="2d"``: ``_trust_region.subspace_step``
     # ``vectorised``: a step without loops (every damping iteration unrolled, a fixed
     # number of Jacobi sweeps in the SVD).
     loop_free: bool = eqx.field(static=True, default=False)
@@ -225,6 +229,8 @@ class TrustRegionReflective(eqx.Module):
             )
         if self.differentiable:
             p_h = damped_step(A_h, g_h, damping, s.radius)
+        if self.two_dimensional:  # the damping found above still serves the acceleration's solve
+            p_h = subspace_step(A_h, g_h, s.radius, p_h)
         p = d * p_h
         if box is None:
             step, step_h, predicted = p, p_h, -quadratic(A_h, g_h, p_h)

@@ -18,19 +18,22 @@ The same path from the shell: ``python -m fitfleet.petab problem.yaml --starts 2
 
 The tables are read by ``petab``, the SBML model by ``python-libsbml`` and ``sbmlmath``
 into sympy (``_sbml``), the PEtab parameter mapping becomes index arrays (``_tables``),
-sympy becomes JAX by ``sympy.lambdify`` (``_codegen``), and diffrax solves the ODEs
-(``_model``, whose docstring has the likelihood and its sum-of-squares form) with the
-Rosenbrock method ``Rodas5P`` (``_rosenbrock``) at tolerances set by pilot solves
-(``_tolerances``).  Profiles (``_profiles``),
-checkpoints (``_checkpoint``) and the report (``_output``) build on fitfleet's own
-``profile``, ``fit_batch``, ``MultiStartResult`` and ``plot``.
+sympy becomes JAX by ``sympy.lambdify`` (``_codegen``), and ``load`` (``_load``) puts
+them together into a ``Problem`` (``_problem``: its methods and the defaults of its
+fits).  diffrax solves the ODEs (``_model``, whose docstring has the likelihood and its
+sum-of-squares form) with the Rosenbrock method ``Rodas5P`` (``_rosenbrock``) at
+tolerances set by pilot solves (``_tolerances``); each fit's end is checked against a
+finer solve (``_verify``).  Profiles (``_profiles``), checkpoints (``_checkpoint``) and
+the report (``_output``) build on fitfleet's own ``profile``, ``fit_batch``,
+``MultiStartResult`` and ``plot``.
 
 Needs the ``petab`` extra: ``pip install fitfleet[petab]``.  Float64 is strongly
 advised (``jax.config.update("jax_enable_x64", True)``): stiff ODE solves at tight
 tolerances need it; fitfleet does not switch it on for you.
 """
 
-from ._problem import Problem, load
+from ._load import load
+from ._problem import Problem
 from ._rosenbrock import Rodas5P
 
 __all__ = ["Problem", "Rodas5P", "load"]

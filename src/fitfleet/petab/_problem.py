@@ -1,5 +1,6 @@
-"""``load``: a PEtab problem in, a :class:`Problem` out (simulate, nll, fit, multistart,
-profile, summary, plots)."""
+""":class:`Problem`: a loaded PEtab problem (``_load``) as functions of its estimated
+parameters (simulate, nll, fit, multistart, profile, summary, plots), with the defaults
+of its fits."""
 
 import dataclasses
 import functools
@@ -8,16 +9,13 @@ import json
 import math
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import petab.v1 as petab
 from petab.v1 import C
 
 from .. import _multistart, _validate, _xla, fit_batch, least_squares
-from . import _checkpoint, _model, _output, _profiles, _sbml, _starts, _tables, _tolerances, _verify
-from ._rosenbrock import Rodas5P
+from . import _checkpoint, _output, _profiles, _starts, _verify
 
 
 # The default method for PEtab problems: trust-region reflective.  Their parameters are
@@ -31,6 +29,18 @@ from ._rosenbrock import Rodas5P
 # with x_scale = 1 15 of 16 in 482 s; lm with MINPACK's scaling 6 of 16 (the others
 # stopped early by xtol or ran to max_steps: the freeze).
 METHOD = "trf"
+
+# trf's trust-region subproblem in Coleman & Li's two-dimensional subspace (``subspace``),
+# as Fides solves it: where the Gauss-Newton step leaves the region, the best step on its
+# edge in the plane of that step and the gradient, where scipy's exact solution follows
+# the curve of (JᵀJ + λI)⁻¹g.  From a far start, which local optimum a fit reaches
+# depends on those first steps.  Measured on Bruno_JExpBot2016, 1,000 starts (seeds
+# 3-12, paired with Fides's on the same starts; benchmarks/results/petab_summary.md):
+# exact 633 successes against Fides's 680 (McNemar p = 0.002), the plane 671 (p = 0.56
+# against Fides's), in 23% fewer steps; Boehm_JProteomeRes2014 30 → 36, Fides 23.
+# Neither a first radius of 1 (Fides's), Levenberg-Marquardt, nor Fides's step back
+# from a bound closed Bruno's gap (605, 600, 633).
+SUBSPACE = "2d"
 
 # The stopping test on the cost, as pyPESTO's optimisers state it for the NLL (Fides:
 # |ΔNLL| < 1e-8 + 1e-8·|NLL|), in fitfleet's terms: ``ftol=0`` and the absolute
@@ -70,94 +80,6 @@ ACCELERATION_FROM = MAX_STEPS // 10
 # Measured, the same 60 starts with it off → on (benchmarks/results/petab_summary.md):
 # Boehm 756 → 86 s, Armistead 156 → 69 s, Perelson 7.3 → 4.9 s; where σ is fixed it
 # cost steps (16 starts: Rahman 27.9 → 70.8 s, Bruno 11.4 → 15.7 s).
-
-
-def load(path, *, solver=None, rtol=None, state_scales=None, max_steps=10_000, conditions="auto", lint=True, preequilibration=False, priors=False):
-    """Load a PEtab v1 problem (its yaml file, or the folder that holds exactly one).
-
-    The SBML model is translated to JAX once, here; nothing compiles until the first
-    evaluation.
-
-    Args:
-        path: the problem's yaml file or its folder.
-        solver: a diffrax solver; default ``fitfleet.petab.Rodas5P()``, an L-stable
-            Rosenbrock method (``fitfleet.petab._rosenbrock``): the benchmark models are
-            stiff somewhere inside their bounds (Boehm's import rate reaches 1e5/min),
-            and multi-starts go there.
-        rtol: the relative tolerance of the ODE solver (raised to 100 ε in float32).
-            Default: by the rule of ``fitfleet.petab._tolerances``: 1e-8, with the
-            absolute tolerances (``state_scales``, if not given) and then ``rtol``
-            tightened tenfold at a time until the NLL at the nominal parameters agrees
-            with a solve 100 times tighter to within the fits' stopping test,
-            ``1e-8·(1 + |NLL|)``.  An ``rtol`` given is used as it is, with the
-            ``state_scales`` given or found.
-        state_scales: per state (or one number), the magnitude below which a state's
-            absolute error is controlled: ``atol_i = rtol · state_scales[i]``.  Default:
-            by the rule of ``fitfleet.petab._tolerances`` (each state's largest value
-            at the nominal parameters, from a pilot solve with ``solver``, made smaller
-            where the rule above needs it); ``Problem.state_scales`` holds them.
-        max_steps: the ODE solver's step budget per condition; a solve that needs more
-            fails (NaN residuals, which a fit treats as a rejected point).
-        conditions: how a problem with several simulation conditions solves them:
-            ``"sequential"`` (one after another), ``"parallel"`` (side by side, under
-            ``vmap``: each adaptive solve then steps as often as the slowest condition
-            needs), or ``"auto"``: parallel on an accelerator, whose kernels cost their
-            launches rather than their width; on CPU sequential where, at the nominal
-            parameters, the conditions' solves take so unequal numbers of steps that
-            side by side most of the work would be padding (the rule and its
-            measurements: ``fitfleet.petab._tolerances``).
-        lint: run ``petab.lint_problem`` first and refuse a problem with errors.
-        preequilibration: simulate pre-equilibration and steady-state measurements
-            (``time = inf``) by fitfleet's steady-state solve (``_model``; checked
-            against the PEtab test suite's closed forms, not yet against AMICI on
-            benchmark problems).  Off by default: a problem that needs them raises.
-        priors: add the parameter table's objective priors, making ``nll`` pyPESTO's
-            negative log-posterior (``_tables.Prior``).  Off by default: a problem
-            with priors raises rather than be fitted without them.
-
-    The Jacobian comes from forward-mode sensitivities through the solver
-    (``diffrax.ForwardMode``, so ``jax.jacfwd``; ``nll`` also has a reverse-mode
-    gradient built on them), and a failed solve returns NaN rather than raising.
-
-    Returns:
-        A :class:`Problem`.
-
-    Raises:
-        NotImplementedError: for a PEtab or SBML feature outside what the benchmark
-            collection's ODE problems use (events, Laplace noise or priors,
-            algebraic rules, a compartment resized after pre-equilibration, ...),
-            naming it.
-    """
-    if conditions not in ("auto", "sequential", "parallel"):
-        raise ValueError(f"`conditions` must be 'auto', 'sequential' or 'parallel'; got {conditions!r}.")
-    path = Path(path)
-    if path.is_dir():
-        yamls = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
-        if len(yamls) != 1:
-            raise ValueError(f"`path` {str(path)!r} is a folder with {len(yamls)} yaml files; pass the problem's yaml file.")
-        path = yamls[0]
-    if not path.is_file():
-        raise FileNotFoundError(f"`path`: no PEtab yaml file {str(path)!r}.")
-    problem = petab.Problem.from_yaml(str(path))
-    if problem.model is None or not hasattr(problem.model, "sbml_document"):
-        raise NotImplementedError("only PEtab problems with an SBML model are supported.")
-    if lint and petab.lint_problem(problem):
-        raise ValueError(f"petab.lint_problem found errors in {str(path)!r} (logged above); pass lint=False to load it anyway.")
-    ode = _sbml.load_sbml(problem.model.sbml_document)
-    layout = _tables.build(problem, ode, preequilibration=preequilibration, priors=priors)
-    settings = _model.Settings(solver or Rodas5P(), int(max_steps), conditions == "sequential")
-    model = _model.build_model(ode, layout, settings, _tolerances.RTOL if rtol is None else float(rtol), np.ones(len(ode.states)))
-    scales_given = state_scales is not None
-    if not scales_given:
-        state_scales = _tolerances.state_scales(model, layout.nominal)
-    state_scales = np.broadcast_to(np.asarray(state_scales, np.float64), (len(ode.states),))
-    model = model.with_tolerances(model.rtol, np.array(state_scales))
-    if conditions == "auto" and jax.default_backend() == "cpu" and _tolerances.sequential_conditions(model, layout.nominal):
-        model = dataclasses.replace(model, settings=dataclasses.replace(settings, sequential=True))
-    if rtol is None:
-        rtol, state_scales = _tolerances.resolved_tolerances(model, layout.nominal, layout.measurements, FTOL, scales=not scales_given)
-        model = model.with_tolerances(np.array(rtol), np.array(state_scales))
-    return Problem(path, problem, ode, layout, model)
 
 
 class Problem:
@@ -231,12 +153,13 @@ class Problem:
     def fit(self, x0=None, *, check=True, **options):
         """``fitfleet.least_squares`` on the problem from ``x0`` (default: the nominal
         parameters), with the parameter table's bounds and forward-mode Jacobians, by
-        trust-region reflective unless ``method`` says otherwise (``METHOD``), stopping as
-        pyPESTO's optimisers do unless ``ftol``/``fatol``/``settle``/``max_steps`` say
-        otherwise (``FTOL``, ``MAX_STEPS``), with trf's secant model where some σ is
-        estimated unless ``secant`` says otherwise, and its acceleration from step
-        ``ACCELERATION_FROM`` on unless ``acceleration`` says otherwise (the comments at
-        the top of this module).
+        trust-region reflective unless ``method`` says otherwise (``METHOD``), its
+        subproblem solved in a plane unless ``subspace`` says otherwise (``SUBSPACE``),
+        stopping as pyPESTO's optimisers do unless ``ftol``/``fatol``/``settle``/
+        ``max_steps`` say otherwise (``FTOL``, ``MAX_STEPS``), with trf's secant model
+        where some σ is estimated unless ``secant`` says otherwise, and its acceleration
+        from step ``ACCELERATION_FROM`` on unless ``acceleration`` says otherwise (the
+        comments at the top of this module).
         ``check``: where the fit stops with a success status, check its NLL against an
         ODE solve 100 times tighter and, if they disagree by more than the stopping
         test, continue at tighter tolerances (``fitfleet.petab._verify``).
@@ -368,6 +291,7 @@ class Problem:
         options = dict(options)
         options.setdefault("method", METHOD)
         options.setdefault("bounds", (self.lower, self.upper))
+        options.setdefault("subspace", SUBSPACE)
         options.setdefault("jac", "fwd")  # the ODE solves differentiate in forward mode only
         options.setdefault("settle", False)  # FTOL's comment
         options.setdefault("ftol", 0.0)
