@@ -21,8 +21,8 @@ Methods, each a row per problem:
 
 * fitfleet: ``prob._fit_starts(starts, prob._options(FITFLEET_OPTIONS), check=True)``
   in float64, all starts in one call: what ``prob.multistart`` runs (``fit_batch`` with
-  trf, the PEtab bounds, forward-mode Jacobians, pyPESTO's stopping test:
-  ``Problem._options``; then each stop checked against a finer ODE solve and continued
+  trf, its subproblem in Fides's plane, the PEtab bounds, forward-mode Jacobians,
+  pyPESTO's stopping test: ``Problem._options``; then each stop checked against a finer ODE solve and continued
   where it fails, ``fitfleet.petab._verify``; ``--no-check`` leaves that out).  The call
   is made twice: "run" is the second call's wall time, "compile" the first's minus it
   (as for scipy).  Until the third session of 2026-12-05, fitfleet's rows were
@@ -74,7 +74,7 @@ import fitfleet as ff
 import fitfleet.petab as fp
 
 # fit_batch options on top of the PEtab problem's own (``Problem._options``: method="trf",
-# bounds=(prob.lower, prob.upper), jac="fwd", ftol, settle=False and max_steps=1000 as pyPESTO stops); {} means fitfleet's defaults for PEtab, what
+# subspace="2d", bounds=(prob.lower, prob.upper), jac="fwd", ftol, settle=False and max_steps=1000 as pyPESTO stops); {} means fitfleet's defaults for PEtab, what
 # ``prob.multistart`` runs.  Change them here (they are printed in the results).
 FITFLEET_OPTIONS = {}
 CHECK = True  # --no-check: no end-point check (``fitfleet.petab._verify``)
@@ -315,7 +315,7 @@ Machine: {machine()}; {started.strftime('%Y-%m-%d %H:%M')} UTC.
 Load average at start: {load_start[0]:.2f}, at end: {os.getloadavg()[0]:.2f} (other processes share the cores: times are upper bounds).  
 Versions: {versions}.  
 {reuse}Starts: {args.starts} per seed × seeds {seeds} = {args.starts * len(seeds)} per problem, `prob.sample_starts` (uniform on the estimation scale within the bounds), the same matrix for every method.  {subset_note}
-fitfleet options: `prob._fit_starts(starts, prob._options({FITFLEET_OPTIONS!r}), check={CHECK})`, i.e. what `prob.multistart` runs (`fit_batch` with method="trf", bounds=(prob.lower, prob.upper), jac="fwd", ftol, settle=False and max_steps=1000 as pyPESTO stops, unless given; with `check=True` each stop is checked against a finer ODE solve and continued where it fails), float64.
+fitfleet options: `prob._fit_starts(starts, prob._options({FITFLEET_OPTIONS!r}), check={CHECK})`, i.e. what `prob.multistart` runs (`fit_batch` with method="trf", subspace="2d", bounds=(prob.lower, prob.upper), jac="fwd", ftol, settle=False and max_steps=1000 as pyPESTO stops, unless given; with `check=True` each stop is checked against a finer ODE solve and continued where it fails), float64.
 
 Success: final NLL within {THRESHOLD} of the best known (tests/data/petab/README.md); the interval is Wilson's 95%.
 "compile": fitfleet's and scipy's first call minus a second (the run);

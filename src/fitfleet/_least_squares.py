@@ -137,7 +137,7 @@ def least_squares(
             (Coleman & Li's two-dimensional subspace, Fides's default), which turns
             towards the gradient sooner far from a fit.  On multi-starts it changes
             which local optimum a start reaches: ``fitfleet.petab`` uses ``"2d"``
-            (``benchmarks/results/petab_summary.md``).  Other methods ignore it.
+            (``benchmarks/results/petab_1000_starts.md``).  Other methods ignore it.
         adjoint: how ``jax.grad``/``jvp``/``vmap``-ed derivatives of the Result with
             respect to ``args``, ``sigma``, ``f_scale`` (any floating array the fit
             depends on) are computed.  ``"implicit"`` (default) differentiates the

@@ -35,11 +35,11 @@ METHOD = "trf"
 # edge in the plane of that step and the gradient, where scipy's exact solution follows
 # the curve of (JᵀJ + λI)⁻¹g.  From a far start, which local optimum a fit reaches
 # depends on those first steps.  Measured on Bruno_JExpBot2016, 1,000 starts (seeds
-# 3-12, paired with Fides's on the same starts; benchmarks/results/petab_summary.md):
-# exact 633 successes against Fides's 680 (McNemar p = 0.002), the plane 671 (p = 0.56
-# against Fides's), in 23% fewer steps; Boehm_JProteomeRes2014 30 → 36, Fides 23.
-# Neither a first radius of 1 (Fides's), Levenberg-Marquardt, nor Fides's step back
-# from a bound closed Bruno's gap (605, 600, 633).
+# 3-12, paired with Fides's on the same starts; benchmarks/results/petab_1000_starts.md):
+# exact 633 successes against Fides's 680 (McNemar p = 0.002), the plane 711 (p = 0.03,
+# now ahead), in 21% fewer steps; Boehm_JProteomeRes2014 30 → 32, Fides 23.  Neither a
+# first radius of 1 (Fides's), Levenberg-Marquardt, nor Fides's step back from a bound
+# had closed Bruno's gap (605, 600, 633; petab_summary.md).
 SUBSPACE = "2d"
 
 # The stopping test on the cost, as pyPESTO's optimisers state it for the NLL (Fides:
