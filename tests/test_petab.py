@@ -207,7 +207,7 @@ def test_the_tolerance_rule_tightens_until_the_nll_is_resolved(toy_problem, x64)
 def test_conditions_one_after_another_or_side_by_side_agree(toy_problem, tmp_path, x64):
     """The toy's two conditions solved one after another and side by side (vmap): the
     same residuals and forward-mode Jacobian, each condition's solve being the same to
-    the solver's accuracy (a batched LU and matrix product round differently, which can
+    the solver's accuracy (batched and single matrix products round differently, which can
     move an accepted step: measured 6e-10 relative); a bad ``conditions`` is refused
     before anything loads."""
     folder = toy.write(tmp_path)

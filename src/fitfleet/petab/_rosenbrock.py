@@ -23,7 +23,7 @@ fits need forward sensitivities (``jax.jacfwd`` through the solve).  diffrax's E
 methods (Kvaerno5) solve six nonlinear stage equations a step by Newton iterations
 inside nested loops, and in forward mode re-form and factorise the stage Jacobian for
 every stage's tangent (optimistix's implicit function theorem).  A Rosenbrock step is
-straight-line code around one LU factorisation: on Boehm_JProteomeRes2014 at the
+straight-line code around one factorisation: on Boehm_JProteomeRes2014 at the
 nominal parameters and the same tolerances its solve and its Jacobian cost a fraction
 of Kvaerno5's (``benchmarks/results/petab_solver.md``).  Its forward-mode derivative
 is the derivative of the discrete step, the exact Jacobian's second derivatives
@@ -41,7 +41,6 @@ from typing import ClassVar
 import diffrax
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
 
 GAMMA = 0.21193756319429014
@@ -122,12 +121,20 @@ class Rodas5P(diffrax.AbstractAdaptiveSolver):
         f0, f_t = jax.jvp(lambda t: f(t, y0), (t0,), (jnp.ones_like(t0),))
         jac = jax.jacfwd(lambda y: f(t0, y))(y0).reshape(y0.size, y0.size)
         w = jnp.eye(y0.size, dtype=dtype) / (h * GAMMA) - jac
-        lu = jsl.lu_factor(jax.lax.stop_gradient(w))
+        # One factorisation a step, kept as the inverse: the eight stage solves (and in
+        # forward mode their tangents) are then matrix products, where with the LU
+        # factors each costs a row permutation and two triangular solves, calls into
+        # LAPACK that dominate a small model's step (the six PEtab test problems' NLL
+        # 2-4× and its Jacobian 1.6-2.8× faster, the same NLLs to 1e-10:
+        # benchmarks/results/petab_summary.md).  A solve by the inverse is not backward
+        # stable (Higham, *Accuracy and Stability*, §14.1: its error bound carries
+        # |W⁻¹||b| where the LU's carries |x|); on Robertson's kinetics to t = 1e11, van
+        # der Pol at μ = 1e6 and HIRES it took the same steps to the same accuracy as the
+        # LU in float64, and no worse in float32 (tests/test_rosenbrock.py).
+        inverse = jnp.linalg.inv(jax.lax.stop_gradient(w))
 
         def solve(b):
-            return jax.lax.custom_linear_solve(
-                lambda x: w @ x, b, lambda _, b: jsl.lu_solve(lu, b), lambda _, b: jsl.lu_solve(lu, b, trans=1)
-            )
+            return jax.lax.custom_linear_solve(lambda x: w @ x, b, lambda _, b: inverse @ b, lambda _, b: inverse.T @ b)
 
         u = []
         y = y0
