@@ -67,6 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy
 import scipy.optimize
+import scipy.stats
 
 jax.config.update("jax_enable_x64", True)  # a script, not the library
 
@@ -198,7 +199,18 @@ def summarise(name, row):
     lo, hi = wilson(k, n)
     best = float(finite.min()) if finite.size else math.nan
     exits = ", ".join(f"{m} {c}" for m, c in Counter(row["exits"]).most_common(3))
-    return {"n": n, "k": k, "lo": lo, "hi": hi, "best": best, "per_success": row["run_s"] / k if k else math.inf, "exits": exits, **{key: row[key] for key in ("wall_s", "compile_s", "run_s", "procs")}}
+    ok = np.isfinite(nll) & (nll <= BEST_NLL[name] + THRESHOLD)
+    return {"n": n, "k": k, "ok": ok, "lo": lo, "hi": hi, "best": best, "per_success": row["run_s"] / k if k else math.inf, "exits": exits, **{key: row[key] for key in ("wall_s", "compile_s", "run_s", "procs")}}
+
+
+def paired(s, fides):
+    """Successes paired by start against Fides's: the starts where only this method
+    succeeds, where only Fides does, and McNemar's exact (binomial) two-sided p."""
+    if fides is None or s is fides:
+        return "–"
+    alone, alone_fides = int(np.sum(s["ok"] & ~fides["ok"])), int(np.sum(~s["ok"] & fides["ok"]))
+    p = scipy.stats.binomtest(alone, alone + alone_fides, 0.5).pvalue if alone + alone_fides else 1.0
+    return f"{alone} / {alone_fides}, p = {p:.2g}"
 
 
 def fmt_ratio(a, b):
@@ -209,8 +221,8 @@ def fmt_ratio(a, b):
 
 def table(results, args):
     lines = [
-        "| problem | method | procs | best NLL | best − best known | successes | fraction [95% CI] | fraction ÷ Fides's | wall s | compile s | run s | s per success | s/success ÷ Fides's | exits (most common) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| problem | method | procs | best NLL | best − best known | successes | fraction [95% CI] | fraction ÷ Fides's | paired with Fides: alone / Fides alone | wall s | compile s | run s | s per success | s/success ÷ Fides's | exits (most common) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
         fides = rows.get(REFERENCE_ROWS["fides"])
@@ -218,7 +230,7 @@ def table(results, args):
             ratio = fmt_ratio(s["per_success"], fides["per_success"]) if fides else "–"
             fraction = fmt_ratio(s["k"] / s["n"], fides["k"] / fides["n"]) if fides else "–"
             lines.append(
-                f"| {name} | {method} | {s['procs']} | {s['best']:.7f} | {s['best'] - BEST_NLL[name]:+.2e} | {s['k']}/{s['n']} | {s['k'] / s['n']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}] | {fraction} "
+                f"| {name} | {method} | {s['procs']} | {s['best']:.7f} | {s['best'] - BEST_NLL[name]:+.2e} | {s['k']}/{s['n']} | {s['k'] / s['n']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}] | {fraction} | {paired(s, fides)} "
                 f"| {s['wall_s']:.1f} | {s['compile_s']:.1f} | {s['run_s']:.1f} | {s['per_success']:.2f} | {ratio} | {s['exits']} |"
             )
     return "\n".join(lines)
@@ -318,6 +330,7 @@ Versions: {versions}.
 fitfleet options: `prob._fit_starts(starts, prob._options({FITFLEET_OPTIONS!r}), check={CHECK})`, i.e. what `prob.multistart` runs (`fit_batch` with method="trf", subspace="2d", bounds=(prob.lower, prob.upper), jac="fwd", ftol, settle=False and max_steps=1000 as pyPESTO stops, unless given; with `check=True` each stop is checked against a finer ODE solve and continued where it fails), float64.
 
 Success: final NLL within {THRESHOLD} of the best known (tests/data/petab/README.md); the interval is Wilson's 95%.
+"paired with Fides": the starts (the same for every row) from which only this row succeeds / only Fides does, and McNemar's exact two-sided p (the binomial test on those two counts).
 "compile": fitfleet's and scipy's first call minus a second (the run);
 the reference's AMICI model import and C++ build (once per problem, shared by its two rows).  "wall" = compile + run;
 s per success = run / successes.

@@ -124,13 +124,13 @@ class Rodas5P(diffrax.AbstractAdaptiveSolver):
         # One factorisation a step, kept as the inverse: the eight stage solves (and in
         # forward mode their tangents) are then matrix products, where with the LU
         # factors each costs a row permutation and two triangular solves, calls into
-        # LAPACK that dominate a small model's step (the six PEtab test problems' NLL
-        # 2-4× and its Jacobian 1.6-2.8× faster, the same NLLs to 1e-10:
+        # LAPACK that dominate a small model's step (the six PEtab test problems:
+        # residuals 1.8-4×, Jacobians 1.6-2.8× faster, the same NLLs to 1e-10;
         # benchmarks/results/petab_summary.md).  A solve by the inverse is not backward
         # stable (Higham, *Accuracy and Stability*, §14.1: its error bound carries
         # |W⁻¹||b| where the LU's carries |x|); on Robertson's kinetics to t = 1e11, van
-        # der Pol at μ = 1e6 and HIRES it took the same steps to the same accuracy as the
-        # LU in float64, and no worse in float32 (tests/test_rosenbrock.py).
+        # der Pol at μ = 1e6 (tests/test_rosenbrock.py) and HIRES it took the same steps
+        # to the same accuracy as the LU in float64, and did no worse in float32.
         inverse = jnp.linalg.inv(jax.lax.stop_gradient(w))
 
         def solve(b):

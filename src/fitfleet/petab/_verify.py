@@ -36,8 +36,8 @@ moved by 1e-4 to 290 over both continuations below), and 12 of them failed their
 check.  A second continuation at rtol 1e-12 (``ROUNDS = 2``) took 46 s more and left
 those 12 no better off: 11 stopped by ``xtol`` again after 4 to 29 steps.  So there is
 one continuation.  In
-``benchmarks/results/petab.md`` the check costs no time that stands out from the noise
-on any of the six problems, and Crauste gains its fifth success (Fides's count).
+``benchmarks/results/petab.md`` (session 17's run) the check cost no time that stood
+out from the noise on any of the six problems, and Crauste gained a fifth success.
 """
 
 import dataclasses
