@@ -180,6 +180,26 @@ def test_pytree_box_and_float32():
     np.testing.assert_allclose(ms.best.params["b"], [4.0, -1.0], rtol=1e-4)
 
 
+def test_seed_or_key_and_the_fields_of_every_start():
+    def fun(p):
+        return jnp.array([p[0] ** 2 - 1.0, 1e-2 * (p[0] - 1.0)])
+
+    by_key = ff.multistart(fun, -3.0, 1.0, n_starts=8, key=jax.random.key(5))
+    by_seed = ff.multistart(fun, -3.0, 1.0, n_starts=8, key=5)
+    legacy = ff.multistart(fun, -3.0, 1.0, n_starts=8, key=jax.random.PRNGKey(5))
+    for ms in (by_seed, legacy):
+        np.testing.assert_array_equal(ms.starts, by_key.starts)
+    # A batch's fields, start axis first and best first, as on ms.results.
+    assert by_key.params is by_key.results.params and by_key.cost is by_key.results.cost
+    assert by_key.success.shape == (8,) and float(by_key.cost[0]) == float(by_key.best.cost)
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        by_key.nonsense
+    with pytest.raises(TypeError, match="`key` must be a jax.random key"):
+        ff.multistart(fun, -3.0, 1.0, n_starts=8, key=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="`key`: a seed"):
+        ff.multistart(fun, -3.0, 1.0, n_starts=8, key=-1)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -424,9 +424,28 @@ def test_unsupported_features_are_named(tmp_path, feature, options, match):
         fp.load(toy.write(tmp_path, **feature), lint=False, **options)
 
 
+def test_points_by_id_stacked_or_seeded(toy_problem, x64):
+    prob = toy_problem
+    x = np.asarray(prob.nominal)
+    stack = np.stack([x, x + 0.01, x - 0.02])
+    rows = [float(prob.nll(row)) for row in stack]
+    np.testing.assert_allclose(prob.nll(stack), rows, rtol=1e-12)
+    np.testing.assert_allclose(prob.nll(stack.reshape(3, 1, -1))[:, 0], rows, rtol=1e-12)
+    np.testing.assert_allclose(prob.residual(stack)[1], prob.residual(stack[1]), rtol=1e-12)
+    by_id = dict(zip(reversed(prob.names), reversed(x.tolist())))
+    assert float(prob.nll(by_id)) == rows[0]
+    np.testing.assert_array_equal(prob.sample_starts(5, 3), prob.sample_starts(5, jax.random.key(3)))
+
+
 def test_bad_input_is_a_clear_error(toy_problem, tmp_path):
     with pytest.raises(ValueError, match="4 entries"):
         toy_problem.nll(np.zeros(3))
+    with pytest.raises(ValueError, match=r"unknown \['kk'\], missing \['k'\]"):
+        toy_problem.nll({"kk": 1.0, "k2": 1.0, "sd_A": 0.0, "scale_A": 0.0})
+    with pytest.raises(ValueError, match="one point"):
+        toy_problem.simulate(np.zeros((2, 4)))
+    with pytest.raises(TypeError, match="`key`"):
+        toy_problem.multistart(2, key="seed")
     with pytest.raises(FileNotFoundError, match="path"):
         fp.load(tmp_path / "missing.yaml")
 

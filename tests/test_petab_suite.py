@@ -1,6 +1,6 @@
 """fitfleet.petab against the PEtab test suite (``petabtests``: each case a small PEtab
 problem with its simulation, χ² and log-likelihood at the nominal parameters, computed
-in closed form; tests/data/petab/petabtests/README.md).  The suite's own tolerances are
+in closed form; tests/data/petab/README.md gives their source).  The suite's own tolerances are
 1e-3; its values are exact, so the simulations here are held to 1e-6.  Pre-equilibration,
 steady-state measurements and objective priors are opt-in (``load``'s options)."""
 

@@ -27,6 +27,32 @@ def test_a_diverged_first_order_run_is_not_a_success(x64):
     assert bool(good.success) and float(good.cost) < 10.0  # a run that converges still succeeds
 
 
+@pytest.mark.parametrize("method", ["trf", "lm"])
+def test_a_fit_stuck_where_the_model_fails_is_not_a_success(method, x64):
+    """The residual (p₀ − 2, p₁/10) is defined only for p₀ < 1: every step towards
+    p₀ = 2 fails, the radius is cut until the steps are below xtol, and p₁ never gets
+    to its optimum 0.  That is not convergence (scipy's trf calls it xtol)."""
+
+    def walled(p, wall):
+        return jnp.where(p[0] < wall, jnp.stack([p[0] - 2.0, 0.1 * p[1]]), jnp.nan)
+
+    stuck = ff.least_squares(walled, jnp.array([0.0, 1.0]), (1.0,), method=method)
+    assert float(stuck.params[0]) == pytest.approx(1.0, abs=1e-6) and float(stuck.params[1]) > 0.5  # not a minimum
+    assert int(stuck.status) == ff.Status.NONFINITE_RESIDUAL and not bool(stuck.success)
+    # With the minimum (2, 0) inside the wall, the fit converges, also where its first
+    # steps overshoot into the region where the model fails.
+    free = ff.least_squares(walled, jnp.array([0.0, 1.0]), (3.0,), method=method)
+    assert bool(free.success)
+    np.testing.assert_allclose(free.params, [2.0, 0.0], atol=1e-8)
+
+    def cubed(p, wall):  # from p₀ = 1 Gauss-Newton's steps overshoot 2 at first
+        return jnp.where(p[0] < wall, jnp.stack([p[0] ** 3 - 8.0, 0.1 * p[1]]), jnp.nan)
+
+    overshoot = ff.least_squares(cubed, jnp.array([1.0, 1.0]), (2.05,), method=method)
+    assert bool(overshoot.success) and int(overshoot.n_fev) > int(overshoot.n_jev)  # some trials rejected
+    np.testing.assert_allclose(overshoot.params, [2.0, 0.0], atol=1e-6)
+
+
 def _raising_model():
     """A model whose Jacobian raises at run time where its residual is not finite: a
     linear solve with lineax's default ``throw=True`` inside a custom JVP, the way

@@ -83,6 +83,10 @@ class MultiStartResult(NamedTuple):
         threshold_rule: ``"relative"`` (``rtol`` times the best cost), ``"nll"``
             (χ²₁(0.95)/2, with ``absolute_sigma``) or ``"given"``.
 
+    The fields of ``results`` are also the MultiStartResult's own, as on a batch of
+    fits: ``ms.params``, ``ms.cost``, ``ms.status``, ``ms.success``... (one entry per
+    start, best first).
+
     Example:
         >>> import jax.numpy as jnp
         >>> import fitfleet as ff
@@ -105,6 +109,16 @@ class MultiStartResult(NamedTuple):
     n_success: int = None
     rtol: float = 1e-3
     threshold_rule: str = "relative"
+
+    def __getattr__(self, name):
+        # The per-start Result's fields, start axis first and best first, as on a
+        # batch: ``ms.params`` is ``ms.results.params``.
+        if not name.startswith("_"):
+            try:
+                return getattr(self.results, name)
+            except AttributeError:
+                pass
+        raise AttributeError(f"'MultiStartResult' object has no attribute {name!r}")
 
     def prob_found(self, n_starts=None):
         """Estimated chance that ``n_starts`` random starts (default: as many as were
@@ -207,8 +221,8 @@ def multistart(
             contain 0 there; negative boxes keep their sign), for rate constants
             spanning decades.  This is about the starts; ``fit_log_scale`` is
             :func:`least_squares`' ``log_scale`` option for the fits.
-        key: a ``jax.random`` key; default ``jax.random.key(0)``.  Pass a new key for new
-            starts.
+        key: a ``jax.random`` key or a whole-number seed; default ``jax.random.key(0)``.
+            Pass a new key for new starts.
         dtype: precision of the fits; default: float64 if enabled, else float32.
         rtol: relative tolerance in cost and parameters for grouping fits into optima,
             and of the default success threshold (``rtol`` times the best cost).
@@ -259,7 +273,7 @@ def multistart(
     log = _flatten_like(log_scale, template, n, "log_scale").astype(bool)
     lo, hi, log = check_box(lo, hi, log, n)
 
-    key = jax.random.key(0) if key is None else key
+    key = _validate.random_key("key", key)
     starts_flat = to_box(unit_cube(sampler, key, int(n_starts), n), lo, hi, log).astype(dtype)
     # On the host (numpy): an eager JAX op here would compile a program on a first call.
     columns = np.split(starts_flat, np.cumsum([math.prod(shape) for shape in shapes])[:-1], axis=1)

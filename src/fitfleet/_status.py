@@ -50,8 +50,10 @@ MESSAGES = {
     Status.MAX_STEPS: "max_steps reached before any tolerance was met",
     Status.NONFINITE_RESIDUAL: (
         "the residual is not finite at the starting point, or so large that its cost "
-        "overflows (or, for a first-order method, at an iterate: the last finite one is "
-        "returned)"
+        "overflows; or (trf, lm) ftol or xtol held only on a step cut short around trial "
+        "points where it is not finite, so the point returned (the last accepted one) is "
+        "not a minimum; or, for a first-order method, at an iterate (the last finite one "
+        "is returned)"
     ),
     Status.NONFINITE_JACOBIAN: "the Jacobian is not finite (or JᵀJ overflows) at an accepted point",
     Status.STEP_FAILED: (

@@ -63,6 +63,25 @@ def boolean(name, value, allowed="True or False"):
     raise TypeError(f"`{name}` must be {allowed}; got {value!r}.")
 
 
+def random_key(name, key):
+    """A ``jax.random`` key: ``None`` gives ``jax.random.key(0)``, a whole number
+    ``n`` gives ``jax.random.key(n)`` (a seed, as numpy and scipy take), a key (new
+    style, or the legacy ``PRNGKey`` array) is returned unchanged."""
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+        if not 0 <= key < 2**63:
+            raise ValueError(f"`{name}`: a seed must be a whole number in [0, 2**63); got {key}.")
+        return jax.random.key(int(key))
+    if is_traced(key):
+        return key
+    if jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key) and np.ndim(key) == 0:
+        return key
+    if getattr(key, "dtype", None) == np.uint32 and np.shape(key) == (2,):
+        return key  # jax.random.PRNGKey(seed)
+    raise TypeError(f"`{name}` must be a jax.random key (jax.random.key(seed)) or a whole-number seed; got {type(key).__name__} {key!r:.80}.")
+
+
 def choice(name, value, choices):
     if isinstance(value, str) and value in choices:
         return value

@@ -89,7 +89,9 @@ distance to the minimum (on MGH's Brown almost-linear function a step of relativ
 also holds when the radius itself falls to ``radius <= xtol · ‖D p‖`` (MINPACK's form
 of it), which ends a fit whose steps stay short, every one rejected or cut.  With
 ``xtol = 0`` such a fit stops with ``STEP_FAILED`` once the radius is below
-``eps · (‖D p‖ + ‖r‖)``, where no representable step can change the cost.
+``eps · (‖D p‖ + ‖r‖)``, where no representable step can change the cost.  ``ftol`` and
+``xtol`` do not count after a trial point with a non-finite residual, since the last
+accepted point: the fit stops with ``NONFINITE_RESIDUAL`` (as trf, whose docstring says why).
 
 References: K. Levenberg (1944); D. Marquardt (1963); J. J. Moré, "The Levenberg-Marquardt
 algorithm: implementation and theory", Lecture Notes in Mathematics 630 (1978);
@@ -132,6 +134,7 @@ class _Inner(eqx.Module):
     scale: Any  # M: running max of the column norms of J (D = metric(M, F, u))
     radius: Any
     damping: Any
+    blocked: Any  # a trial point since the last accepted one had a non-finite residual
 
 
 class LevenbergMarquardt(eqx.Module):
@@ -169,6 +172,7 @@ class LevenbergMarquardt(eqx.Module):
             scale=scale,
             radius=radius,
             damping=jnp.asarray(self.initial_damping, p.dtype),
+            blocked=jnp.zeros((), bool),
         )
         status = start_status(cost, lin.jac, lin.cosine, self.tol)
         return State(p, lin.residual, cost, lin.jac, lin.grad, status, counter(), counter(1), counter(1), inner)
@@ -200,6 +204,7 @@ class LevenbergMarquardt(eqx.Module):
         reduction = state.cost - trial_cost
         predicted = -(state.grad @ step) - 0.5 * step @ (s.jtj @ step)
         valid = step_finite & jnp.isfinite(trial_cost) & (predicted > 0)
+        blocked = s.blocked | (step_finite & ~jnp.isfinite(trial_cost))
         ratio = jnp.where(valid, reduction / jnp.where(valid, predicted, 1), -jnp.inf)
         round_off = valid & below_round_off(reduction, predicted, state.cost, s.jtj, state.params)
         ratio = jnp.where(round_off, 1, ratio)
@@ -222,7 +227,7 @@ class LevenbergMarquardt(eqx.Module):
             lambda: keep_linearization(state, s.jtj),
         )
         scale = s.scale if self.x_scale is not None else jnp.maximum(s.scale, jnp.sqrt(lin.col_norm_sq))
-        inner = _Inner(jtj=lin.jtj, scale=scale, radius=radius, damping=damping)
+        inner = _Inner(jtj=lin.jtj, scale=scale, radius=radius, damping=damping, blocked=blocked & ~accepted)
 
         status = step_status(
             accepted=accepted,
@@ -243,6 +248,9 @@ class LevenbergMarquardt(eqx.Module):
         collapsed = ~(radius > eps * (scaled_params_norm + jnp.linalg.norm(lin.residual)))  # NaN too
         status = jnp.where((status == Status.RUNNING) & (radius <= xtol * scaled_params_norm), Status.XTOL, status)
         status = jnp.where((status == Status.RUNNING) & collapsed, Status.STEP_FAILED, status)
+        # As in trf: a short step after trial points the model could not evaluate.
+        converged = (status == Status.FTOL) | (status == Status.XTOL)
+        status = jnp.where(blocked & converged, Status.NONFINITE_RESIDUAL, status)
         return advance(problem, state, params=params, lin=lin, n_jev=accepted, status=status, inner=inner)
 
 

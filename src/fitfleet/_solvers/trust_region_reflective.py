@@ -97,6 +97,14 @@ disables a test):
   walk until ``max_steps``;
 - ``xtol``: ``‖step‖ < xtol·(xtol + ‖x‖)`` for any step proposed, accepted or not.
 
+``ftol`` and ``xtol`` do not count on a step taken after a trial point whose residual was
+not finite, since the last accepted point (fitfleet's addition): there the step is short
+because the radius was cut around points where the model cannot be evaluated, not
+because the fit converged.  Such a fit stops with ``NONFINITE_RESIDUAL`` (scipy calls it
+``xtol``).  On Crauste_CellSystems2017's multi-start, 131 of 142 fits that stopped by
+``xtol`` were within 1e-6 of a point where the ODE solve fails, their gradients 1e3-1e7,
+and continued from there 117 of them lowered their NLL (by up to 1400).
+
 Otherwise the fit stops with ``STEP_FAILED`` when a rejected step's radius can no longer
 move ``x`` (``Δ·max(d) <= eps·‖x‖``, only reachable with ``xtol = 0``), ``MAX_STEPS``, or
 ``NONFINITE_JACOBIAN``.  ``success`` is one of the three tests as stated.
@@ -144,6 +152,7 @@ class _Inner(eqx.Module):
     # Where the secant model applies (``TrustRegionReflective.secant``; else None, nothing carried):
     secant: Any  # S, the structured secant estimate of Σ rᵢ∇²rᵢ (module docstring)
     augmented: Any  # whether the next step's model is JᵀJ + S (the last step it predicted better)
+    blocked: Any  # a trial point since the last accepted one had a non-finite residual
 
 
 class TrustRegionReflective(eqx.Module):
@@ -180,7 +189,7 @@ class TrustRegionReflective(eqx.Module):
         radius = jnp.where((radius > 0) & jnp.isfinite(radius), radius, 1).astype(x.dtype)
         zero = jnp.zeros((), x.dtype)
         secant, augmented = (jnp.zeros_like(lin.jtj), jnp.zeros((), bool)) if self.secant else (None, None)
-        inner = _Inner(lin.jtj, scale_inv, radius, zero, secant, augmented)
+        inner = _Inner(lin.jtj, scale_inv, radius, zero, secant, augmented, jnp.zeros((), bool))
         g_norm = scaled_gradient_norm(x, lin.grad, problem.box())
         tol = self.tol.at_precision(x.dtype)
         status = jnp.where(_gtol_met(g_norm, tol), Status.GTOL, Status.RUNNING)
@@ -248,6 +257,7 @@ class TrustRegionReflective(eqx.Module):
         trial_residual = problem.residual(trial)
         trial_cost = problem.cost(trial_residual)
         finite = step_finite & jnp.isfinite(trial_cost)
+        blocked = s.blocked | (step_finite & ~jnp.isfinite(trial_cost))
         reduction = state.cost - trial_cost
         ratio = jnp.where(
             predicted > 0,
@@ -305,10 +315,14 @@ class TrustRegionReflective(eqx.Module):
             (collapsed, Status.STEP_FAILED),
         ]):  # fmt: skip
             status = jnp.where(condition, jnp.int32(code), status)
+        # A step short because the radius was cut around points where the residual is
+        # not finite says nothing about a minimum (module docstring).
+        converged = (status == Status.FTOL) | (status == Status.XTOL)
+        status = jnp.where(blocked & converged, jnp.int32(Status.NONFINITE_RESIDUAL), status)
         S = s.secant
         if self.secant:
             S = jnp.where(accepted, jax.lax.stop_gradient(secant_update(S, params - x, lin.grad - g, lin.jtj)), S)
-        inner = _Inner(lin.jtj, scale_inv, radius.astype(x.dtype), damping.astype(x.dtype), S, augmented)
+        inner = _Inner(lin.jtj, scale_inv, radius.astype(x.dtype), damping.astype(x.dtype), S, augmented, blocked & ~accepted)
         return advance(problem, state, params=params, lin=lin, n_jev=accepted, status=status, inner=inner)
 
 

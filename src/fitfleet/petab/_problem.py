@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
@@ -119,21 +120,28 @@ class Problem:
         return f"<fitfleet.petab.Problem {self.path.stem}: {len(self.names)} parameters, {self.measurements.size} measurements, {len(self.layout.condition_ids)} conditions, {len(self.ode.states)} states>"
 
     def _x(self, x, name="x"):
+        if isinstance(x, Mapping):  # by parameter id
+            unknown, missing = set(x) - set(self.names), [n for n in self.names if n not in x]
+            if unknown or missing:
+                raise ValueError(f"`{name}`: a mapping must give every estimated parameter {list(self.names)} by id; unknown {sorted(unknown)}, missing {missing}.")
+            x = [x[n] for n in self.names]
         x = jnp.asarray(x)
         if x.shape[-1:] != (len(self.names),):
             raise ValueError(f"`{name}` must have {len(self.names)} entries (the estimated parameters {list(self.names)}) in its last axis; got shape {x.shape}.")
         return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(float)
 
     def nll(self, x):
-        """The negative log-likelihood at ``x`` (estimation scale); jit, vmap and grad
-        work (the gradient by forward-mode sensitivities)."""
+        """The negative log-likelihood at ``x`` (estimation scale; a point, a mapping
+        from parameter id to value, or points stacked along leading axes); jit, vmap
+        and grad work (the gradient by forward-mode sensitivities)."""
         x = self._x(x)
-        return self._nll(x, jnp.asarray(self.measurements, x.dtype))
+        return _rows(self._nll, x, jnp.asarray(self.measurements, x.dtype))
 
     def residual(self, x):
-        """``fun(x, *args)``: the residual vector fitfleet minimises."""
+        """``fun(x, *args)``: the residual vector fitfleet minimises (at a point, or
+        at points stacked along leading axes)."""
         x = self._x(x)
-        return self._residual(x, jnp.asarray(self.measurements, x.dtype))
+        return _rows(self._residual, x, jnp.asarray(self.measurements, x.dtype))
 
     @property
     def offset(self):
@@ -146,8 +154,11 @@ class Problem:
 
     def simulate(self, x):
         """The measurement table with a ``simulation`` column: the observables at ``x``."""
+        x = self._x(x)
+        if x.ndim != 1:
+            raise ValueError(f"`x` must be one point of shape ({len(self.names)},) (a table per point: call simulate per row); got shape {x.shape}.")
         table = self.petab_problem.measurement_df.reset_index(drop=True).copy()
-        table[C.SIMULATION] = np.asarray(self._simulation(self._x(x)), np.float64)
+        table[C.SIMULATION] = np.asarray(self._simulation(x), np.float64)
         return table
 
     def fit(self, x0=None, *, check=True, **options):
@@ -246,8 +257,9 @@ class Problem:
         """(n_starts, n) starting points on the estimation scale, drawn from each
         parameter's initializationPriorType (default ``parameterScaleUniform``: uniform
         between the bounds on the estimation scale, pyPESTO's default), truncated to
-        the bounds; ``key``: a ``jax.random`` key (default ``jax.random.key(0)``)."""
-        key = jax.random.key(0) if key is None else key
+        the bounds; ``key``: a ``jax.random`` key or a whole-number seed (default
+        ``jax.random.key(0)``)."""
+        key = _validate.random_key("key", key)
         u = np.asarray(jax.random.uniform(key, (int(n_starts), len(self.names)), jnp.float32), np.float64)
         u = np.clip(u, 1e-12, 1 - 1e-12)
         columns = [
@@ -328,6 +340,13 @@ class _Residual:
 
     def __hash__(self):
         return hash(self.key)
+
+
+def _rows(fn, x, y):
+    """``fn(x, y)`` at a point ``x``, or at each point of a stack (leading axes)."""
+    for _ in range(x.ndim - 1):
+        fn = jax.vmap(fn, in_axes=(0, None))
+    return fn(x, y)
 
 
 def _canonical(options):
