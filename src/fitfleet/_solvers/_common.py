@@ -128,6 +128,15 @@ def settled(step, params, tol):
     return moved_little | ~tol.settle | ((tol.ftol == 0) & (tol.fatol > 0))
 
 
+def unless_blocked(status, blocked):
+    """``status``, with ``NONFINITE_RESIDUAL`` in place of ``ftol``/``xtol`` where
+    ``blocked``: a trial point since the last accepted one had a non-finite residual,
+    so the step is short because the radius was cut there, not because the fit
+    converged (trf's module docstring)."""
+    converged = (status == Status.FTOL) | (status == Status.XTOL)
+    return jnp.where(blocked & converged, jnp.int32(Status.NONFINITE_RESIDUAL), status)
+
+
 def step_status(
     *, accepted, jac_finite, cosine, reduction, cost_old, ratio, step, params, tol, full_step=True, round_off=False
 ):

@@ -121,6 +121,7 @@ from ._common import (
     without_jacobian,
     start_status,
     step_status,
+    unless_blocked,
 )
 
 ACCEPT_RATIO = 1e-4
@@ -248,9 +249,7 @@ class LevenbergMarquardt(eqx.Module):
         collapsed = ~(radius > eps * (scaled_params_norm + jnp.linalg.norm(lin.residual)))  # NaN too
         status = jnp.where((status == Status.RUNNING) & (radius <= xtol * scaled_params_norm), Status.XTOL, status)
         status = jnp.where((status == Status.RUNNING) & collapsed, Status.STEP_FAILED, status)
-        # As in trf: a short step after trial points the model could not evaluate.
-        converged = (status == Status.FTOL) | (status == Status.XTOL)
-        status = jnp.where(blocked & converged, Status.NONFINITE_RESIDUAL, status)
+        status = unless_blocked(status, blocked)
         return advance(problem, state, params=params, lin=lin, n_jev=accepted, status=status, inner=inner)
 
 

@@ -134,7 +134,7 @@ from .._linalg import JACOBI_FIXED_SWEEPS, UNROLL_MAX
 from .._status import Status
 from ._common import (
     State, Tolerances, advance, below_round_off, counter, keep_linearization, linearize, linearize_like, settled,
-    without_jacobian,
+    unless_blocked, without_jacobian,
 )  # fmt: skip
 from ._curvature import accelerated, secant_update
 from ._reflective import coleman_li, quadratic, scaled_gradient_norm, select_step, strictly_feasible
@@ -315,10 +315,7 @@ class TrustRegionReflective(eqx.Module):
             (collapsed, Status.STEP_FAILED),
         ]):  # fmt: skip
             status = jnp.where(condition, jnp.int32(code), status)
-        # A step short because the radius was cut around points where the residual is
-        # not finite says nothing about a minimum (module docstring).
-        converged = (status == Status.FTOL) | (status == Status.XTOL)
-        status = jnp.where(blocked & converged, jnp.int32(Status.NONFINITE_RESIDUAL), status)
+        status = unless_blocked(status, blocked)
         S = s.secant
         if self.secant:
             S = jnp.where(accepted, jax.lax.stop_gradient(secant_update(S, params - x, lin.grad - g, lin.jtj)), S)
