@@ -294,12 +294,12 @@ def test_a_stop_on_the_solvers_error_is_checked_and_continued(toy_problem, x64, 
     np.testing.assert_array_equal(inaccurate.params, plain.params)
 
 
-def test_secant_model_where_sigma_is_estimated(toy_problem):
+def test_secant_model_on_for_every_problem(toy_problem):
     """trf's secant model is on where some σ depends on the parameters or the states
-    (the toy's σ = sd·A), off where every σ is fixed (Rahman), and overridable."""
+    (the toy's σ = sd·A) and where every σ is fixed (Rahman), and overridable."""
     assert toy_problem._options({})["secant"] is True
     assert toy_problem._options({"secant": False})["secant"] is False
-    assert fp.load(DATA / "Rahman_MBS2016")._options({})["secant"] is False
+    assert fp.load(DATA / "Rahman_MBS2016")._options({})["secant"] is True
 
 
 def test_toy_in_float32(toy_problem):

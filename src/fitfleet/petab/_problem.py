@@ -72,15 +72,18 @@ MAX_STEPS = 1000
 # 31,138 → 22,233 steps, 328 → 255 s, the same successes; ``_solvers._curvature``).
 ACCELERATION_FROM = MAX_STEPS // 10
 
-# trf's structured secant model (``secant``, off by default with bounds) is on where some
-# σ depends on the parameters or the states.  Then the NLL is a large-residual problem by
-# construction: with s = ln σ, r = (y − h)/σ has ∂²r/∂s² = r and ∂²r/∂s∂θ = −∂r/∂θ, so
-# Σ rᵢ∇²rᵢ, which Gauss-Newton leaves out, is as large as JᵀJ in every direction that
-# involves σ, at any fit.  With σ fixed the fit is a weighted least-squares problem
-# whose residuals are small near a good fit, where Gauss-Newton's model is right.
-# Measured, the same 60 starts with it off → on (benchmarks/results/petab_summary.md):
-# Boehm 756 → 86 s, Armistead 156 → 69 s, Perelson 7.3 → 4.9 s; where σ is fixed it
-# cost steps (16 starts: Rahman 27.9 → 70.8 s, Bruno 11.4 → 15.7 s).
+# trf's structured secant model (``secant``, off by default with bounds) is on.  A
+# likelihood fitted from far starts is a large-residual problem.  Where σ depends on
+# the parameters or the states it is one by construction: with s = ln σ, r = (y − h)/σ
+# has ∂²r/∂s² = r and ∂²r/∂s∂θ = −∂r/∂θ, so Σ rᵢ∇²rᵢ, which Gauss-Newton leaves out, is
+# as large as JᵀJ in every direction that involves σ, at any fit.  Where σ is fixed it
+# is one wherever the model misses the data, as at most local optima: Crauste's fits
+# that ran to the step budget zig-zagged along curved valleys at NLL 270-310, every
+# step accepted and none growing the radius (the crawl the secant model is for,
+# ``docs/fitting_guide.md``).  Measured (benchmarks/results/petab_summary.md), off → on:
+# 60 starts, Boehm 756 → 86 s, Armistead 156 → 69 s, Perelson 7.3 → 4.9 s; 300 starts
+# where σ is fixed (session 21), Crauste 118.6 → 90.6 s (fits at the step budget
+# 10 → 1), Bruno 25.4 → 27.6 s, Rahman 62.8 → 64.6 s, the same successes (Bruno 204 → 208).
 
 
 class Problem:
@@ -168,7 +171,7 @@ class Problem:
         subproblem solved in a plane unless ``subspace`` says otherwise (``SUBSPACE``),
         stopping as pyPESTO's optimisers do unless ``ftol``/``fatol``/``settle``/
         ``max_steps`` say otherwise (``FTOL``, ``MAX_STEPS``), with trf's secant model
-        where some σ is estimated unless ``secant`` says otherwise, and its acceleration
+        unless ``secant`` says otherwise, and its acceleration
         from step ``ACCELERATION_FROM`` on unless ``acceleration`` says otherwise (the
         comments at the top of this module).
         ``check``: where the fit stops with a success status, check its NLL against an
@@ -309,7 +312,7 @@ class Problem:
         options.setdefault("ftol", 0.0)
         options.setdefault("max_steps", MAX_STEPS)
         options.setdefault("acceleration", ACCELERATION_FROM)
-        options.setdefault("secant", any(o.variable_sigma for o in self.model.observables))  # see the comment at the top
+        options.setdefault("secant", True)  # see the comment at the top
         if "fatol" not in options:
             options["fatol"] = self._fatol
         return options
