@@ -206,7 +206,7 @@ def test_seed_or_key_and_the_fields_of_every_start():
         (dict(lower=[1.0, -1.0], upper=[2.0, 1.0], log_scale=True), "log_scale.*excludes 0"),
         (dict(lower=[1.0, 3.0], upper=[2.0, 1.0]), "must not exceed"),
         (dict(lower=[1.0, -np.inf], upper=[2.0, 1.0]), "finite"),
-        (dict(lower=[1.0, 1.0], upper=[2.0, 2.0, 3.0]), "values but the parameters have 3"),
+        (dict(lower=[1.0, 1.0], upper=[2.0, 2.0, 3.0]), "`lower` has 2 entries for 3 parameters"),
         (dict(lower=[1.0, 1.0], upper=[2.0, 2.0], sampler="grid"), "sampler"),
         (dict(lower=[1.0, 1.0], upper=[2.0, 2.0], n_starts=0), "n_starts"),
     ],

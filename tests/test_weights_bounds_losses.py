@@ -288,7 +288,7 @@ def test_log_scale_with_bounds_on_the_parameter(x64):
         ([1.0, 1.0, 0.0], dict(bounds=([0, -1, -1], [10, 2, 1]), log_scale=[False, True, False]), "log_scale"),
         ([1.0, 1.0, 0.0], dict(bounds=([0, -np.inf, -1], [10, 0, 1]), log_scale=[False, True, False]), "log_scale"),
         ([1.0, 1.0, 0.0], dict(bounds=(0.0,)), "pair"),
-        ([1.0, 1.0, 0.0], dict(bounds=([0, 0], [1, 1])), "2 entries but x0 has 3"),
+        ([1.0, 1.0, 0.0], dict(bounds=([0, 0], [1, 1])), "2 entries for 3 parameters"),
     ],
 )
 def test_bad_bounds_are_clear_errors(x0, options, text):

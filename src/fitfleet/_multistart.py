@@ -269,8 +269,8 @@ def multistart(
     leaves, structure = jax.tree_util.tree_flatten(template)
     shapes = [np.shape(leaf) for leaf in leaves]
     n = sum(math.prod(shape) for shape in shapes)
-    lo, hi = (_flatten_like(v, template, n, name) for v, name in ((lower, "lower"), (upper, "upper")))
-    log = _flatten_like(log_scale, template, n, "log_scale").astype(bool)
+    lo, hi = (_validate.flat(v, n, template, name) for v, name in ((lower, "lower"), (upper, "upper")))
+    log = _validate.flat(log_scale, n, template, "log_scale", kind=bool)
     lo, hi, log = check_box(lo, hi, log, n)
 
     key = _validate.random_key("key", key)
@@ -398,17 +398,3 @@ def _structure(lower, upper):
 def _is_flat_sequence(value):
     return isinstance(value, (list, tuple)) and all(np.ndim(v) == 0 for v in value)
 
-
-def _flatten_like(value, template, n, name):
-    if np.ndim(value) == 0 and not isinstance(value, (dict, list, tuple)):
-        return np.full(n, value, dtype=np.float64)
-    if isinstance(value, (dict, list, tuple)) and not _is_flat_sequence(value):
-        try:
-            leaves = jax.tree_util.tree_map(lambda v, t: np.broadcast_to(np.asarray(v, np.float64), np.shape(t)).ravel(), value, template)
-        except ValueError as e:
-            raise ValueError(f"`{name}` must be a scalar, a flat array of {n} values or a pytree like the parameters: {e}") from e
-        return np.concatenate(jax.tree_util.tree_leaves(leaves))
-    flat = np.asarray(value, np.float64).ravel()
-    if flat.size != n:
-        raise ValueError(f"`{name}` has {flat.size} values but the parameters have {n}.")
-    return flat

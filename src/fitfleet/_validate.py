@@ -169,9 +169,9 @@ def flat(value, n, like, name, kind=float):
         else:
             out = np.asarray(value, dtype=kind).ravel()
     except (TypeError, ValueError) as e:
-        raise ValueError(f"`{name}` must be a scalar, an array of the {n} flat parameters, or a pytree like x0: {e}") from e
+        raise ValueError(f"`{name}` must be a scalar, an array of the {n} flat parameters, or a pytree like the parameters: {e}") from e
     if out.size != n:
-        raise ValueError(f"`{name}` has {out.size} entries but x0 has {n} parameters.")
+        raise ValueError(f"`{name}` has {out.size} entries for {n} parameters.")
     return out
 
 

@@ -11,7 +11,7 @@ is a local optimum found by many starts.
 import jax
 import numpy as np
 
-from .._multistart import _flatten_like
+from .. import _validate
 from .._status import Status
 from . import _common
 
@@ -131,7 +131,7 @@ def parameters(ms, *, n_best=20, names=None, lower=None, upper=None, log=None, a
     names = _common.param_names(names, template, ms, results)
     if log is None:
         log = getattr(results, "log_scale", None)
-    log = _flatten_like(False if log is None else log, template, n, "log").astype(bool)
+    log = _validate.flat(False if log is None else log, n, template, "log", kind=bool)
     bounds = [_bound(v, ms, attr, template, n) for v, attr in ((lower, "lower"), (upper, "upper"))]
     if not (isinstance(n_best, (int, np.integer)) and n_best >= 1):
         raise ValueError(f"`n_best` must be a positive int; got {n_best!r}.")
@@ -175,5 +175,5 @@ def _bound(value, ms, attr, template, n):
         value = None if bounds is None else bounds[0 if attr == "lower" else 1]
     if value is None:
         return np.full(n, np.nan)
-    b = _flatten_like(value, template, n, attr)
+    b = _validate.flat(value, n, template, attr)
     return np.where(np.isinf(b), np.nan, b)
