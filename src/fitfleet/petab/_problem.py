@@ -229,8 +229,9 @@ class Problem:
         non-identifiable (reaches a bound, or one-sided when the optimum sits on one),
         or structurally non-identifiable (flat).  The threshold is χ²₁(0.95) in
         ``Δ = 2 ΔNLL``.  One compiled program serves every parameter
-        (``fitfleet.petab._profiles``).  ``options`` go to ``fitfleet.profile``
-        (``n_points``, ``level``, ``max_steps``, ...; ``grid``: a dict {name: values}).
+        (``fitfleet.petab._profiles``).  The refits stop as :meth:`fit`'s fits do.
+        ``options`` go to ``fitfleet.profile`` (``n_points``, ``level``, ``max_steps``,
+        ...; ``grid``: a dict {name: values}).
 
         Returns:
             A dict {name: ``fitfleet.Profile``} in the order profiled.

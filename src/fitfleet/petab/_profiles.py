@@ -58,7 +58,13 @@ def profiles(prob, fit, names=None, *, progress=False, **options):
     lower, upper = np.asarray(prob.lower, np.float64), np.asarray(prob.upper, np.float64)
     if not (np.all(np.isfinite(lower)) and np.all(np.isfinite(upper)) and np.all(upper > lower)):
         raise ValueError("profiles need finite bounds with lower < upper for every estimated parameter (PEtab requires them).")
-    options.setdefault("jac", "fwd")
+    # The refits stop as prob.fit's fits do (method, subspace, stopping tests, step budget:
+    # ``Problem._options``), in the profile's own bounds.  With fitfleet's generic defaults
+    # (Levenberg-Marquardt, ``ftol`` relative to a cost that holds a large constant)
+    # Boehm's refits stopped early: near k_exp_homo's interval end their Δ was 0.4-0.7
+    # above that of refits to tight tolerances, and its nine profiles took 191 s, not
+    # 62.5 s (benchmarks/results/petab_summary.md, session 21).
+    options = {k: v for k, v in prob._options(options).items() if k != "bounds"}
     width = upper - lower
     fun = _unit_box_residual(prob)
     out = {}
