@@ -257,7 +257,7 @@ class TrustRegionReflective(eqx.Module):
         trial_residual = problem.residual(trial)
         trial_cost = problem.cost(trial_residual)
         finite = step_finite & jnp.isfinite(trial_cost)
-        blocked = s.blocked | (step_finite & ~jnp.isfinite(trial_cost))
+        blocked = s.blocked | (step_finite & ~finite)
         reduction = state.cost - trial_cost
         ratio = jnp.where(
             predicted > 0,
