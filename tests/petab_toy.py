@@ -104,13 +104,16 @@ def _math(element, variable, formula):
     element.setMath(libsbml.parseL3Formula(formula))
 
 
-def write(folder, event=False, noise="normal", preequilibration=False, prior=False):
-    """Write the problem (optionally with an unsupported feature) and return its yaml."""
+def write(folder, event=False, noise="normal", preequilibration=False, prior=False, nominal=None):
+    """Write the problem (optionally with an unsupported feature) and return its yaml;
+    ``nominal``: the estimated parameters' nominal values (linear scale; ``None`` for
+    an empty cell, which PEtab allows), default ``NOMINAL``."""
+    nominal = NOMINAL if nominal is None else nominal
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.xml").write_text(sbml(event))
     parameters = [
         {"parameterId": n, "parameterScale": SCALES[n], "lowerBound": BOUNDS[n][0], "upperBound": BOUNDS[n][1], "nominalValue": v, "estimate": 1}
-        for n, v in NOMINAL.items()
+        for n, v in nominal.items()
     ] + [{"parameterId": n, "parameterScale": "lin", "lowerBound": 0.0, "upperBound": 10.0, "nominalValue": v, "estimate": 0} for n, v in FIXED.items()]
     parameters = pd.DataFrame(parameters)
     parameters["initializationPriorType"] = ["parameterScaleUniform", "normal", "", "", "", ""]

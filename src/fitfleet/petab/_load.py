@@ -18,7 +18,10 @@ def load(path, *, solver=None, rtol=None, state_scales=None, max_steps=10_000, c
     """Load a PEtab v1 problem (its yaml file, or the folder that holds exactly one).
 
     The SBML model is translated to JAX once, here; nothing compiles until the first
-    evaluation.
+    evaluation.  The rules below look at "the nominal parameters": the parameter
+    table's nominal values, and where it gives none for an estimated parameter (PEtab
+    allows that), the middle of its bounds on the estimation scale, the mean of the
+    default starts (``Problem.nominal`` keeps NaN there).
 
     Args:
         path: the problem's yaml file or its folder.
@@ -91,12 +94,12 @@ def load(path, *, solver=None, rtol=None, state_scales=None, max_steps=10_000, c
     model = _model.build_model(ode, layout, settings, _tolerances.RTOL if rtol is None else float(rtol), np.ones(len(ode.states)))
     scales_given = state_scales is not None
     if not scales_given:
-        state_scales = _tolerances.state_scales(model, layout.nominal)
+        state_scales = _tolerances.state_scales(model, layout.reference)
     state_scales = np.broadcast_to(np.asarray(state_scales, np.float64), (len(ode.states),))
     model = model.with_tolerances(model.rtol, np.array(state_scales))
-    if conditions == "auto" and jax.default_backend() == "cpu" and _tolerances.sequential_conditions(model, layout.nominal):
+    if conditions == "auto" and jax.default_backend() == "cpu" and _tolerances.sequential_conditions(model, layout.reference):
         model = dataclasses.replace(model, settings=dataclasses.replace(settings, sequential=True))
     if rtol is None:
-        rtol, state_scales = _tolerances.resolved_tolerances(model, layout.nominal, layout.measurements, FTOL, scales=not scales_given)
+        rtol, state_scales = _tolerances.resolved_tolerances(model, layout.reference, layout.measurements, FTOL, scales=not scales_given)
         model = model.with_tolerances(np.array(rtol), np.array(state_scales))
     return Problem(path, problem, ode, layout, model)

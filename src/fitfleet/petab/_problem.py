@@ -93,7 +93,8 @@ class Problem:
 
     Attributes:
         names, scales: the estimated parameters, in parameter-table order.
-        lower, upper, nominal: their bounds and nominal values on the estimation scale.
+        lower, upper, nominal: their bounds and nominal values on the estimation scale
+            (``nominal`` is NaN where the parameter table gives none).
         measurements: the measurement table's values, in its row order.
         fun, args: the residual ``fun(x, *args)`` for fitfleet (module docstring of
             ``fitfleet.petab._model``: ``nll(x) = ½‖fun(x, *args)‖² + offset``), with
@@ -151,7 +152,7 @@ class Problem:
         """``nll(x) − ½‖residual(x)‖²``, the same for every ``x`` (float64 if enabled)."""
         dtype = jnp.result_type(float)
         if dtype not in self._offset:
-            x = jnp.asarray(self.nominal, dtype)
+            x = jnp.asarray(self.layout.reference, dtype)
             self._offset[dtype] = float(self.model.offset(x, jnp.asarray(self.measurements, dtype)))  # eager: small
         return self._offset[dtype]
 
@@ -179,6 +180,10 @@ class Problem:
         test, continue at tighter tolerances (``fitfleet.petab._verify``).
         ``options`` go to ``least_squares``.  The NLL at the result: ``res.cost +
         self.offset`` (or ``self.nll(res.params)``)."""
+        if x0 is None and np.isnan(self.nominal).any():
+            missing = [n for n, v in zip(self.names, self.nominal) if np.isnan(v)]
+            named = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise ValueError(f"`x0`: the parameter table gives no nominal value for {len(missing)} of the {len(self.names)} estimated parameters ({named}); pass a start, e.g. prob.sample_starts(1, key)[0].")
         x0 = self._x(self.nominal if x0 is None else x0, "x0")
         if x0.ndim != 1:
             raise ValueError(f"`x0` must be one point of shape ({len(self.names)},); use multistart for many.")
@@ -320,8 +325,9 @@ class Problem:
 
     @functools.cached_property
     def _fatol(self):
-        """``FTOL·(1 + |NLL|)`` at the nominal parameters (FTOL's comment)."""
-        nll = float(self.nll(jnp.asarray(self.nominal, jnp.result_type(float))))
+        """``FTOL·(1 + |NLL|)`` at the nominal parameters (FTOL's comment; ``load``'s
+        docstring says where the table gives none)."""
+        nll = float(self.nll(jnp.asarray(self.layout.reference, jnp.result_type(float))))
         return FTOL * (1 + abs(nll)) if math.isfinite(nll) else FTOL
 
 

@@ -75,7 +75,8 @@ class Layout:
     scales: tuple
     lower: np.ndarray  # on the estimation scale
     upper: np.ndarray
-    nominal: np.ndarray
+    nominal: np.ndarray  # NaN where the table gives none (allowed for estimated parameters)
+    reference: np.ndarray  # where load's rules look: ``nominal``, else the bounds' middle
     priors: tuple  # (initializationPriorType, its parameters) per estimated parameter
     objective_priors: tuple  # Prior per estimated parameter with a normal or log-normal one
     prior_offset: float  # the objective priors' constant terms (fixed parameters' priors included)
@@ -107,7 +108,8 @@ def build(problem, model, preequilibration=False, priors=False):
     for p, s in zip(estimated, scales):
         if s not in SCALES:
             raise ValueError(f"parameter {p!r}: parameterScale must be one of {SCALES}; got {s!r}.")
-    on_scale = lambda column: np.array([petab.scale(float(par.at[p, column]), s) for p, s in zip(estimated, scales)])  # noqa: E731
+    on_scale = lambda column: np.array([petab.scale(float(par.at[p, column]) if column in par else np.nan, s) for p, s in zip(estimated, scales)])  # noqa: E731
+    lower, upper, nominal = on_scale(C.LOWER_BOUND), on_scale(C.UPPER_BOUND), on_scale(C.NOMINAL_VALUE)
 
     pool = _Pool({p: i for i, p in enumerate(estimated)}, par)
     rules = set(model.rules)
@@ -185,9 +187,10 @@ def build(problem, model, preequilibration=False, priors=False):
     return Layout(
         names=tuple(estimated),
         scales=scales,
-        lower=on_scale(C.LOWER_BOUND),
-        upper=on_scale(C.UPPER_BOUND),
-        nominal=on_scale(C.NOMINAL_VALUE),
+        lower=lower,
+        upper=upper,
+        nominal=nominal,
+        reference=np.where(np.isnan(nominal), (lower + upper) / 2, nominal),
         priors=tuple(_prior(par.loc[p]) for p in estimated),
         objective_priors=tuple(p for p in objective_priors if p is not None),
         prior_offset=prior_offset,
