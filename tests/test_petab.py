@@ -152,6 +152,19 @@ def test_boehm_fit_from_nominal_reaches_the_best_known_optimum(x64):
     assert log10["k_exp_hetero"] < -4.99 and log10["k_imp_homo"] > 4.99  # on their bounds
 
 
+@pytest.mark.slow
+def test_problem_without_nominal_values_matches_amici(x64):
+    """Korkut_eLIFE2015 gives no nominal values (110 estimated parameters): at the middle
+    of the bounds, where ``load``'s rules look then, the simulation and the NLL are
+    AMICI's there (tests/data/petab/README.md)."""
+    name = "Korkut_eLIFE2015"
+    prob = load(name)
+    assert np.isnan(prob.nominal).all() and len(prob.names) == 110
+    x = (prob.lower + prob.upper) / 2
+    assert_matches(*amici_table(name, prob.simulate(x)))
+    assert float(prob.nll(x)) == pytest.approx(_REFERENCE["amici_middle_of_bounds"][name], rel=1e-6)
+
+
 # --- the closed-form problem ------------------------------------------------------------
 
 
