@@ -21,7 +21,8 @@ def load(path, *, solver=None, rtol=None, state_scales=None, max_steps=10_000, c
     evaluation.  The rules below look at "the nominal parameters": the parameter
     table's nominal values, and where it gives none for an estimated parameter (PEtab
     allows that), the middle of its bounds on the estimation scale, the mean of the
-    default starts (``Problem.nominal`` keeps NaN there).
+    default starts (``Problem.nominal`` keeps NaN there; the fits' stopping test then
+    scales with the number of measurements, ``Problem._fatol``).
 
     Args:
         path: the problem's yaml file or its folder.
