@@ -76,7 +76,6 @@ class Layout:
     lower: np.ndarray  # on the estimation scale
     upper: np.ndarray
     nominal: np.ndarray  # NaN where the table gives none (allowed for estimated parameters)
-    reference: np.ndarray  # where load's rules look: ``nominal``, else the bounds' middle
     priors: tuple  # (initializationPriorType, its parameters) per estimated parameter
     objective_priors: tuple  # Prior per estimated parameter with a normal or log-normal one
     prior_offset: float  # the objective priors' constant terms (fixed parameters' priors included)
@@ -92,6 +91,11 @@ class Layout:
     preequilibration_initial_index: np.ndarray  # (pre-equilibrations, states)
     observables: tuple = field(default_factory=tuple)
     measurements: np.ndarray = None  # (rows,) in table order
+
+    @property
+    def reference(self):
+        """Where ``load``'s rules look: ``nominal``, else the middle of the bounds."""
+        return np.where(np.isnan(self.nominal), (self.lower + self.upper) / 2, self.nominal)
 
 
 def build(problem, model, preequilibration=False, priors=False):
@@ -190,7 +194,6 @@ def build(problem, model, preequilibration=False, priors=False):
         lower=lower,
         upper=upper,
         nominal=nominal,
-        reference=np.where(np.isnan(nominal), (lower + upper) / 2, nominal),
         priors=tuple(_prior(par.loc[p]) for p in estimated),
         objective_priors=tuple(p for p in objective_priors if p is not None),
         prior_offset=prior_offset,
