@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
 import fitfleet as ff
-from fitfleet import _problem
+from fitfleet import _problem, _tracing
 import problems
 from conftest import count_compilations
 
@@ -536,7 +536,7 @@ def _reverse_only_sum_of_cubes(p, target):
 @pytest.mark.parametrize("m, mode", [(1, "rev"), (2, "fwd"), (10, "fwd")])  # n = 2: m == n is forward mode
 def test_auto_jacobian_mode_follows_the_shape(x64, m, mode):
     t = jnp.linspace(0.0, 3.0, m)
-    mode_of = lambda fun, x0, args: _problem.choose_jacobian(fun, _problem.check(fun, x0, args, "auto")).jac  # noqa: E731
+    mode_of = lambda fun, x0, args: _tracing.choose_jacobian(fun, _problem.check(fun, x0, args, "auto")).jac  # noqa: E731
     assert mode_of(problems.exp_decay, jnp.array([1.0, 2.0, 0.0]), (t, jnp.exp(-t))) == ("fwd" if m >= 3 else "rev")
     assert mode_of(lambda p, t: p[0] * jnp.exp(-p[1] * t), jnp.array([1.0, 2.0]), (t,)) == mode
 
@@ -704,8 +704,6 @@ def _status_cases():
     exp = problems.exp_decay_noisy()
     rb = problems.rosenbrock_problem()
     t, y = exp.args
-    X, yl = lin.args
-    x_line = X[:, 1]
 
     def exp_ref():
         return scipy_fit(exp, "lm")

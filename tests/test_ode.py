@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fitfleet as ff
-from fitfleet import _problem
+from fitfleet import _problem, _tracing
 from fitfleet._engine import host
 
 diffrax = pytest.importorskip("diffrax")
@@ -55,7 +55,7 @@ def test_ode_fit_matches_the_closed_form_fit_in_the_mode_diffrax_supports(x64, a
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint == "default" else diffrax.ForwardMode()
     t, y = _data()
     residual = lambda k, t, y: b_by_ode(k, t, adjoint) - y  # noqa: E731
-    assert _problem.choose_jacobian(residual, _problem.check(residual, jnp.array([0.2, 0.1]), (t, y), "auto")).jac == mode
+    assert _tracing.choose_jacobian(residual, _problem.check(residual, jnp.array([0.2, 0.1]), (t, y), "auto")).jac == mode
     res = ff.least_squares(residual, jnp.array([0.2, 0.1]), (t, y))
     assert res.success, res.message
     np.testing.assert_allclose(res.params, _reference(t, y), rtol=1e-6)
@@ -99,7 +99,7 @@ def test_an_implicit_solver_steps_each_fit_alone_and_equals_the_loop(x64, monkey
     implicit = lambda k, t, y: b_implicit(k, t) - y  # noqa: E731
     explicit = lambda k, t, y: b_by_ode(k, t, diffrax.ForwardMode()) - y  # noqa: E731
     for residual, loops in ((implicit, True), (explicit, False)):
-        spec = _problem.choose_jacobian(residual, _problem.check(residual, jnp.array([0.2, 0.1]), (t, y), "auto"))
+        spec = _tracing.choose_jacobian(residual, _problem.check(residual, jnp.array([0.2, 0.1]), (t, y), "auto"))
         assert spec.solves_in_loop is loops
     starts = jnp.asarray([[0.2, 0.1], [2.0, 0.05], [0.05, 1.5], [0.9, 0.4]])
     parts, run_part = [], host.Engine._run_part

@@ -1,5 +1,6 @@
 """scipy habits (issue 18 §4): each is scipy's behaviour or a clear error."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -96,3 +97,48 @@ def test_least_squares_takes_kwargs_and_a_callable_loss(x64):
     np.testing.assert_allclose(named.params, ref.x, rtol=1e-6)
     with pytest.raises(ValueError, match="`loss`"):
         ff.least_squares(fun, jnp.array([1.0, 1.0, 0.0]), (X, y), loss="l1")
+
+
+def test_data_of_the_wrong_shape_is_refused_as_scipy_refuses_it():
+    """A column of data against a row of predictions would broadcast to an (m, m)
+    residual and "fit" that: scipy raises, and so does fitfleet, before compiling."""
+    calls = []
+
+    def counted(x, a, k, c):
+        calls.append(1)
+        return model(x, a, k, c)
+
+    for x, y in ((X, Y[:, None]), (X[:, None], Y)):
+        with pytest.raises(ValueError, match=r"`ydata` has shape .*\(25, 25\)"):
+            ff.curve_fit(counted, x, y, p0=[1.0, 1.0, 0.0])
+        with pytest.raises(Exception):  # noqa: B017 (scipy's lm raises minpack's own error)
+            scipy.optimize.curve_fit(np_model, x, y, p0=[1.0, 1.0, 0.0])
+    assert len(calls) == 2  # one abstract trace each, nothing compiled
+    popt, _ = ff.curve_fit(lambda x, c: c, X, Y)  # a scalar model broadcasts to ydata, as in scipy
+    np.testing.assert_allclose(popt, [np.mean(Y)], rtol=1e-5)
+
+
+def test_pandas_data_and_scipys_spellings_are_taken(x64):
+    """``df["x"]`` as data, a (2, n) array of bounds, ``jac="2-point"`` and a tolerance of
+    None (off) in least_squares: what a scipy script passes runs unchanged."""
+    pd = pytest.importorskip("pandas")
+    x, y = pd.Series(X), pd.Series(Y)
+    popt, pcov = ff.curve_fit(model, x, y, p0=[1.0, 1.0, 0.0])
+    ref, ref_cov = scipy.optimize.curve_fit(np_model, X, Y, p0=[1.0, 1.0, 0.0])
+    np.testing.assert_allclose(popt, ref, rtol=1e-6)
+    np.testing.assert_allclose(pcov, ref_cov, rtol=1e-4)
+    fun = lambda p, x, y: model(x, *p) - y  # noqa: E731
+    box = np.array([[0.0, 0.0, 0.0], [2.0, 5.0, 5.0]])  # the amplitude's bound is active
+    res = ff.least_squares(fun, np.array([1.0, 1.0, 0.1]), (x, y), bounds=box, method="trf", jac="2-point", ftol=None, xtol=1e-12, gtol=1e-12)
+    ref = scipy.optimize.least_squares(lambda p: np_model(X, *p) - Y, [1.0, 1.0, 0.1], bounds=box, jac="2-point", ftol=None, xtol=1e-12, gtol=1e-12)
+    np.testing.assert_allclose(res.params, ref.x, rtol=1e-6)
+    assert res.success and res.params[0] == pytest.approx(2.0)
+    np.testing.assert_allclose(ff.curve_fit(model, X, Y, p0=[1.0, 1.0, 0.1], bounds=box, ftol=1e-12, xtol=1e-12, gtol=1e-12)[0], res.params, rtol=1e-6)
+
+
+def test_grad_of_curve_fit_outside_jit(x64):
+    """d popt / d ydata by jax.grad, not under jit (pcov is traced then, the status
+    not): for a model linear in its parameters, the least-squares solution's (X⁺)."""
+    design = np.stack([np.ones_like(X), X], axis=1)
+    grad = jax.grad(lambda y: ff.curve_fit(lambda x, a, b: a + b * x, X, y, p0=jnp.zeros(2))[0][1])(jnp.asarray(Y))
+    np.testing.assert_allclose(grad, np.linalg.pinv(design)[1], rtol=1e-6, atol=1e-10)

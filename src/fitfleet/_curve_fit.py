@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _scipy_conventions as sc
-from . import _validate
+from . import _tracing, _validate
 from ._covariance import covariance_quietly
 from ._engine import fit_batch
 from ._least_squares import least_squares
@@ -136,7 +136,8 @@ def curve_fit(
     concrete = not isinstance(res.status, jax.core.Tracer)
     if concrete and not bool(res.success):
         raise RuntimeError("Optimal parameters not found: " + res.message)
-    if concrete and not np.all(np.isfinite(np.asarray(pcov))):
+    # Under jax.grad the status is concrete and pcov traced: nothing to warn about then.
+    if concrete and not _validate.any_traced((pcov, undetermined)) and not np.all(np.isfinite(np.asarray(pcov))):
         which = [f"p[{i}]" for i in np.flatnonzero(np.asarray(undetermined))]
         detail = f" for {', '.join(which)}: the data do not determine them" if which else ""
         warnings.warn(f"Covariance of the parameters could not be estimated{detail}", UserWarning, stacklevel=2)
@@ -312,6 +313,7 @@ def _prepare(
                 f"`sigma` has incorrect shape {sigma.shape}: use ({m},) standard deviations "
                 f"or an ({m}, {m}) covariance."
             )
+    _check_shapes(f, p0, x, y)
     opts.update(
         method=("trf" if bounded else "lm") if method is None else "trf" if method == "dogbox" else method,
         jac=_ModelJac(jac) if callable(jac) else "auto",
@@ -319,6 +321,20 @@ def _prepare(
         bounds=(lb, ub) if bounded else None,
     )
     return {"fun": _Model(f), "args": (x, y)}, p0, opts
+
+
+def _check_shapes(f, p0, x, y):
+    """``f(xdata, *p0) − ydata`` must have ``ydata``'s shape: numpy would broadcast a
+    column of data against a row of predictions into a matrix of residuals and fit
+    that, where scipy refuses.  One abstract trace, remembered for the fit's own check
+    (``_tracing``)."""
+    out = _tracing.residual_shape(_Model(f), p0, (x, y))
+    if out.shape != y.shape:
+        raise ValueError(
+            f"`ydata` has shape {y.shape}, but f(xdata, *p0) - ydata has shape {out.shape}: f's output "
+            "broadcasts against ydata instead of matching it. Give ydata the shape of f's output "
+            "(e.g. ydata.ravel(), or xdata without a trailing axis of size 1)."
+        )
 
 
 def _pcov(res, absolute_sigma, opts):

@@ -58,7 +58,8 @@ def least_squares(
             that mode: a ``custom_vjp`` such as diffrax's default adjoint has no forward
             mode), ``"fwd"``, ``"rev"``, or a callable
             ``jac(params, *args)`` returning the (m, n) Jacobian (or the pytree
-            ``jax.jacfwd`` would return).
+            ``jax.jacfwd`` would return).  scipy's finite-difference schemes
+            (``"2-point"``, ``"3-point"``, ``"cs"``) mean ``"auto"``: derivatives are exact.
         ftol: stop when an accepted step reduces the cost F by ``F_old - F_new <= ftol·F_old``
             and the reduction agreed with the model's (ratio > 1/4), and (``settle``) no
             parameter moved by more than ``√ftol·(√ftol + |p_j|)`` in that step.
@@ -66,7 +67,7 @@ def least_squares(
             satisfies ``‖δ‖ <= xtol·(xtol + ‖p‖)``.
         gtol: stop when ``max_j |(Jᵀr)_j| / (‖J_j‖·‖r‖) <= gtol`` (the cosine between the
             residual and each Jacobian column; for optax methods ``‖Jᵀr‖∞ <= gtol``).
-            A tolerance of 0 disables its test.  ``"trf"`` uses scipy's trf tests
+            A tolerance of 0 (or ``None``, as in scipy) disables its test.  ``"trf"`` uses scipy's trf tests
             (``fitfleet._solvers.trust_region_reflective``): gtol on ``‖v·∇F‖∞``, v the
             distances to the bounds the gradient points at (1 unbounded), and
             ftol/xtol on every proposed step.
@@ -96,7 +97,8 @@ def least_squares(
             (m, m) covariance matrix.  The residual is whitened, ``r/σ`` or ``L⁻¹r`` with
             ``LLᵀ = sigma``, and ``Result.residual``/``cost``/``jac`` refer to it.
         bounds: ``(lower, upper)``, each a scalar, an array like the flat parameters or a
-            pytree like ``x0``; ``±inf`` for no bound.  Enforced by a smooth change of
+            pytree like ``x0`` (or a (2, n) array, or ``scipy.optimize.Bounds``);
+            ``±inf`` for no bound.  Enforced by a smooth change of
             variables, so every iterate is feasible (see ``fitfleet._bounds``); with
             ``"trf"`` by the method itself (every iterate strictly inside).
         log_scale: bool, or per-parameter (array or pytree like ``x0``): fit ``log p``,

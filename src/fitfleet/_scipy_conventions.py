@@ -31,12 +31,7 @@ def n_params(f):
 
 
 def bounds_pair(bounds, n):
-    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
-        lb, ub = bounds.lb, bounds.ub
-    elif isinstance(bounds, (tuple, list)) and len(bounds) == 2:
-        lb, ub = bounds
-    else:
-        raise ValueError("`bounds` must be a pair (lower, upper) or an object with `lb` and `ub`.")
+    lb, ub = _validate.bounds_pair(bounds)
     try:
         lb = np.broadcast_to(np.asarray(lb, float), (n,))
         ub = np.broadcast_to(np.asarray(ub, float), (n,))
@@ -55,7 +50,10 @@ def initial_point(lb, ub):
 
 
 def as_x(xdata, dtype):
-    """As scipy: lists, tuples and numpy arrays become float arrays; anything else is f's business."""
+    """As scipy: lists, tuples and numpy arrays become float arrays, and so do objects
+    that convert themselves (a pandas Series); anything else (a dict, a JAX array) is
+    f's business."""
+    xdata = _validate.array_like(xdata)
     return jnp.asarray(xdata, dtype) if isinstance(xdata, (list, tuple, np.ndarray)) else xdata
 
 

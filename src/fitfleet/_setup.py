@@ -9,7 +9,7 @@ every door checks the same things in the same order:
    ``log_scale``, ``loss``; one abstract trace of ``fun``);
 3. the adjoint and the solver (hyper-parameters become arrays, so a new value, or a
    vmapped one, never recompiles);
-4. the Jacobian mode (``_problem.choose_jacobian``: traces a derivative, so last).
+4. the Jacobian mode (``_tracing.choose_jacobian``: traces a derivative, so last).
 """
 
 from typing import Any, NamedTuple
@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from . import _driver, _implicit, _problem, _validate
+from . import _driver, _implicit, _problem, _tracing, _validate
 from ._solvers import METHODS, NEWTON_METHODS, SUBSPACES, make_solver
 
 # The public signatures of least_squares and fit_batch spell these out (a test checks
@@ -50,6 +50,9 @@ DEFAULTS = dict(
     progress=False,
 )
 DEFAULT_LEARNING_RATE = 1e-3
+# scipy's finite-difference Jacobians, accepted for ``jac`` and read as "auto": fitfleet's
+# derivatives are exact, so a scipy call runs unchanged.
+FD_SCHEMES = ("2-point", "3-point", "cs")
 
 
 def default_max_steps(method, n_params):
@@ -72,6 +75,11 @@ def check_options(options):
     if unknown:
         raise TypeError(f"unexpected option(s) {sorted(unknown)}; the options are {sorted(DEFAULTS)}.")
     o = {**DEFAULTS, **options}
+    for name in ("ftol", "xtol", "gtol"):
+        if o[name] is None:  # scipy's way of turning a test off
+            o[name] = 0.0
+    if isinstance(o["jac"], str) and o["jac"] in FD_SCHEMES:
+        o["jac"] = "auto"
     method = o["method"]
     if not (_is_optax(method) or method in METHODS):
         raise ValueError(f"`method` must be one of {METHODS} or an optax.GradientTransformation; got {method!r}.")
@@ -141,7 +149,7 @@ def prepare(fun, x0, args, options):
             raise ValueError("`history=True` records max_steps + 1 rows and needs a concrete max_steps; pass history=k for k rows.")
         history = max_steps + 1
     monitor = _driver.Monitor(history=int(history), verbose=o["verbose"], progress=_validate.boolean("progress", o["progress"]))
-    return Setup(_problem.choose_jacobian(fun, spec), solver, adjoint, monitor)
+    return Setup(_tracing.choose_jacobian(fun, spec), solver, adjoint, monitor)
 
 
 def _is_optax(method):

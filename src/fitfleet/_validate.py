@@ -151,8 +151,16 @@ def arguments(args, name="args"):
             f"`{name}` must be a tuple of extra arguments to fun; got {type(args).__name__}. "
             "For a single argument write args=(x,)."
         )
-    as_leaf = lambda a: np.asarray(a) if isinstance(a, (bool, int, float, np.generic)) else a  # noqa: E731
-    return jax.tree_util.tree_map(as_leaf, tuple(map(numbers_as_array, args)))
+    return jax.tree_util.tree_map(array_like, tuple(map(numbers_as_array, args)))
+
+
+def array_like(a):
+    """Python and numpy scalars, and objects that convert themselves to arrays
+    (``__array__``: a pandas Series or DataFrame, an xarray DataArray), as numpy arrays:
+    jit would otherwise take them for static arguments.  Anything else as it is."""
+    if isinstance(a, (bool, int, float, np.generic)) or (hasattr(a, "__array__") and not isinstance(a, (np.ndarray, jax.Array))):
+        return np.asarray(a)
+    return a
 
 
 def flat(value, n, like, name, kind=float):
@@ -185,10 +193,7 @@ def bounds(value, n, like, log):
     or an object with ``lb`` and ``ub`` (``scipy.optimize.Bounds``)."""
     if value is None:
         return None
-    if hasattr(value, "lb") and hasattr(value, "ub"):
-        value = (value.lb, value.ub)
-    if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        raise ValueError("`bounds` must be a pair (lower, upper) of scalars, arrays or pytrees like x0, or scipy.optimize.Bounds.")
+    value = bounds_pair(value)
     lo = flat(value[0], n, like, "bounds[0] (lower)")
     hi = flat(value[1], n, like, "bounds[1] (upper)")
     if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
@@ -204,6 +209,18 @@ def bounds(value, n, like, log):
     if not np.any(np.isfinite(lo) | np.isfinite(hi)):
         return None
     return lo, hi
+
+
+def bounds_pair(value):
+    """``(lower, upper)`` from a pair, a (2, ...) array (scipy takes one) or an object
+    with ``lb`` and ``ub`` (``scipy.optimize.Bounds``)."""
+    if hasattr(value, "lb") and hasattr(value, "ub"):
+        return value.lb, value.ub
+    if isinstance(value, (np.ndarray, jax.Array)) and not is_traced(value) and value.ndim >= 1 and value.shape[0] == 2:
+        return value[0], value[1]
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise ValueError("`bounds` must be a pair (lower, upper) of scalars, arrays or pytrees like x0, or scipy.optimize.Bounds.")
+    return tuple(value)
 
 
 def start(flat_x0, box, log, name="x0"):

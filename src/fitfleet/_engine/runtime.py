@@ -12,7 +12,7 @@ caches fill as models are fitted.
   ``settings(background=False)`` makes a call wait for it before returning.
 - Caches (keyed on the user's ``fun`` and shapes, so a repeated call neither traces nor
   compiles again): :func:`cache` makes one that :func:`clear_caches` clears, together
-  with ``_problem``'s traced shapes and ``_uncertainty``'s quantiles.  JAX's own caches
+  with ``_tracing``'s traced shapes and ``_uncertainty``'s quantiles.  JAX's own caches
   (``jax.clear_caches``) are the user's to clear.
 - Switches (:func:`settings`, per thread and context): which path runs a batch, and
   whether the tail may compile in the background.
@@ -108,7 +108,7 @@ def clear_caches():
 
     fitfleet remembers, per model and shapes, what a repeated call would otherwise
     trace and compile again (each entry holds on to the model function ``fun``).  This
-    empties those caches (the engine's, ``_problem``'s traced shapes, ``_xla``'s jitted
+    empties those caches (the engine's, ``_tracing``'s traced shapes, ``_xla``'s jitted
     programs, ``_uncertainty``'s quantiles), after waiting for background compilations.
     JAX keeps compiled programs of its own: ``jax.clear_caches()`` clears them.
 
@@ -117,12 +117,12 @@ def clear_caches():
         >>> import fitfleet as ff
         >>> ff.clear_caches()
     """
-    from .. import _problem, _uncertainty, _xla
+    from .. import _tracing, _uncertainty, _xla
 
     wait()
     for store in _caches:
         store.clear()
-    _problem._TRACED.clear()
+    _tracing._TRACED.clear()
     _uncertainty._quantile.cache_clear()
     _xla.clear_caches()
 
