@@ -90,3 +90,20 @@ def test_a_model_that_raises_gives_a_status_not_an_exception(x64):
     assert int(res.status) == ff.Status.MODEL_RAISED and not bool(res.success)
     np.testing.assert_array_equal(res.params, [-100.0])
     assert "raised" in res.message
+
+
+@pytest.mark.parametrize("method", ["lm", "gn"])
+def test_the_gradient_test_does_not_underflow_for_tiny_residuals(method, dtype):
+    """Michaelis-Menten in molar units (rates of 1e-9 M/s): the cosine's denominator
+    ‖J_j‖·‖r‖ was computed as √(‖J_j‖²‖r‖²), which underflows to 0 in float32 and read as
+    an optimum at the start.  The fit must reach the true parameters, as it does in
+    scaled units (and a zero-residual linear problem scaled by 1e-10 / 1e-80 likewise)."""
+    S = jnp.array([1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5], dtype)
+    v = 3e-9 * S / (8e-6 + S)
+    res = ff.least_squares(lambda p, S, v: p[0] * 1e-9 * S / (p[1] * 1e-6 + S) - v, jnp.ones(2, dtype), (S, v), method=method)
+    assert bool(res.success) and int(res.n_steps) > 0
+    np.testing.assert_allclose(res.params, [3.0, 8.0], rtol=1e-4)
+    scale = 1e-10 if dtype == "float32" else 1e-80
+    res = ff.least_squares(lambda p: scale * (p - jnp.array([3.0, -2.0], dtype)), jnp.zeros(2, dtype), method=method)
+    assert bool(res.success)
+    np.testing.assert_allclose(res.params, [3.0, -2.0], rtol=1e-5)
