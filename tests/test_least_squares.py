@@ -993,6 +993,14 @@ def test_bad_input_raises_clear_error_before_compiling(fun, x0, args, options, e
         assert traced.count <= 1
 
 
+def test_traced_bounds_are_a_clear_error():
+    """Bounds are compiled in (the Result records them): under jit they are refused by
+    name, not by a conversion error from deep inside validation."""
+    fit = lambda lo: ff.least_squares(problems.exp_decay, _X0, (_T, _Y), bounds=(lo, 10.0)).params  # noqa: E731
+    with pytest.raises(ValueError, match="`bounds` must be concrete"):
+        jax.jit(fit)(0.0)
+
+
 # --------------------------------------------------------------------------- counts
 
 

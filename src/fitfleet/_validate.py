@@ -193,6 +193,11 @@ def bounds(value, n, like, log):
     or an object with ``lb`` and ``ub`` (``scipy.optimize.Bounds``)."""
     if value is None:
         return None
+    if any_traced(value):
+        raise ValueError(
+            "`bounds` must be concrete numbers or arrays, not traced by jit/vmap: the Result records them "
+            "and a new value compiles a new program. Pass them from outside the transformed function."
+        )
     value = bounds_pair(value)
     lo = flat(value[0], n, like, "bounds[0] (lower)")
     hi = flat(value[1], n, like, "bounds[1] (upper)")
