@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import fitfleet as ff
+from conftest import count_compilations
 from fitfleet._samplers import to_box, unit_cube
 
 
@@ -214,6 +215,15 @@ def test_seed_or_key_and_the_fields_of_every_start():
 def test_bad_box_is_named(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         ff.multistart(lambda p: p, **kwargs)
+
+
+@pytest.mark.parametrize("options, match", [(dict(foo=1), "unexpected option"), (dict(method="newton"), "`method`"), (dict(ftol=-1.0), "`ftol`")])
+def test_bad_options_are_named_before_anything_compiles(options, match):
+    """Even the starts' sampling (which compiles jax.random's programs on a first call)
+    waits until the options are known to be good."""
+    with count_compilations() as compiled, pytest.raises((ValueError, TypeError), match=match):
+        ff.multistart(lambda p: p, [1.0, 1.0], [2.0, 2.0], 4, key=np.random.default_rng(0).integers(2**31), **options)
+    assert compiled == []
 
 
 def test_summary_lists_optima_and_the_starts_needed(x64):

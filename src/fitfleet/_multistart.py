@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _validate, _xla
+from . import _setup, _validate, _xla
 from ._engine import fit_batch, runtime
 from ._result import Result
 from ._samplers import SAMPLERS, check_box, to_box, unit_cube
@@ -264,6 +264,7 @@ def multistart(
     _check_threshold(threshold, absolute_sigma)
     if "shared_args" in options or "x0" in options:
         raise TypeError("multistart shares `args` among all starts and draws x0 itself; use fit_batch for per-fit data.")
+    _setup.check_options(options)  # before drawing the starts, which compiles on a first call
     dtype = _validate.floating_dtype("dtype", dtype or jnp.result_type(float))
     template = _structure(lower, upper)
     leaves, structure = jax.tree_util.tree_flatten(template)
