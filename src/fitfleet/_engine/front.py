@@ -50,8 +50,11 @@ def fit_batch(
 ):
     """Fit many independent problems ``fun(params_i, *args_i)`` at once.
 
-    Each fit is exactly :func:`least_squares` on its own slice of the batch; they share
-    compiled programs, and a slow fit never holds the others back (see
+    Each fit is :func:`least_squares` on its own slice of the batch: the same steps and
+    tests, its arithmetic independent of the other fits' values.  A batched program may
+    round differently in the last bit (XLA vectorises it by width), so results agree
+    with a fit alone to round-off, and a fit whose stopping test is borderline (float32,
+    zero residuals) can end a step apart.  The fits share compiled programs, and a slow fit never holds the others back (see
     ``fitfleet._engine``).  On GPU/TPU the whole batch runs in one device program; on
     CPU in cache-sized blocks, one thread per core (``fitfleet.engine_settings`` picks
     the path).
