@@ -4,6 +4,7 @@ closed-form solution (tests/petab_toy.py) and the best optima known for the benc
 
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -481,6 +482,35 @@ def test_bad_input_is_a_clear_error(toy_problem, tmp_path):
         toy_problem.multistart(2, key="seed")
     with pytest.raises(FileNotFoundError, match="path"):
         fp.load(tmp_path / "missing.yaml")
+    (tmp_path / "table.tsv").write_text("observableId\ttime\n")
+    with pytest.raises(ValueError, match="not a PEtab yaml"):
+        fp.load(tmp_path / "table.tsv")
+    # The multi-start's own options, before any fit (or draw of starts) compiles:
+    with count_compilations() as compiled:
+        for options, match in ((dict(threshold=-1.0), "`threshold`"), (dict(rtol=-1.0), "`rtol`"), (dict(check="yes"), "`check`")):
+            with pytest.raises(ValueError if "check" not in options else TypeError, match=match):
+                toy_problem.multistart(2, key=0, **options)
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            toy_problem.multistart(2, key=0, checkpoint=tmp_path / "no such folder" / "run.npz")
+    assert compiled == []
+
+
+@pytest.mark.slow
+def test_a_float32_fit_under_x64_reports_its_own_nll(tmp_path, x64):
+    """The residual's constant (√(2 ln σ + C) stays real as σ → 0) is the dtype's, so a
+    float32 fit's NLL under x64 is its cost plus the float32 offset, and the summary
+    says so (it said the cost plus the float64 offset, thousands off).  A problem of
+    its own: the module's was fitted in float32 with x64 off (``test_toy_in_float32``),
+    and switching x64 on in one process does not mix with it (the closing notes)."""
+    prob = fp.load(toy.write(tmp_path))
+    res = prob.fit(np.asarray(prob.nominal, np.float32), check=False)
+    assert res.cost.dtype == jnp.float32 and prob.offset_for(jnp.float32) != prob.offset
+    nll = float(prob.nll(np.asarray(res.params, np.float64)))
+    assert float(res.cost) + prob.offset_for(res.cost.dtype) == pytest.approx(nll, abs=1e-2)  # float32 round-off of a cost of ~10³
+    batch = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], res)
+    ms = ff._multistart.summarise(batch, np.asarray(res.params)[None], absolute_sigma=True)
+    best = float(re.search(r"\[\[Best fit\]\] NLL (\S+),", prob.summary(ms)).group(1))
+    assert best == pytest.approx(nll, abs=1e-2)  # float32 round-off of a cost of ~10³
 
 
 # --- helpers --------------------------------------------------------------------------

@@ -144,6 +144,23 @@ def test_cli_refuses_an_opt_in_feature_naming_its_flag(tmp_path):
     assert refused.value.code == 2 and "--preequilibration" in stderr.getvalue()
 
 
+def test_cli_refuses_a_table_for_the_yaml(tmp_path):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as refused:
+        main([str(PERELSON / "measurementData_Perelson_Science1996.tsv"), "--out", str(tmp_path), "--quiet"])
+    assert refused.value.code == 2 and "not a PEtab yaml" in stderr.getvalue()
+
+
+@pytest.mark.slow
+def test_cli_refuses_another_runs_checkpoint_without_a_traceback(run, tmp_path):
+    out, _ = run
+    (tmp_path / "checkpoint.npz").write_bytes((out / "checkpoint.npz").read_bytes())
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as refused:
+        main([str(PERELSON), "--starts", str(STARTS + 1), "--seed", str(SEED), "--out", str(tmp_path), "--quiet"])
+    assert refused.value.code == 2 and "starts" in stderr.getvalue() and "--restart" in stderr.getvalue()
+
+
 @pytest.mark.slow
 def test_cli_runs_with_an_opt_in_feature(tmp_path):
     main([str(CASE_0010), "--starts", "2", "--out", str(tmp_path), "--quiet", "--preequilibration", "--no-plots", "--no-profiles", "--no-checkpoint"])

@@ -85,3 +85,5 @@ def test_bad_input_is_a_clear_error(ms, tmp_path):
     with pytest.raises(TypeError, match="JSON"):
         ms.save(tmp_path / "x.npz", info={"f": residual})
     assert not (tmp_path / "x.npz").exists()
+    with pytest.raises(FileNotFoundError, match="the folder .* does not exist"):
+        ms.save(tmp_path / "no such folder" / "x.npz")

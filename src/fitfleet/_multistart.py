@@ -259,9 +259,7 @@ def multistart(
         raise ValueError(f"`sampler` must be one of {SAMPLERS}; got {sampler!r}.")
     if isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
         raise ValueError(f"`n_starts` must be a positive integer; got {n_starts!r}.")
-    if not (isinstance(rtol, (int, float)) and rtol > 0):
-        raise ValueError(f"`rtol` must be a positive number; got {rtol!r}.")
-    _check_threshold(threshold, absolute_sigma)
+    check_grouping(rtol, threshold, absolute_sigma)
     if "shared_args" in options or "x0" in options:
         raise TypeError("multistart shares `args` among all starts and draws x0 itself; use fit_batch for per-fit data.")
     _setup.check_options(options)  # before drawing the starts, which compiles on a first call
@@ -326,6 +324,13 @@ def success_threshold(best, eps, rtol, threshold=None, absolute_sigma=False):
         return chi2_1_ppf(0.95) / 2, "nll"
     best = abs(float(best)) if np.isfinite(best) else 0.0
     return max(rtol * best, eps * max(1.0, best)), "relative"
+
+
+def check_grouping(rtol, threshold, absolute_sigma):
+    """The options that group the optima, checked (before any fit runs)."""
+    if isinstance(rtol, bool) or not (isinstance(rtol, (int, float, np.floating, np.integer)) and rtol > 0):
+        raise ValueError(f"`rtol` must be a positive number; got {rtol!r}.")
+    _check_threshold(threshold, absolute_sigma)
 
 
 def _check_threshold(threshold, absolute_sigma):

@@ -77,6 +77,8 @@ def load_info(path):
 def write(path, arrays, header):
     """``arrays`` and the JSON ``header`` to ``path``, atomically (module docstring)."""
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"`path` {str(path)!r}: the folder {str(path.parent)!r} does not exist.")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:

@@ -26,6 +26,10 @@ from .. import _saving
 FORMAT = "fitfleet.petab.checkpoint"
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint file that belongs to another multi-start."""
+
+
 def run(fit, starts, path, fingerprint, every=None, progress=False):
     """All starts fitted by ``fit(x0_chunk) -> Result`` (batched), in order, with the
     chunks committed to ``path`` (module docstring).  Returns the Result (numpy arrays)."""
@@ -66,7 +70,7 @@ def _resume(path, starts, fingerprint):
     if saved.shape != starts.shape or saved.dtype != starts.dtype or not np.array_equal(saved, starts):
         differs.append("starts (n_starts, key or their sampling)")
     if differs:
-        raise ValueError(
+        raise CheckpointMismatch(
             f"`checkpoint` {str(path)!r} belongs to another multi-start (it differs in: {', '.join(differs)}); "
             "delete it to start afresh, or pass another path."
         )

@@ -63,10 +63,12 @@ def main(argv=None):
         parser().error("--starts must be a positive integer")
     import diffrax
     import jax
+    import numpy as np
 
     import fitfleet as ff
 
     from . import Rodas5P, load
+    from ._checkpoint import CheckpointMismatch
 
     solver = Rodas5P if args.solver == "Rodas5P" else getattr(diffrax, args.solver, None)
     if not (isinstance(solver, type) and issubclass(solver, diffrax.AbstractSolver)):
@@ -101,10 +103,14 @@ def main(argv=None):
         if args.max_steps is not None:
             options["max_steps"] = args.max_steps
         clock = time.perf_counter()
-        ms = prob.multistart(args.starts, key=jax.random.key(args.seed), checkpoint=checkpoint,
-                             checkpoint_every=args.checkpoint_every, progress=bars, check=not args.no_check, **options)  # fmt: skip
+        try:
+            ms = prob.multistart(args.starts, key=jax.random.key(args.seed), checkpoint=checkpoint,
+                                 checkpoint_every=args.checkpoint_every, progress=bars, check=not args.no_check, **options)  # fmt: skip
+        except CheckpointMismatch as error:  # the user's files, not fitfleet: no traceback
+            parser().exit(2, f"fitfleet.petab: {error} (--restart starts afresh)\n")
         times["multi-start"] = time.perf_counter() - clock
-        info = dict(prob.describe(), seed=args.seed, options=options, check=not args.no_check, solver=args.solver, rtol=float(prob.model.rtol), state_scales=prob.state_scales.tolist())
+        written = ["results.npz"] + ([checkpoint.name] if checkpoint is not None and checkpoint.parent == out and checkpoint.exists() else [])
+        info = dict(prob.describe(np.asarray(ms.results.cost).dtype), seed=args.seed, options=options, check=not args.no_check, solver=args.solver, rtol=float(prob.model.rtol), state_scales=prob.state_scales.tolist())
         ms.save(out / "results.npz", info=info)
         profiles = None
         if not args.no_profiles:
@@ -114,13 +120,14 @@ def main(argv=None):
         text = prob.summary(ms, profiles)
         if not args.no_plots:
             clock = time.perf_counter()
-            prob.plots(ms, profiles, folder=out)
+            written += [f"{name}.png" for name in prob.plots(ms, profiles, folder=out)]
             times["plots"] = time.perf_counter() - clock
         text += "\n[[Timing]] seconds, compilation included\n    " + ", ".join(f"{k} {v:.1f}" for k, v in times.items())
         (out / "summary.txt").write_text(text + "\n")
+        written.append("summary.txt")
     if not args.quiet:
         print(text)
-    say(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))} to {out}/")
+    say(f"wrote {', '.join(sorted(written))} to {out}/")
     return 0
 
 

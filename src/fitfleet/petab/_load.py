@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import petab.v1 as petab
+import yaml
 
 from . import _model, _sbml, _tables, _tolerances
 from ._problem import FTOL, Problem
@@ -84,7 +85,12 @@ def load(path, *, solver=None, rtol=None, state_scales=None, max_steps=10_000, c
         path = yamls[0]
     if not path.is_file():
         raise FileNotFoundError(f"`path`: no PEtab yaml file {str(path)!r}.")
-    problem = petab.Problem.from_yaml(str(path))
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise ValueError(f"`path` {str(path)!r} is not a PEtab yaml file: pass the problem's yaml (which names its tables and model) or its folder.")
+    try:
+        problem = petab.Problem.from_yaml(str(path))
+    except yaml.YAMLError as error:
+        raise ValueError(f"`path` {str(path)!r} is not a readable PEtab yaml file: {error}") from error
     if problem.model is None or not hasattr(problem.model, "sbml_document"):
         raise NotImplementedError("only PEtab problems with an SBML model are supported.")
     if lint and petab.lint_problem(problem):

@@ -8,6 +8,7 @@ succeeds within the multi-start's threshold (χ²₁(0.95)/2 = 1.92 in NLL).
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -93,6 +94,7 @@ def plots(ms, info, profiles=None, folder=None):
     if folder is not None:
         import matplotlib.pyplot as plt
 
+        Path(folder).mkdir(parents=True, exist_ok=True)
         for name, fig in figures.items():
             fig.savefig(f"{folder}/{name}.png", dpi=120)
             plt.close(fig)

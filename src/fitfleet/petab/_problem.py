@@ -149,8 +149,15 @@ class Problem:
 
     @property
     def offset(self):
-        """``nll(x) − ½‖residual(x)‖²``, the same for every ``x`` (float64 if enabled)."""
-        dtype = jnp.result_type(float)
+        """``nll(x) − ½‖residual(x)‖²``, the same for every ``x``, for the residual in the
+        default precision (float64 if enabled; ``offset_for``)."""
+        return self.offset_for(jnp.result_type(float))
+
+    def offset_for(self, dtype):
+        """``offset`` for the residual evaluated in ``dtype`` (a Result's ``cost.dtype``):
+        the constant that keeps √(2 ln σ + C) real as σ → 0 is the dtype's (``_model``),
+        so a float32 fit's costs under x64 need the float32 offset."""
+        dtype = jnp.dtype(dtype)
         if dtype not in self._offset:
             x = jnp.asarray(self.layout.reference, dtype)
             self._offset[dtype] = float(self.model.offset(x, jnp.asarray(self.measurements, dtype)))  # eager: small
@@ -179,7 +186,8 @@ class Problem:
         ODE solve 100 times tighter and, if they disagree by more than the stopping
         test, continue at tighter tolerances (``fitfleet.petab._verify``).
         ``options`` go to ``least_squares``.  The NLL at the result: ``res.cost +
-        self.offset`` (or ``self.nll(res.params)``)."""
+        self.offset`` (``self.offset_for(res.cost.dtype)`` for a start of another
+        precision than the default), or ``self.nll(res.params)``."""
         if x0 is None and np.isnan(self.nominal).any():
             missing = [n for n, v in zip(self.names, self.nominal) if np.isnan(v)]
             named = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
@@ -213,11 +221,13 @@ class Problem:
         """
         if isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
             raise ValueError(f"`n_starts` must be a positive integer; got {n_starts!r}.")
-        dtype = dtype or jnp.result_type(float)
-        x0 = self.sample_starts(n_starts, key).astype(dtype)
-        options = self._options(options)
-        _multistart.success_threshold(0.0, 0.0, rtol, threshold, True)  # checks before any compilation
+        _multistart.check_grouping(rtol, threshold, True)  # before anything compiles
         check = _validate.boolean("check", check)
+        if checkpoint is not None and not Path(checkpoint).parent.is_dir():
+            raise FileNotFoundError(f"`checkpoint` {str(checkpoint)!r}: the folder {str(Path(checkpoint).parent)!r} does not exist.")
+        dtype = dtype or jnp.result_type(float)
+        options = self._options(options)
+        x0 = self.sample_starts(n_starts, key).astype(dtype)
         fit = functools.partial(self._fit_starts, options=options, check=check)
         if checkpoint is None:
             results = fit(x0, progress=progress)
@@ -243,24 +253,26 @@ class Problem:
         """
         return _profiles.profiles(self, fit, names, progress=progress, **options)
 
-    def describe(self):
+    def describe(self, dtype=None):
         """What a results file needs to be read without the model (JSON-able): the
         problem's id and yaml, the parameters (names, scales, bounds and nominal values
-        on the estimation scale), the NLL's offset and the number of measurements."""
+        on the estimation scale), the NLL's offset (for fits in ``dtype``, default the
+        default precision's: ``offset_for``) and the number of measurements."""
+        offset = self.offset if dtype is None else self.offset_for(dtype)
         return {
             "problem": self.path.stem, "yaml": str(self.path), "names": list(self.names), "scales": list(self.scales),
             "lower": self.lower.tolist(), "upper": self.upper.tolist(), "nominal": self.nominal.tolist(),
-            "offset": self.offset, "n_measurements": int(self.measurements.size),
+            "offset": offset, "n_measurements": int(self.measurements.size),
         }  # fmt: skip
 
     def summary(self, ms, profiles=None):
         """A text report of a multi-start (NLL values) and of profiles, if given
         (``fitfleet.petab.summary``)."""
-        return _output.summary(ms, self.describe(), profiles)
+        return _output.summary(ms, self.describe(_cost_dtype(ms, profiles)), profiles)
 
     def plots(self, ms=None, profiles=None, folder=None):
         """The waterfall, parameter and profile plots (``fitfleet.petab.plots``)."""
-        return _output.plots(ms, self.describe(), profiles, folder)
+        return _output.plots(ms, self.describe(_cost_dtype(ms, profiles)), profiles, folder)
 
     def sample_starts(self, n_starts, key=None):
         """(n_starts, n) starting points on the estimation scale, drawn from each
@@ -363,6 +375,16 @@ def _rows(fn, x, y):
     for _ in range(x.ndim - 1):
         fn = jax.vmap(fn, in_axes=(0, None))
     return fn(x, y)
+
+
+def _cost_dtype(ms, profiles):
+    """The precision the costs of a multi-start (or, without one, of profiles) were
+    computed in; None when there is neither."""
+    if ms is not None:
+        return np.asarray(ms.results.cost).dtype
+    if profiles:
+        return np.asarray(next(iter(profiles.values())).cost).dtype
+    return None
 
 
 def _canonical(options):

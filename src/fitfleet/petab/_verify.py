@@ -77,7 +77,7 @@ def checked(problem, results, refit, dtype, options):
         fine = _nlls(problem, x, finer, dtype)
         cost = np.asarray(results.cost)[pending]
         test = np.maximum(problem._fatol, float(options.get("ftol") or 0) * np.abs(cost) + float(options.get("fatol") or 0))
-        off = ~(np.abs(cost + problem.offset - fine) <= test)
+        off = ~(np.abs(cost + problem.offset_for(dtype) - fine) <= test)
         go_on = off & np.isfinite(fine) & (stage < ROUNDS)  # a failed finer solve: nothing to continue from
         results = _marked(results, pending[off & ~go_on])
         pending = pending[go_on]
