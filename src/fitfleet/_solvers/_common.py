@@ -103,14 +103,13 @@ def counter(value=0):
 
 
 def gradient_cosine(grad, col_norm_sq, residual_norm_sq):
-    """``max_j |g_j| / (‖J_j‖ ‖r‖)``, 0 where a column or the residual vanishes.  The
-    norms are taken apart: the product of their squares underflows for residuals and
-    columns of 1e-10 in float32 (1e-80 in float64), which read as an optimum.  A
-    nonzero ``g_j`` over a denominator that still underflowed counts as 1: no optimum
-    can be claimed from it."""
+    """``max_j |g_j| / (‖J_j‖ ‖r‖)``, 0 where a column or the residual vanishes (a
+    parameter without influence, or a zero residual).  The norms are taken apart: the
+    product of their squares underflows for residuals and columns of 1e-10 in float32
+    (1e-80 in float64), which read as an optimum at any point."""
     denom = jnp.sqrt(col_norm_sq) * jnp.sqrt(residual_norm_sq)
     safe = jnp.where(denom > 0, denom, 1)
-    return jnp.max(jnp.where(denom > 0, jnp.abs(grad) / safe, jnp.where(grad != 0, 1, 0).astype(grad.dtype)))
+    return jnp.max(jnp.where(denom > 0, jnp.abs(grad) / safe, 0))
 
 
 def start_status(cost, jac, cosine, tol):
