@@ -23,7 +23,7 @@ import pytest
 
 import fitfleet as ff
 from conftest import count_compilations
-from fitfleet import _problem, _xla
+from fitfleet import _tracing, _xla
 from fitfleet._engine import host, programs, runtime
 from fitfleet._solvers import levenberg_marquardt
 from fitfleet._status import Status
@@ -182,9 +182,9 @@ def test_caches_clear_and_background_compilation_can_be_turned_off(x64):
         res = ff.fit_batch(decay, x0, (t3, y3), shared_args=(0,))
     assert not runtime._background  # nothing left running: the tail compiled before the call returned
     assert all(p["tail"].future.done() for p in host._EXECUTABLES.values() if p["tail"] is not None)
-    assert host._EXECUTABLES and programs._STEPS and _problem._TRACED
+    assert host._EXECUTABLES and programs._STEPS and _tracing._TRACED
     ff.clear_caches()
-    assert not host._EXECUTABLES and not programs._STEPS and not _problem._TRACED
+    assert not host._EXECUTABLES and not programs._STEPS and not _tracing._TRACED
     assert not any(jitted.cache_info().currsize for jitted in _xla._JITTED)
     again = ff.fit_batch(decay, x0, (t3, y3), shared_args=(0,))
     np.testing.assert_array_equal(again.params, res.params)
