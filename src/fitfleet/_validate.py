@@ -141,9 +141,11 @@ def parameters(x0, name="x0"):
     return jax.tree_util.tree_map(leaf, numbers_as_array(x0))
 
 
-def arguments(args, name="args"):
+def arguments(args, name="args", lazy=False):
     """``args`` as a tuple (a list is taken as scipy takes it); each entry that is a list
-    of numbers becomes an array, Python and numpy scalars become arrays."""
+    of numbers becomes an array, Python and numpy scalars become arrays, and so do
+    other array-likes (``array_like``) unless ``lazy`` (``fit_stream`` reads them chunk
+    by chunk)."""
     if isinstance(args, list):
         args = tuple(args)
     if not isinstance(args, tuple):
@@ -151,16 +153,20 @@ def arguments(args, name="args"):
             f"`{name}` must be a tuple of extra arguments to fun; got {type(args).__name__}. "
             "For a single argument write args=(x,)."
         )
-    return jax.tree_util.tree_map(array_like, tuple(map(numbers_as_array, args)))
+    return jax.tree_util.tree_map(_scalar_as_array if lazy else array_like, tuple(map(numbers_as_array, args)))
 
 
 def array_like(a):
     """Python and numpy scalars, and objects that convert themselves to arrays
     (``__array__``: a pandas Series or DataFrame, an xarray DataArray), as numpy arrays:
     jit would otherwise take them for static arguments.  Anything else as it is."""
-    if isinstance(a, (bool, int, float, np.generic)) or (hasattr(a, "__array__") and not isinstance(a, (np.ndarray, jax.Array))):
+    if hasattr(a, "__array__") and not isinstance(a, (np.ndarray, jax.Array)):
         return np.asarray(a)
-    return a
+    return _scalar_as_array(a)
+
+
+def _scalar_as_array(a):
+    return np.asarray(a) if isinstance(a, (bool, int, float, np.generic)) else a
 
 
 def flat(value, n, like, name, kind=float):

@@ -54,7 +54,7 @@ def array_like(a, name):
 
 def inputs(x0, args, shared_args):
     """``(x0, args, mask, B)``: streamed leaves as array-likes, a batched-or-shared mask."""
-    args = _validate.arguments(args)
+    args = _validate.arguments(args, lazy=True)  # out-of-core arrays stay on disk
     if shared_args is True:
         mask = (False,) * len(args)
     else:
