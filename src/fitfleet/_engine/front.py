@@ -54,10 +54,10 @@ def fit_batch(
     tests, its arithmetic independent of the other fits' values.  A batched program may
     round differently in the last bit (XLA vectorises it by width), so results agree
     with a fit alone to round-off, and a fit whose stopping test is borderline (float32,
-    zero residuals) can end a step apart.  The fits share compiled programs, and a slow fit never holds the others back (see
-    ``fitfleet._engine``).  On GPU/TPU the whole batch runs in one device program; on
-    CPU in cache-sized blocks, one thread per core (``fitfleet.engine_settings`` picks
-    the path).
+    zero residuals) can end a step apart.  The fits share compiled programs, and a
+    slow fit never holds the others back (see ``fitfleet._engine``).  On GPU/TPU the
+    whole batch runs in one device program; on CPU in cache-sized blocks, one thread
+    per core (``fitfleet.engine_settings`` picks the path).
 
     Args:
         fun: ``fun(params, *args)`` for ONE fit, as for :func:`least_squares`.
