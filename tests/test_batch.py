@@ -114,6 +114,7 @@ def test_compaction_equals_plain_vmapped_loop(x64, monkeypatch):
     np.testing.assert_allclose(res.jac, plain.jac, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("float64", marks=pytest.mark.slow)], indirect=True)
 def test_accelerator_path_equals_plain_vmapped_loop(dtype, monkeypatch):
     """The accelerator path (one device program: rounds, on-device sorting, a ladder of
     widths, LM's spectral damping search), forced on CPU: every fit takes its own steps,
@@ -290,8 +291,15 @@ def test_a_model_that_may_raise_is_evaluated_once_per_trial_point(x64, method):
     assert counts[1] == counts[0] + 1
 
 
-@pytest.mark.parametrize("model", [checked_decay, checked_decay_and_start], ids=["data", "data-and-nan"])
-@pytest.mark.parametrize("path", ["cpu", "accelerator"])
+@pytest.mark.parametrize(
+    "path, model",
+    [
+        pytest.param("cpu", checked_decay, id="cpu-data"),
+        pytest.param("accelerator", checked_decay_and_start, id="accelerator-data-and-nan"),
+        pytest.param("cpu", checked_decay_and_start, id="cpu-data-and-nan", marks=pytest.mark.slow),
+        pytest.param("accelerator", checked_decay, id="accelerator-data", marks=pytest.mark.slow),
+    ],
+)
 def test_a_raising_member_is_isolated(x64, path, model):
     """Members whose data make the model raise get MODEL_RAISED at their start, as a fit
     alone does; the others get exactly what they get in a batch without them, also where
@@ -474,6 +482,7 @@ MULTI_DEVICE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a process of its own, compiling everything again
 def test_multi_device_equals_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     script = MULTI_DEVICE.format(tests=os.path.dirname(__file__))

@@ -163,7 +163,11 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES)
+# In the default run: a plain fit, an active bound and a robust loss; the rest are slow.
+DEFAULT_CASES = {"michaelis-menten", "bounds-active", "soft-l1-loss"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in DEFAULT_CASES else pytest.mark.slow) for c in CASES])
 def test_matches_central_differences(x64, case):
     fit, y, scale, check = CASES[case]()
     params, vjp = jax.vjp(fit, y)
@@ -291,7 +295,8 @@ def test_other_result_fields_are_differentiated_consistently(x64):
 
 
 @pytest.mark.parametrize(
-    "adjoint, on_failure", [("implicit", "nan"), ("implicit", "zero"), ("implicit", "keep"), ("unroll", "nan")]
+    "adjoint, on_failure",
+    [("implicit", "nan"), ("implicit", "zero"), ("implicit", "keep"), pytest.param("unroll", "nan", marks=pytest.mark.slow)],
 )
 def test_failed_fit_gradients_follow_grad_on_failure(x64, adjoint, on_failure):
     S, v = mm_data()

@@ -48,7 +48,7 @@ def _reference(t, y):
     return np.asarray(res.params)
 
 
-@pytest.mark.parametrize("adjoint, mode", [("default", "rev"), ("forward", "fwd")])
+@pytest.mark.parametrize("adjoint, mode", [pytest.param("default", "rev", marks=pytest.mark.slow), ("forward", "fwd")])
 def test_ode_fit_matches_the_closed_form_fit_in_the_mode_diffrax_supports(x64, adjoint, mode):
     """diffrax's default adjoint is a custom_vjp (no forward mode): "auto" takes reverse
     mode though n <= m; with ForwardMode it takes forward mode."""
@@ -77,6 +77,7 @@ def test_multistart_on_an_ode_survives_starts_where_the_solver_fails(x64):
     np.testing.assert_allclose(ms.best.params, _reference(t, y), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_implicit_solver_steps_each_fit_alone_and_equals_the_loop(x64, monkeypatch):
     """An implicit solver's Newton iterations factorise a matrix inside the adaptive
     solve's loop (``_xla.solves_in_loop``), so ``fit_batch`` runs its fits in blocks of

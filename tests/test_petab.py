@@ -101,21 +101,26 @@ def test_every_supported_feature_at_once_matches_amici(x64):
     in time, a local parameter, assignment and rate rules, initial assignments, numeric
     and parameter overrides, three noise models, state-dependent noise).  AMICI at rtol
     1e-12 is the reference.  At the default tolerance the simulation and the NLL match
-    as the benchmark problems' do.  At fitfleet's rtol 1e-12 as well, the simulation
-    matches to 1e-8 and the NLL to 1e-8 (measured 3e-10 and 1e-9; 9e-8 for the NLL at
-    rtol 1e-10, 9e-9 at 1e-11), so what differs is the ODE solver's error, not the
-    model's meaning; and the gradient (forward-mode sensitivities through every
-    feature) is the NLL's central difference (measured 1e-5; a difference of an
-    adaptive solve is noisy, rtol/h, hence the tight solve)."""
+    as the benchmark problems' do."""
     name = "fitfleet_features"
-    expected = _REFERENCE["synthetic"][name]
     default = load(name)
     assert_matches(*amici_table(name, default.simulate(default.nominal)))
-    assert float(default.nll(default.nominal)) == pytest.approx(expected, rel=1e-5, abs=0)
+    assert float(default.nll(default.nominal)) == pytest.approx(_REFERENCE["synthetic"][name], rel=1e-5, abs=0)
+
+
+@pytest.mark.slow
+def test_every_supported_feature_at_once_matches_amici_tightly(x64):
+    """The synthetic problem at fitfleet's rtol 1e-12: the simulation matches AMICI's to
+    1e-8 and the NLL to 1e-8 (measured 3e-10 and 1e-9; 9e-8 for the NLL at rtol 1e-10,
+    9e-9 at 1e-11), so what differs at the default tolerance is the ODE solver's error,
+    not the model's meaning; and the gradient (forward-mode sensitivities through every
+    feature) is the NLL's central difference (measured 1e-5; a difference of an adaptive
+    solve is noisy, rtol/h, hence the tight solve)."""
+    name = "fitfleet_features"
     tight = fp.load(DATA / name, rtol=1e-12)
     ours, ref = amici_table(name, tight.simulate(tight.nominal))
     np.testing.assert_allclose(ours.simulation, ref.simulation, rtol=1e-8)
-    assert float(tight.nll(tight.nominal)) == pytest.approx(expected, rel=1e-8, abs=0)
+    assert float(tight.nll(tight.nominal)) == pytest.approx(_REFERENCE["synthetic"][name], rel=1e-8, abs=0)
     x, h = jnp.asarray(tight.nominal) + 0.05, 1e-4
     nll = jax.jit(tight.nll)
     central = [(float(nll(x.at[i].add(h))) - float(nll(x.at[i].add(-h)))) / (2 * h) for i in range(x.size)]
@@ -134,6 +139,7 @@ def test_nll_matches_petab_likelihood_of_the_simulation(x64):
     assert float(prob.nll(x)) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.slow  # the command line's test reaches Perelson's in the default run
 def test_fit_from_nominal_reaches_the_best_known_optimum(x64):
     prob = load("Rahman_MBS2016")
     res = prob.fit(prob.nominal)
@@ -230,6 +236,7 @@ def test_the_tolerance_rule_tightens_until_the_nll_is_resolved(toy_problem, x64)
                 np.testing.assert_allclose(s, scales * (_tolerances.SCALE_MIN if free else 1), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_conditions_one_after_another_or_side_by_side_agree(toy_problem, tmp_path, x64):
     """The toy's two conditions solved one after another and side by side (vmap): the
     same residuals and forward-mode Jacobian, each condition's solve being the same to
@@ -264,8 +271,7 @@ def test_toy_stops_as_pypesto_does(toy_problem, x64):
     """The default stopping test is pyPESTO's on the NLL, |ΔNLL| < 1e-8·(1 + |NLL|)
     (NLL at the nominal parameters), as fitfleet's absolute ``fatol``; settle off;
     Fides's budget of 1,000 iterations, whatever the number of parameters (fitfleet's
-    own is 100·(n + 1)), trf's acceleration from step 100 on; overridable.  A fit stops
-    by it where the NLL falls by less in a step."""
+    own is 100·(n + 1)), trf's acceleration from step 100 on; overridable."""
     prob = toy_problem
     nll = float(prob.nll(jnp.asarray(prob.nominal)))
     options = prob._options({})
@@ -274,10 +280,15 @@ def test_toy_stops_as_pypesto_does(toy_problem, x64):
     assert options["acceleration"] == 100  # trf's, from a tenth of the budget on
     given = {"ftol": 1e-6, "fatol": 0.0, "settle": True, "max_steps": 50, "acceleration": False}
     assert prob._options(given) == {**options, **given}
+
+
+@pytest.mark.slow
+def test_toy_fit_stops_where_the_nll_falls_by_less_than_pypestos_test(toy_problem, x64):
+    prob = toy_problem
     res = prob.fit(prob.nominal + 0.3, history=True)
     assert int(res.status) == ff.Status.FTOL
     nlls = np.asarray(res.history.cost[: int(res.history.length)]) + prob.offset
-    assert 0 < nlls[-2] - nlls[-1] <= options["fatol"]
+    assert 0 < nlls[-2] - nlls[-1] <= prob._options({})["fatol"]
 
 
 def test_a_stop_on_the_solvers_error_is_checked_and_continued(toy_problem, x64, monkeypatch):
@@ -320,12 +331,12 @@ def test_a_stop_on_the_solvers_error_is_checked_and_continued(toy_problem, x64, 
     np.testing.assert_array_equal(inaccurate.params, plain.params)
 
 
-def test_secant_model_on_for_every_problem(toy_problem):
+def test_secant_model_on_for_every_problem(toy_problem, x64):
     """trf's secant model is on where some σ depends on the parameters or the states
     (the toy's σ = sd·A) and where every σ is fixed (Rahman), and overridable."""
     assert toy_problem._options({})["secant"] is True
     assert toy_problem._options({"secant": False})["secant"] is False
-    assert fp.load(DATA / "Rahman_MBS2016")._options({})["secant"] is True
+    assert load("Rahman_MBS2016")._options({})["secant"] is True
 
 
 def test_toy_in_float32(toy_problem):
@@ -450,6 +461,7 @@ def test_unsupported_features_are_named(tmp_path, feature, options, match):
         fp.load(toy.write(tmp_path, **feature), lint=False, **options)
 
 
+@pytest.mark.slow
 def test_missing_nominal_values_use_the_middle_of_the_bounds(toy_problem, tmp_path, x64):
     """PEtab lets an estimated parameter's nominal value be empty (Korkut_eLIFE2015 gives
     none).  ``nominal`` keeps NaN there, ``fit()`` asks for a start, and the load-time

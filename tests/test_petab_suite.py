@@ -23,8 +23,9 @@ SUITE = Path(__file__).resolve().parent / "data" / "petab" / "petabtests"
 CASES = sorted(p.name for p in SUITE.iterdir() if p.is_dir())
 PREEQUILIBRATION = ["0009", "0010", "0017", "0018"]  # their READMEs say what each tests
 # In the default run (each case compiles its ODE solves, ~7 s): the plainest case, and
-# partial pre-equilibration without and with a rate rule.
-CHEAP = {"0001", "0010", "0018"}
+# partial pre-equilibration; the other cases and the gradients through
+# pre-equilibration are slow.
+CHEAP = {"0001", "0010"}
 _slow_unless_cheap = lambda cases: [pytest.param(c, marks=() if c in CHEAP else pytest.mark.slow) for c in cases]  # noqa: E731
 _LOADED = {}
 
@@ -54,7 +55,8 @@ def test_simulation_chi2_and_likelihood_match_the_suite(case, x64):
     assert -float(prob.nll(prob.nominal)) == pytest.approx(solution["llh"], rel=1e-6, abs=1e-9)
 
 
-@pytest.mark.parametrize("case", _slow_unless_cheap(PREEQUILIBRATION))
+@pytest.mark.slow
+@pytest.mark.parametrize("case", PREEQUILIBRATION)
 def test_preequilibration_gradient_matches_central_differences(case, x64):
     prob, _, _ = _case(case)
     x = prob.nominal
@@ -64,6 +66,7 @@ def test_preequilibration_gradient_matches_central_differences(case, x64):
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6 * np.max(np.abs(fd)))
 
 
+@pytest.mark.slow
 def test_steady_state_measurements_match_the_closed_form(tmp_path, x64):
     """Case 0001 (A ⇌ B, rates k1, k2) with measurements at t = inf added, alone in one
     condition and beside finite times in another, and one after pre-equilibration: the

@@ -1,12 +1,11 @@
-"""The PEtab workflow end to end.
+"""The PEtab workflow end to end, beyond ``test_petab_cli.py`` (the default run's: the
+command line on Perelson).
 
-Default run: the command line on the smallest benchmark problem (Perelson, 3
-parameters, 16 data points): its best NLL against the best known optimum, the summary
-against its results file, the profiles' interval ends against scipy's refits of the
-NLL, the plots, the progress bars; a checkpointed multi-start interrupted between
-chunks that resumes; and the petab extra without scipy.  Slow: the closed-form toy
-problem (tests/petab_toy.py: profiles and verdicts against the closed-form likelihood
-minimised by scipy), a checkpoint that survives SIGKILL, and Boehm's identifiability.
+Default run: the command line's help.  Slow: the closed-form toy problem
+(tests/petab_toy.py) through the command line, its profiles and verdicts against the
+closed-form likelihood minimised by scipy, one compiled program for all profiles, a
+checkpoint that resumes and one that survives SIGKILL; the petab extra without scipy;
+Boehm's identifiability.
 """
 
 import os
@@ -226,6 +225,7 @@ def test_help_documents_the_command_line():
     assert re.search(r"--no-check(?!point)", text)  # the end-point check (fitfleet.petab._verify)
 
 
+@pytest.mark.slow  # a process of its own, compiling the toy again
 def test_petab_runs_without_scipy(tmp_path):
     """scipy is a reference tool for the tests, not a run-time dependency: with it
     unimportable, a problem loads (the pilot solve sets the tolerances) and evaluates."""

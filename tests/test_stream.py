@@ -356,6 +356,7 @@ print("fitted", jax.process_index(), sum(fitted), int(out["done"][:].sum()))
 """
 
 
+@pytest.mark.slow  # two processes of their own, each compiling
 def test_two_processes_equal_one(disk, tmp_path):
     data, _, _, reference = disk
     with socket.socket() as s:
