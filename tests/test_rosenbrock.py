@@ -63,12 +63,11 @@ def _van_der_pol(t, y, mu, xp=jnp):
     return xp.stack([y[1], mu * ((1 - y[0] ** 2) * y[1] - y[0])])
 
 
+@pytest.mark.slow  # the stiff Robertson test above is the default run's
 @pytest.mark.parametrize(
     "vf, y0, args, t1, atol",
-    [
-        pytest.param(_robertson, [1.0, 0.0, 0.0], [0.04, 3e7, 1e4], 1e11, 1e-14, id="robertson-1e11", marks=pytest.mark.slow),
-        pytest.param(_van_der_pol, [2.0, 0.0], 1e6, 2.0, 1e-10, id="van-der-pol-1e6", marks=pytest.mark.slow),
-    ],
+    [(_robertson, [1.0, 0.0, 0.0], [0.04, 3e7, 1e4], 1e11, 1e-14), (_van_der_pol, [2.0, 0.0], 1e6, 2.0, 1e-10)],
+    ids=["robertson-1e11", "van-der-pol-1e6"],
 )
 def test_very_stiff_problems_match_scipy_radau(x64, vf, y0, args, t1, atol):
     """The stage solves by the inverse of I/(hγ) − J (not backward stable, ``step``'s
