@@ -265,6 +265,7 @@ def raised_by_model(error):
 # --------------------------------------------------------------------- compile notices
 
 _NOTICE = {"seconds": 2.0}
+_WATCHING = threading.local()  # a notice open in this thread: an inner one stays silent
 _TRACED, _COMPILED = "/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration"
 
 
@@ -290,7 +291,7 @@ def compile_notice(what):
     the block only): once a program has been traced and its compilation has run for
     the notice's threshold (or its tracing alone took that long), print one line."""
     seconds = _NOTICE["seconds"]
-    if seconds is None:
+    if seconds is None or getattr(_WATCHING, "open", False):  # off, or inside another (a profile's fit_batch calls)
         yield
         return
     state = {"timer": None, "said": False, "start": time.perf_counter()}
@@ -318,9 +319,11 @@ def compile_notice(what):
                     state["timer"].start()
 
     jax.monitoring.register_event_duration_secs_listener(listener)
+    _WATCHING.open = True
     try:
         yield
     finally:
+        _WATCHING.open = False
         jax.monitoring.unregister_event_duration_listener(listener)
         with lock:
             if state["timer"] is not None:

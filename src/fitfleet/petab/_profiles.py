@@ -7,8 +7,8 @@ Each parameter is profiled by :func:`fitfleet.profile` (its adaptive grid, inter
 negative log-likelihood up to a constant, so ``Δ = 2 (NLL(profiled) − NLL(optimum))``
 and the 95% threshold is χ²₁(0.95) = 3.84, i.e. 1.92 in NLL.
 
-One compiled program serves every parameter.  :func:`fitfleet.profile` compiles a
-program per profiled index and per bounds (they are static), so here the parameters
+One set of compiled programs serves every parameter.  :func:`fitfleet.profile` compiles
+its refits per profiled index and per bounds (they are static), so here the parameters
 are profiled in coordinates where both are the same for all of them: for parameter
 ``i`` the fit variables are
 
@@ -98,7 +98,7 @@ def _unit_box_residual(prob):
 
 class _UnitBox:
     """The residual in ``z`` (module docstring); equal for equal ``fun`` (fitfleet.profile
-    keys its compiled program on it)."""
+    keys its compiled programs on it)."""
 
     def __init__(self, fun):
         self.fun = fun
