@@ -183,6 +183,43 @@ def test_profile_compiles_once_for_new_data_and_tolerances(x64):
     np.testing.assert_allclose(second.ci, ff.profile(expression, res2, args2, index=3, absolute_sigma=True).ci, rtol=1e-6)
 
 
+def looped_decay(p, t, y):
+    """``p[0] e^(−|p[1]| t) − y``, the rate found by Newton's iteration for √(p[1]²) in a
+    ``while_loop`` whose trip count depends on ``p``, as an ODE solve's does."""
+
+    def body(carry):
+        i, z = carry
+        return i + 1, 0.5 * (z + p[1] ** 2 / z)
+
+    def cond(carry):
+        i, z = carry
+        return (i < 60) & (jnp.abs(z * z - p[1] ** 2) > 1e-15 * p[1] ** 2)
+
+    _, rate = jax.lax.while_loop(cond, body, (0, jnp.abs(p[1]) + 1.0))
+    return (p[0] * jnp.exp(-rate * t) - y) / NOISE
+
+
+def test_a_model_with_loops_refits_by_fit_batch_as_one_program_does(x64, capfd):
+    """A model with loops of its own is profiled round by round through fit_batch (its
+    vmapped loops inside the walk's loop compile slowly; ``fitfleet._profile``): the
+    same grid, Δ, interval and verdict as the one program it is under ``jit``, and the
+    progress bar counts its refits."""
+    t = jnp.linspace(0.0, 4.0, 25)
+    y = 2.0 * jnp.exp(-0.7 * t) + NOISE * jnp.sin(11 * t)
+    res = ff.least_squares(looped_decay, jnp.array([1.0, 1.0]), (t, y))
+    assert res.success and abs(float(res.params[1]) - 0.7) < 0.05
+    with count_compilations() as names:
+        prof = ff.profile(looped_decay, res, (t, y), index=1, absolute_sigma=True, progress=True)
+    assert names and "jit(_profile)" not in names  # fit_batch's programs, not the one program
+    assert f"{prof.values.shape[0] + 1}/" in capfd.readouterr().err
+    one = jax.jit(lambda r: ff.profile(looped_decay, r, (t, y), index=1, absolute_sigma=True))(res)
+    used = ~np.isnan(np.asarray(one.values))
+    np.testing.assert_allclose(prof.values, np.asarray(one.values)[used], rtol=1e-12)
+    np.testing.assert_allclose(prof.statistic, np.asarray(one.statistic)[used], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(prof.ci, one.ci, rtol=1e-8)
+    assert int(prof.verdict) == int(one.verdict) == ff._profile.Verdict.IDENTIFIABLE
+
+
 def line(p, x, y):
     return p[0] + p[1] * x - y
 

@@ -180,6 +180,7 @@ class Spec(eqx.Module):
     log: Any = eqx.field(static=True)  # None, or a tuple of bools
     may_raise: bool = eqx.field(static=True, default=False)  # see Problem.may_raise
     solves_in_loop: bool = eqx.field(static=True, default=False)  # of the Jacobian (_xla; the engine blocks of one)
+    loops: bool = eqx.field(static=True, default=False)  # the Jacobian runs a while loop (_xla; profiles refit by fit_batch)
 
 
 def check(

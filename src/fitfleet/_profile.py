@@ -47,7 +47,7 @@ from ._engine import fit_batch
 from ._least_squares import least_squares
 from ._profile_walk import FLAT, ROUNDS, End, Verdict, begin, interval, likelihood_ratio, on_bound, outcome, rounds, verdict
 from ._result import Result
-from ._setup import check_options
+from ._setup import check_options, prepare
 from ._stats import chi2_1_ppf
 from ._uncertainty import uncertainty
 
@@ -212,15 +212,15 @@ def profile(
     settings = _Settings(index, names[index], n_points, m, level, threshold, (float(lower[index]), float(upper[index]), bool(log[index])))
     pinned = _Pinned(fun, index, *_unflatten_spec(res.params))
     total = ROUNDS * 2 * ((n_points - 1) // 2) + 1 if grid is None else grid.shape[0] + 1
-    # Outside a trace each round's refits are one fit_batch call: the batch engine's
-    # programs compile in under half the time of one program that holds the whole walk
-    # (a PEtab model's refits: 18 s against 45 s).  Under a trace, one program.
-    eager = not _validate.any_traced((res, args, grid, refit_options))
+    # Outside a trace, a model that runs loops of its own (an ODE solve) refits by one
+    # fit_batch call a round: vmapped inside the walk's loop, its loops trace and compile
+    # several times slower (Boehm's nine PEtab profiles, first call 143.7 s against 69.6 s,
+    # second 66.7 s against 31.2 s).  Any other compiles and runs faster as one program
+    # (Michaelis-Menten's: 4.1 s against 5.8 s, 3.9 ms against 48 ms), as under a trace.
+    eager = not _validate.any_traced((res, args, grid, refit_options)) and _loops(pinned, res, args, refit_options, index)
     with _xla.compile_notice("the profile's refits"), _driver.progress_bar(_driver.Monitor(progress=progress), total, "refit"):
-        if eager:
-            prof = _profile(pinned, res, args, grid, refit_options, settings, eager=True)
-        else:
-            prof = _profile_compiled(pinned, res, args, grid, refit_options, settings, eager=False)
+        run = _profile if eager else _profile_compiled
+        prof = run(pinned, res, args, grid, refit_options, settings, eager=eager, progress=progress)
     return _drop_unused(prof)
 
 
@@ -236,17 +236,27 @@ class _Settings(NamedTuple):
     box: tuple  # (lower, upper, log) of the profiled parameter
 
 
-def _profile(pinned, res, args, grid, refit_options, s, eager):
-    """Everything after validation: one program under a trace; else compiled pieces
-    around ``fit_batch`` calls (run eagerly they would be dozens of tiny programs)."""
+def _profile(pinned, res, args, grid, refit_options, s, eager, progress):
+    """Everything after validation: one program (``_profile_compiled``); or, ``eager``,
+    compiled pieces around ``fit_batch`` calls (run eagerly they would be dozens of tiny
+    programs).  ``progress`` (static) advances the bar after each round."""
     refits = functools.partial(_refit_batch if eager else _refit_vmapped, pinned, args, refit_options)
     start = (_start_compiled if eager else _start)(res, grid, s)
     if grid is not None:
         found = refits(*start)
-        _driver.advance_bar_by(grid.shape[0] + 1) if eager else None
+        if progress:
+            _driver.advance_bar_by(grid.shape[0] + 1) if eager else jax.debug.callback(_driver.advance_bar_by, grid.shape[0] + 1)
     else:
-        found = rounds(*start, refits, eager)
+        found = rounds(*start, refits, eager, progress)
     return (_finish_compiled if eager else _finish)(res, grid, found, s)
+
+
+def _loops(pinned, res, args, options, index):
+    """Whether the refits' Jacobian runs a loop (``_problem.Spec.loops``; the set-up
+    ``fit_batch`` repeats, its trace remembered)."""
+    p_hat = ravel_pytree(res.params)[0]
+    q0 = p_hat[np.arange(p_hat.shape[0]) != index] if p_hat.shape[0] > 1 else jnp.zeros(1, p_hat.dtype)
+    return prepare(pinned, q0, (p_hat[index], *args), options).spec.loops
 
 
 def _refit_vmapped(pinned, args, options, values, starts):

@@ -22,10 +22,11 @@ A side stops
 
 Every grid value is finite (never 0 or ``inf`` on a log scale, which an ODE solve
 cannot take).  A round is pure functions of an explicit state (:class:`Walk`,
-``propose``, ``advance``, ``running``), so the walk runs as a Python loop whose refits
-are ``fit_batch`` calls, or, under ``jit`` and ``vmap``, as a ``while_loop`` around
-vmapped ``least_squares`` (``fitfleet._profile``).  Outside a trace the unused slots of
-the last rounds are dropped; under one they are NaN (sorted last).
+``propose``, ``advance``, ``running``), so the walk runs as a ``while_loop`` around
+vmapped ``least_squares``, one program (under ``jit`` and ``vmap`` too), or for a model
+with loops of its own as a Python loop whose refits are ``fit_batch`` calls
+(``fitfleet._profile`` says why).  Outside a trace the unused slots of the last rounds
+are dropped; under one they are NaN (sorted last).
 
 Verdict (``Profile.verdict``, after Raue et al. 2009), from how each side ended
 (``Profile.ends``):
@@ -239,18 +240,27 @@ def advance(w, state, cost, q, success):
     return r + 1, offsets[:, -1] * growth, inner, active & ~stop, refine_next, bracket, warm, cost_min, ends, buffers
 
 
-def rounds(walk, state, refits, eager):
+def rounds(walk, state, refits, eager, progress=False):
     """The walk's rounds until ``running`` fails, refitting with ``refits(values, starts)
-    -> (cost, q, success)``: under a trace one ``while_loop``; else (``eager``) a Python
-    loop around compiled rounds, the refits (``fit_batch`` calls) in between."""
+    -> (cost, q, success)``: one ``while_loop``; or (``eager``) a Python loop around
+    compiled rounds, the refits (``fit_batch`` calls) in between.  ``progress`` (static)
+    advances the progress bar by each round's refits."""
     if not eager:
-        return jax.lax.while_loop(running, lambda st: advance(walk, st, *refits(*propose(walk, st)[:2])), state)
+
+        def body(state):
+            values, starts, used = propose(walk, state)
+            if progress:  # static: off, no host callback at all
+                jax.debug.callback(advance_bar_by, jnp.sum(used))
+            return advance(walk, state, *refits(values, starts))
+
+        return jax.lax.while_loop(running, body, state)
     going = True
     while going:
         values, starts, used = _propose_compiled(walk, state)
         state, going = _advance_compiled(walk, state, *refits(values, starts))
         going = bool(going)
-        advance_bar_by(np.asarray(used).sum())
+        if progress:
+            advance_bar_by(np.asarray(used).sum())
     return state
 
 

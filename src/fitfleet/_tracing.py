@@ -107,9 +107,9 @@ def choose_jacobian(fun, spec):
     traces = {}
     for mode in modes:
         traces[mode] = _traced(_jacobian_trace, fun, x0, args, mode)
-        error, raises, solves = traces[mode]
+        error, raises, solves, loops = traces[mode]
         if error is None:
-            return dataclasses.replace(spec, jac=mode, may_raise=raises, solves_in_loop=solves)
+            return dataclasses.replace(spec, jac=mode, may_raise=raises, solves_in_loop=solves, loops=loops)
     errors = {mode: traces[mode][0] for mode in modes}
     how = {"fwd": "forward mode (jax.jacfwd)", "rev": "reverse mode (jax.jacrev)"}
     reasons = "; ".join(f"{how[mode]}: {type(e).__name__}: {str(e).splitlines()[0].rstrip('.')}" for mode, e in errors.items())
@@ -127,18 +127,19 @@ def choose_jacobian(fun, spec):
 
 
 def _jacobian_trace(fun, x0, args, mode):
-    """``(error, may_raise, solves_in_loop)``: the exception that tracing ``fun``'s
+    """``(error, may_raise, solves_in_loop, loops)``: the exception that tracing ``fun``'s
     Jacobian in ``mode`` raises (None if it traces), whether it contains run-time checks
     that may raise (``_xla.may_raise``: then the solvers evaluate it only at points whose
     residual is finite, so a member of a batch that strays cannot raise for all of
     them), and whether it factorises inside a data-dependent loop
-    (``_xla.solves_in_loop``: the batch engine then steps each fit alone)."""
+    (``_xla.solves_in_loop``: the batch engine then steps each fit alone), and whether it
+    runs a loop at all (``_xla.loops``: profiles then refit by ``fit_batch``)."""
     transform = jax.jacfwd if mode == "fwd" else jax.jacrev
     try:
         jaxpr = jax.make_jaxpr(lambda p, a: transform(lambda q: fun(q, *a))(p))(x0, args)
     except Exception as e:  # whatever JAX raises for an untransformable function
-        return e, False, False
-    return None, _xla.may_raise(jaxpr), _xla.solves_in_loop(jaxpr)
+        return e, False, False, False
+    return None, _xla.may_raise(jaxpr), _xla.solves_in_loop(jaxpr), _xla.loops(jaxpr)
 
 
 _TRACED = {}

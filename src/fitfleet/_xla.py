@@ -237,6 +237,11 @@ def solves_in_loop(closed_jaxpr):
     return any(looped and eqn.primitive.name in FACTORISATIONS for eqn, looped in _equations(closed_jaxpr))
 
 
+def loops(closed_jaxpr):
+    """Whether a jaxpr runs a ``while`` loop (an ODE solve, a root find)."""
+    return any(eqn.primitive.name == "while" for eqn, _ in _equations(closed_jaxpr))
+
+
 def _equations(closed_jaxpr):
     """Every equation of a jaxpr and of its sub-jaxprs, with whether it lies inside a
     ``while`` loop."""
