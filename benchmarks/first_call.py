@@ -21,6 +21,16 @@ import subprocess
 import sys
 import tempfile
 
+ODE = """
+import diffrax
+t = jnp.linspace(0.0, 10.0, 30); y = 0.7 / (0.3 - 0.7) * (jnp.exp(-0.7 * t) - jnp.exp(-0.3 * t))
+def b(k):
+    rates = lambda _, s, k: jnp.stack([-k[0] * s[0], k[0] * s[0] - k[1] * s[1]])
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(rates), diffrax.Kvaerno5(), 0.0, 10.0, 0.05, jnp.array([1.0, 0.0]), args=k,
+        saveat=diffrax.SaveAt(ts=t), stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10),
+        adjoint=diffrax.ForwardMode(), throw=False)
+    return sol.ys[:, 1]
+"""
 CASES = {
     "least_squares (Michaelis-Menten)": """
 S = jnp.linspace(0.1, 30.0, 40); V = 29 * S / (6 + S) + 0.1 * jnp.sin(S)
@@ -33,27 +43,12 @@ f = lambda p, S, v: (p[0] * S / (p[1] + S) - v) / 0.1
 fit = ff.least_squares(f, jnp.array([10.0, 10.0]), (S, V))
 run = lambda: ff.profile(f, fit, (S, V), index=1, absolute_sigma=True)
 """,
-    "ODE fit (diffrax Kvaerno5, forward sensitivities)": """
-import diffrax
-t = jnp.linspace(0.0, 10.0, 30); y = 0.7 / (0.3 - 0.7) * (jnp.exp(-0.7 * t) - jnp.exp(-0.3 * t))
-def b(k):
-    rates = lambda _, s, k: jnp.stack([-k[0] * s[0], k[0] * s[0] - k[1] * s[1]])
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(rates), diffrax.Kvaerno5(), 0.0, 10.0, 0.05, jnp.array([1.0, 0.0]), args=k,
-        saveat=diffrax.SaveAt(ts=t), stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10),
-        adjoint=diffrax.ForwardMode(), throw=False)
-    return sol.ys[:, 1]
+    "ODE fit (diffrax Kvaerno5, forward sensitivities)": ODE + """
 f = lambda k, y: b(k) - y
 run = lambda: ff.least_squares(f, jnp.array([0.5, 0.2]), (y,))
 """,
-    "profile (the ODE fit's rate, 21 points)": """
-import diffrax
-t = jnp.linspace(0.0, 10.0, 30); y = 0.7 / (0.3 - 0.7) * (jnp.exp(-0.7 * t) - jnp.exp(-0.3 * t)) + 0.01 * jnp.sin(t)
-def b(k):
-    rates = lambda _, s, k: jnp.stack([-k[0] * s[0], k[0] * s[0] - k[1] * s[1]])
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(rates), diffrax.Kvaerno5(), 0.0, 10.0, 0.05, jnp.array([1.0, 0.0]), args=k,
-        saveat=diffrax.SaveAt(ts=t), stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10),
-        adjoint=diffrax.ForwardMode(), throw=False)
-    return sol.ys[:, 1]
+    "profile (the ODE fit's rate, 21 points)": ODE + """
+y = y + 0.01 * jnp.sin(t)
 f = lambda k, y: (b(k) - y) / 0.01
 fit = ff.least_squares(f, jnp.array([0.5, 0.2]), (y,))
 run = lambda: ff.profile(f, fit, (y,), index=0, absolute_sigma=True)
