@@ -131,9 +131,9 @@ def _jacobian_trace(fun, x0, args, mode):
     Jacobian in ``mode`` raises (None if it traces), whether it contains run-time checks
     that may raise (``_xla.may_raise``: then the solvers evaluate it only at points whose
     residual is finite, so a member of a batch that strays cannot raise for all of
-    them), and whether it factorises inside a data-dependent loop
-    (``_xla.solves_in_loop``: the batch engine then steps each fit alone), and whether it
-    runs a loop at all (``_xla.loops``: profiles then refit by ``fit_batch``)."""
+    them), whether it factorises inside a data-dependent loop (``_xla.solves_in_loop``:
+    the batch engine then steps each fit alone), and whether it runs a loop at all
+    (``_xla.loops``: profiles then refit by ``fit_batch``)."""
     transform = jax.jacfwd if mode == "fwd" else jax.jacrev
     try:
         jaxpr = jax.make_jaxpr(lambda p, a: transform(lambda q: fun(q, *a))(p))(x0, args)
