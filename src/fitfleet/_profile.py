@@ -244,8 +244,10 @@ def _profile(pinned, res, args, grid, refit_options, s, eager, progress):
     start = (_start_compiled if eager else _start)(res, grid, s)
     if grid is not None:
         found = refits(*start)
-        if progress:
-            _driver.advance_bar_by(grid.shape[0] + 1) if eager else jax.debug.callback(_driver.advance_bar_by, grid.shape[0] + 1)
+        if progress and eager:
+            _driver.advance_bar_by(grid.shape[0] + 1)
+        elif progress:
+            jax.debug.callback(_driver.advance_bar_by, grid.shape[0] + 1)
     else:
         found = rounds(*start, refits, eager, progress)
     return (_finish_compiled if eager else _finish)(res, grid, found, s)
@@ -255,8 +257,7 @@ def _loops(pinned, res, args, options, index):
     """Whether the refits' Jacobian runs a loop (``_problem.Spec.loops``; the set-up
     ``fit_batch`` repeats, its trace remembered)."""
     p_hat = ravel_pytree(res.params)[0]
-    q0 = p_hat[np.arange(p_hat.shape[0]) != index] if p_hat.shape[0] > 1 else jnp.zeros(1, p_hat.dtype)
-    return prepare(pinned, q0, (p_hat[index], *args), options).spec.loops
+    return prepare(pinned, _others(p_hat, index), (p_hat[index], *args), options).spec.loops
 
 
 def _refit_vmapped(pinned, args, options, values, starts):
@@ -276,11 +277,16 @@ def _estimate(res, s):
     """The flat optimum, the profiled parameter there, the others, and whether it sits on
     each of its bounds."""
     p_hat, _ = ravel_pytree(res.params)
-    n = p_hat.shape[0]
-    q0 = p_hat[np.arange(n) != s.index] if n > 1 else jnp.zeros(1, p_hat.dtype)  # a dummy the residual ignores
     estimate = p_hat[s.index]
     lower, upper, log = s.box
-    return p_hat, estimate, q0, jnp.stack([on_bound(estimate, lower, log), on_bound(estimate, upper, log)])
+    return p_hat, estimate, _others(p_hat, s.index), jnp.stack([on_bound(estimate, lower, log), on_bound(estimate, upper, log)])
+
+
+def _others(p_hat, index):
+    """The flat parameters but ``index``; for a single parameter a dummy the residual
+    ignores."""
+    n = p_hat.shape[0]
+    return p_hat[np.arange(n) != index] if n > 1 else jnp.zeros(1, p_hat.dtype)
 
 
 def _start(res, grid, s):

@@ -112,7 +112,6 @@ class Walk(eqx.Module):
     under the caller's ``jit``/``vmap``) or in a Python loop around ``fit_batch``."""
 
     centre: Any  # the estimate on the grid's scale
-    first: Any  # the first offset
     limit: Any  # (side,) the farthest offset: the room to the bound, or the maximum extent
     room: Any  # (side,) the room to the bound
     extent: Any
@@ -150,7 +149,7 @@ def begin(estimate, q0, n_points, m, threshold, box, at_bound, se):
     room = jnp.stack([_room(centre, inner[0], log, -1), _room(centre, inner[1], log, 1)])
     k = (n_points - 1) // 2
     walk = Walk(
-        centre=centre, first=first, limit=jnp.minimum(room, extent), room=room, extent=jnp.asarray(extent, dtype),
+        centre=centre, limit=jnp.minimum(room, extent), room=room, extent=jnp.asarray(extent, dtype),
         estimate=estimate, q0=q0, threshold=jnp.asarray(threshold, dtype), k=k, box=box, m=m,
     )  # fmt: skip
     buffers = (
