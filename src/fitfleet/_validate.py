@@ -132,7 +132,7 @@ def parameters(x0, name="x0"):
             dtype = a.dtype
         if np.issubdtype(dtype, np.complexfloating):
             raise ValueError(f"`{name}` is complex; fitfleet fits real parameters: split it into real and imaginary parts.")
-        if not np.issubdtype(dtype, np.number) and dtype != bool:
+        if not np.issubdtype(dtype, np.number) and dtype.kind != "b":
             raise TypeError(f"`{name}` must hold numbers; got dtype {dtype}.")
         if not np.issubdtype(dtype, np.floating):
             a = np.asarray(a).astype(jax.numpy.result_type(float)) if not is_traced(a) else a.astype(float)
