@@ -344,7 +344,7 @@ def test_toy_in_float32(toy_problem):
     prob = toy_problem
     x = np.asarray(prob.nominal, np.float32)
     h, _ = toy.expected(_toy_linear(prob, x))
-    sim = prob._simulation(jnp.asarray(x))
+    sim = prob._simulation[False](jnp.asarray(x))  # x64 off
     assert sim.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(sim), h, rtol=2e-4)
     assert float(prob.nll(x)) == pytest.approx(toy.reference_nll(_toy_linear(prob, x)), rel=1e-4)
@@ -357,6 +357,25 @@ def test_toy_in_float32(toy_problem):
     # Nor is a fit's end checked against a finer solve: none exists (``_verify``).
     results = object()
     assert _verify.checked(prob, results, None, jnp.float32, {}) is results
+
+
+def test_one_problem_fits_in_float32_and_float64_in_turn(tmp_path):
+    """A problem fitted without x64, then with it, then without again gives each
+    precision's answer (JAX 0.10 keeps a closed-over numpy array in the precision it was
+    first traced in; the second precision's fit failed to compile, ``Problem.__init__``)."""
+    prob = fp.load(toy.write(tmp_path))
+    start = prob.nominal + np.array([0.3, 0.4, -0.5, 0.2])
+    first = prob.fit(np.asarray(start, np.float32))
+    with jax.enable_x64(True):
+        res = prob.fit(start)
+        best = toy.reference_nll(_toy_linear(prob, res.params))
+        assert res.cost.dtype == jnp.float64 and bool(res.success)
+        assert float(res.cost) + prob.offset == pytest.approx(best, rel=1e-8)
+        assert float(prob.nll(res.params)) == pytest.approx(best, rel=1e-8)
+    again = prob.fit(np.asarray(start, np.float32))
+    assert again.cost.dtype == first.cost.dtype == jnp.float32
+    assert float(again.cost) == float(first.cost)
+    assert float(again.cost) + prob.offset == pytest.approx(best, rel=1e-4)  # the float32 offset (``offset_for``)
 
 
 def test_toy_sum_of_squares_is_the_nll_and_stays_finite(toy_problem, x64):

@@ -113,12 +113,26 @@ class Problem:
         self.lower, self.upper, self.nominal = layout.lower, layout.upper, layout.nominal
         self.measurements = layout.measurements
         self.state_scales = np.asarray(model.state_scales)
-        self.fun = _Residual(model, json.dumps(self._fingerprint(tolerances=False), sort_keys=True))
-        self.args = (layout.measurements, np.asarray(model.rtol, np.float64), self.state_scales)
-        self._nll = _xla.filter_jit(_nll_with_gradient(model))
-        self._simulation = _xla.filter_jit(model.simulation)
-        self._residual = _xla.filter_jit(model.residual)
+        # The functions below close over the model's numpy arrays, and ``args`` goes to
+        # compiled programs: one copy of each per precision (x64 off, on), none shared.
+        # JAX 0.10 keeps a numpy array converted to the precision it was first traced
+        # in, and the same array traced in the other fails to compile or to run
+        # (``jax.jit(lambda x: x * c)`` under x32, then x64).
+        self._models = models = tuple(jax.tree_util.tree_map(np.array, model) for _ in range(2))
+        self._args = tuple((np.array(self.measurements), np.array(m.rtol, np.float64), np.array(m.state_scales, np.float64)) for m in models)
+        self.fun = _Residual(models, json.dumps(self._fingerprint(tolerances=False), sort_keys=True))
+        self._nll = tuple(_xla.filter_jit(_nll_with_gradient(m)) for m in models)
+        self._simulation = tuple(_xla.filter_jit(m.simulation) for m in models)
+        self._residual = tuple(_xla.filter_jit(m.residual) for m in models)
         self._offset = {}
+
+    @property
+    def args(self):
+        return self._args[_x64()]
+
+    def _model(self):
+        """The model for the caller's precision (``__init__``)."""
+        return self._models[_x64()]
 
     def __repr__(self):
         return f"<fitfleet.petab.Problem {self.path.stem}: {len(self.names)} parameters, {self.measurements.size} measurements, {len(self.layout.condition_ids)} conditions, {len(self.ode.states)} states>"
@@ -139,13 +153,13 @@ class Problem:
         from parameter id to value, or points stacked along leading axes); jit, vmap
         and grad work (the gradient by forward-mode sensitivities)."""
         x = self._x(x)
-        return _rows(self._nll, x, jnp.asarray(self.measurements, x.dtype))
+        return _rows(self._nll[_x64()], x, jnp.asarray(self.measurements, x.dtype))
 
     def residual(self, x):
         """``fun(x, *args)``: the residual vector fitfleet minimises (at a point, or
         at points stacked along leading axes)."""
         x = self._x(x)
-        return _rows(self._residual, x, jnp.asarray(self.measurements, x.dtype))
+        return _rows(self._residual[_x64()], x, jnp.asarray(self.measurements, x.dtype))
 
     @property
     def offset(self):
@@ -160,7 +174,7 @@ class Problem:
         dtype = jnp.dtype(dtype)
         if dtype not in self._offset:
             x = jnp.asarray(self.layout.reference, dtype)
-            self._offset[dtype] = float(self.model.offset(x, jnp.asarray(self.measurements, dtype)))  # eager: small
+            self._offset[dtype] = float(self._model().offset(x, jnp.asarray(self.measurements, dtype)))  # eager: small
         return self._offset[dtype]
 
     def simulate(self, x):
@@ -169,7 +183,7 @@ class Problem:
         if x.ndim != 1:
             raise ValueError(f"`x` must be one point of shape ({len(self.names)},) (a table per point: call simulate per row); got shape {x.shape}.")
         table = self.petab_problem.measurement_df.reset_index(drop=True).copy()
-        table[C.SIMULATION] = np.asarray(self._simulation(x), np.float64)
+        table[C.SIMULATION] = np.asarray(self._simulation[_x64()](x), np.float64)
         return table
 
     def fit(self, x0=None, *, check=True, **options):
@@ -357,17 +371,22 @@ class _Residual:
     object, not the Model's bound method, whose arrays equinox would warn about as a
     static field.)"""
 
-    def __init__(self, model, key):
-        self.model, self.key = model, key
+    def __init__(self, models, key):
+        self.models, self.key = models, key  # per precision (``Problem.__init__``)
 
     def __call__(self, x, y, rtol, state_scales):
-        return self.model.with_tolerances(rtol, state_scales).residual(x, y)
+        return self.models[_x64()].with_tolerances(rtol, state_scales).residual(x, y)
 
     def __eq__(self, other):
         return type(other) is type(self) and other.key == self.key
 
     def __hash__(self):
         return hash(self.key)
+
+
+def _x64():
+    """Whether the caller traces with x64 on (``enable_x64`` is thread-local)."""
+    return bool(jnp.result_type(float) == jnp.float64)
 
 
 def _rows(fn, x, y):
