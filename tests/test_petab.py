@@ -344,7 +344,7 @@ def test_toy_in_float32(toy_problem):
     prob = toy_problem
     x = np.asarray(prob.nominal, np.float32)
     h, _ = toy.expected(_toy_linear(prob, x))
-    sim = prob._simulation[False](jnp.asarray(x))  # x64 off
+    sim = prob._now().simulation(jnp.asarray(x))
     assert sim.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(sim), h, rtol=2e-4)
     assert float(prob.nll(x)) == pytest.approx(toy.reference_nll(_toy_linear(prob, x)), rel=1e-4)

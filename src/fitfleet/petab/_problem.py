@@ -9,6 +9,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -118,21 +119,17 @@ class Problem:
         # JAX 0.10 keeps a numpy array converted to the precision it was first traced
         # in, and the same array traced in the other fails to compile or to run
         # (``jax.jit(lambda x: x * c)`` under x32, then x64).
-        self._models = models = tuple(jax.tree_util.tree_map(np.array, model) for _ in range(2))
-        self._args = tuple((np.array(self.measurements), np.array(m.rtol, np.float64), np.array(m.state_scales, np.float64)) for m in models)
-        self.fun = _Residual(models, json.dumps(self._fingerprint(tolerances=False), sort_keys=True))
-        self._nll = tuple(_xla.filter_jit(_nll_with_gradient(m)) for m in models)
-        self._simulation = tuple(_xla.filter_jit(m.simulation) for m in models)
-        self._residual = tuple(_xla.filter_jit(m.residual) for m in models)
+        self._precisions = tuple(_Precision.of(model, self.measurements) for _ in range(2))
+        self.fun = _Residual(tuple(p.model for p in self._precisions), json.dumps(self._fingerprint(tolerances=False), sort_keys=True))
         self._offset = {}
 
     @property
     def args(self):
-        return self._args[_x64()]
+        return self._now().args
 
-    def _model(self):
-        """The model for the caller's precision (``__init__``)."""
-        return self._models[_x64()]
+    def _now(self):
+        """The arrays and functions for the caller's precision (``__init__``)."""
+        return self._precisions[_x64()]
 
     def __repr__(self):
         return f"<fitfleet.petab.Problem {self.path.stem}: {len(self.names)} parameters, {self.measurements.size} measurements, {len(self.layout.condition_ids)} conditions, {len(self.ode.states)} states>"
@@ -153,13 +150,13 @@ class Problem:
         from parameter id to value, or points stacked along leading axes); jit, vmap
         and grad work (the gradient by forward-mode sensitivities)."""
         x = self._x(x)
-        return _rows(self._nll[_x64()], x, jnp.asarray(self.measurements, x.dtype))
+        return _rows(self._now().nll, x, jnp.asarray(self.measurements, x.dtype))
 
     def residual(self, x):
         """``fun(x, *args)``: the residual vector fitfleet minimises (at a point, or
         at points stacked along leading axes)."""
         x = self._x(x)
-        return _rows(self._residual[_x64()], x, jnp.asarray(self.measurements, x.dtype))
+        return _rows(self._now().residual, x, jnp.asarray(self.measurements, x.dtype))
 
     @property
     def offset(self):
@@ -174,7 +171,7 @@ class Problem:
         dtype = jnp.dtype(dtype)
         if dtype not in self._offset:
             x = jnp.asarray(self.layout.reference, dtype)
-            self._offset[dtype] = float(self._model().offset(x, jnp.asarray(self.measurements, dtype)))  # eager: small
+            self._offset[dtype] = float(self._now().model.offset(x, jnp.asarray(self.measurements, dtype)))  # eager: small
         return self._offset[dtype]
 
     def simulate(self, x):
@@ -183,7 +180,7 @@ class Problem:
         if x.ndim != 1:
             raise ValueError(f"`x` must be one point of shape ({len(self.names)},) (a table per point: call simulate per row); got shape {x.shape}.")
         table = self.petab_problem.measurement_df.reset_index(drop=True).copy()
-        table[C.SIMULATION] = np.asarray(self._simulation[_x64()](x), np.float64)
+        table[C.SIMULATION] = np.asarray(self._now().simulation(x), np.float64)
         return table
 
     def fit(self, x0=None, *, check=True, **options):
@@ -361,6 +358,23 @@ class Problem:
             return FTOL * (1 + self.measurements.size)
         nll = float(self.nll(jnp.asarray(self.nominal, jnp.result_type(float))))
         return FTOL * (1 + abs(nll)) if math.isfinite(nll) else FTOL
+
+
+class _Precision(NamedTuple):
+    """A problem's model (arrays of its own), ``args`` and compiled functions for one
+    precision (``Problem.__init__``)."""
+
+    model: object
+    args: tuple
+    nll: object
+    simulation: object
+    residual: object
+
+    @classmethod
+    def of(cls, model, measurements):
+        model = jax.tree_util.tree_map(np.array, model)
+        args = (np.array(measurements), np.array(model.rtol, np.float64), np.array(model.state_scales, np.float64))
+        return cls(model, args, _xla.filter_jit(_nll_with_gradient(model)), _xla.filter_jit(model.simulation), _xla.filter_jit(model.residual))
 
 
 class _Residual:

@@ -98,10 +98,10 @@ def _nlls(problem, x, tolerances, dtype):
     launches at every solver step."""
     y, rtol, scales = problem._data(jnp.asarray(x, dtype), tolerances)
     if SIDE_BY_SIDE is False or (SIDE_BY_SIDE is None and jax.default_backend() == "cpu"):
-        return np.array([float(nll_at(problem._model(), jnp.asarray(xi, dtype), y, rtol, scales)) for xi in x])
+        return np.array([float(nll_at(problem._now().model, jnp.asarray(xi, dtype), y, rtol, scales)) for xi in x])
     width = 1 << (len(x) - 1).bit_length()
     padded = np.concatenate([x, np.repeat(x[-1:], width - len(x), axis=0)])
-    return np.asarray(_side_by_side(problem._model(), jnp.asarray(padded, dtype), y, rtol, scales))[: len(x)]
+    return np.asarray(_side_by_side(problem._now().model, jnp.asarray(padded, dtype), y, rtol, scales))[: len(x)]
 
 
 @_xla.filter_jit
